@@ -1,0 +1,70 @@
+"""Shared command-line conventions: exit codes (0 ok, 2 user's mistake, 1 internal error), --json, -q/-v."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from ferkit.errors import FerkitError
+
+console = Console()
+err_console = Console(stderr=True)
+_verbosity = {"level": 0}
+
+
+def set_verbosity(quiet: bool, verbose: bool) -> None:
+    _verbosity["level"] = -1 if quiet else (1 if verbose else 0)
+    logging.basicConfig(
+        level=logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO),
+        format="%(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def quiet() -> bool:
+    return _verbosity["level"] < 0
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A user's mistake becomes one line on stderr and exit 2; a bug becomes exit 1 (traceback with -v)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FerkitError as e:
+            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if _verbosity["level"] > 0:
+                raise
+            err_console.print(f"[red]internal error:[/red] {type(e).__name__}: {e} (run with -v for details)",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def print_json(obj: Any) -> None:
+    """Machine-readable output on stdout, nothing else on it."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
+
+
+def _default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

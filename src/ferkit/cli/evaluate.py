@@ -1,0 +1,7 @@
+"""`ferkit evaluate` commands (filled in by the evaluate work)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the main app."""

@@ -1,0 +1,7 @@
+"""`ferkit serve` commands (filled in by the serve work)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the main app."""

@@ -1,0 +1,402 @@
+"""Dataset formats as users have them: fer2013.csv (plain or gzipped), class folders, FER+, any inside a .zip.
+
+`load_dataset(path)` detects the format; `format=` forces it. Unreadable images are skipped and listed
+in `Dataset.skipped`, never fatal; a malformed CSV row is a one-line error naming the row.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+
+from ferkit.data.dataset import (
+    FER2013_CLASSES,
+    FERPLUS_CLASSES,
+    SPLITS,
+    Dataset,
+    Skipped,
+    Split,
+    load_cache,
+    save_cache,
+    source_key,
+)
+from ferkit.data.preprocess import preprocess
+from ferkit.errors import FerkitError
+
+FORMATS = ("csv", "folders", "ferplus", "manifest")
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "publictest": "val", "dev": "val",
+    "test": "test", "testing": "test", "privatetest": "test",
+}
+FERPLUS_DIRS = {"FER2013Train": "train", "FER2013Valid": "val", "FER2013Test": "test"}
+
+
+class Tree:
+    """Read-only view of a folder or of a .zip archive, with '/'-separated relative paths."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.zip = zipfile.ZipFile(path) if path.is_file() else None
+        if self.zip is not None:
+            files = [n for n in self.zip.namelist() if not n.endswith("/") and "__MACOSX" not in n]
+        else:
+            files = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+        files = [f for f in files if not PurePosixPath(f).name.startswith(".")]
+        # Archives often wrap everything in one top folder; look through it.
+        self.prefix = ""
+        while files and all("/" in f for f in files):
+            top = {f.split("/", 1)[0] for f in files}
+            if len(top) != 1:
+                break
+            t = top.pop()
+            if t.lower() in SPLIT_ALIASES or t in FERPLUS_DIRS:
+                break
+            self.prefix += t + "/"
+            files = [f.split("/", 1)[1] for f in files]
+        self.files = sorted(files)
+
+    def read(self, rel: str) -> bytes:
+        full = self.prefix + rel
+        if self.zip is not None:
+            return self.zip.read(full)
+        return (self.path / full).read_bytes()
+
+
+def load_dataset(
+    path: str | Path,
+    format: str | None = None,
+    size: int = 48,
+    classes: str | list[str] | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> Dataset:
+    """Load any supported dataset as uint8 arrays of size x size gray faces.
+
+    classes: a subset and/or renames, e.g. "happy,sad,surprise,neutral" or "anger=angry,happiness=happy".
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FerkitError(f"{path}: no such file or folder")
+    if format is not None and format not in FORMATS:
+        raise FerkitError(f"--format {format!r}: unknown; choose one of {', '.join(FORMATS)}")
+    if path.suffix == ".json" or format == "manifest":
+        ds = _load_manifest(path, size)
+    else:
+        fmt = format or detect_format(path)
+        key = source_key(path, f"{fmt}|{size}|{val_fraction}|{test_fraction}|{seed}|v1")
+        ds = load_cache(key, str(path)) if use_cache else None
+        if ds is None:
+            loader = {"csv": _load_csv, "folders": _load_folders, "ferplus": _load_ferplus}[fmt]
+            ds = loader(path, size, val_fraction, test_fraction, seed)
+            ds.source, ds.format = str(path), fmt
+            if not any(len(s) for s in ds.splits.values()):
+                raise FerkitError(f"{path}: no readable images found")
+            if use_cache:
+                save_cache(ds, key)
+    if classes:
+        ds = select_classes(ds, classes)
+    return ds
+
+
+def detect_format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise FerkitError(f"{path}: not a dataset (expected a folder, a .zip, a .csv or a .csv.gz)")
+    tree = Tree(path)
+    if not tree.files:
+        raise FerkitError(f"{path}: empty; no files found")
+    if any(PurePosixPath(f).name == "label.csv" and f.split("/")[0] in FERPLUS_DIRS for f in tree.files):
+        return "ferplus"
+    csvs = [f for f in tree.files if f.lower().endswith((".csv", ".csv.gz"))]
+    if any(PurePosixPath(f).suffix.lower() in IMAGE_EXTS for f in tree.files):
+        return "folders"
+    if csvs:
+        return "csv"
+    raise FerkitError(
+        f"{path}: unknown layout; expected fer2013.csv, class folders (train/<class>/*.jpg) or FER+ folders"
+    )
+
+
+def _csv_text(path: Path) -> tuple[str, Iterable[str]]:
+    """The CSV's name and lines, from a .csv, a .csv.gz, or the first CSV inside a .zip."""
+    if zipfile.is_zipfile(path):
+        tree = Tree(path)
+        inner = next((f for f in tree.files if f.lower().endswith((".csv", ".csv.gz"))), None)
+        if inner is None:
+            raise FerkitError(f"{path}: no .csv inside the archive")
+        data = tree.read(inner)
+        if inner.lower().endswith(".gz"):
+            data = gzip.decompress(data)
+        return f"{path}:{inner}", io.StringIO(data.decode("utf-8-sig"))
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        f = opener(path, "rt", encoding="utf-8-sig", newline="")
+        f.read(1)
+        f.seek(0)
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise FerkitError(f"{path}: cannot read as CSV ({e})") from None
+    return str(path), f
+
+
+def _load_csv(path: Path, size: int, val_fraction: float, test_fraction: float, seed: int) -> Dataset:
+    name, lines = _csv_text(path)
+    reader = csv.reader(lines)
+    header = [h.strip().lower() for h in next(reader, [])]
+    if "pixels" not in header or "emotion" not in header:
+        raise FerkitError(f"{name}: header must have columns 'emotion' and 'pixels' (got {','.join(header)})")
+    ie, ip = header.index("emotion"), header.index("pixels")
+    iu = header.index("usage") if "usage" in header else None
+    raw_labels: list[str] = []
+    usages: list[str] = []
+    images: list[np.ndarray] = []
+    for rowno, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) < len(header):
+            raise FerkitError(f"{name}: row {rowno}: expected {len(header)} columns, got {len(row)}")
+        try:
+            px = np.array(row[ip].split(), dtype=np.float32)
+        except ValueError:
+            raise FerkitError(f"{name}: row {rowno}: 'pixels' holds a value that is not a number") from None
+        side = int(round(len(px) ** 0.5))
+        if side * side != len(px) or side == 0 or px.min() < 0 or px.max() > 255:
+            raise FerkitError(
+                f"{name}: row {rowno}: 'pixels' must be a square image of values 0..255 (got {len(px)} values)"
+            )
+        images.append(preprocess(px.reshape(side, side).astype(np.uint8), size))
+        raw_labels.append(row[ie].strip())
+        usages.append(row[iu].strip() if iu is not None else "")
+    if not images:
+        raise FerkitError(f"{name}: no data rows")
+    if all(lbl.isdigit() for lbl in raw_labels):
+        ints = np.array([int(x) for x in raw_labels])
+        classes = FER2013_CLASSES if ints.max() < len(FER2013_CLASSES) else [str(i) for i in range(ints.max() + 1)]
+        labels = ints
+    else:
+        classes = sorted(set(raw_labels))
+        labels = np.array([classes.index(x) for x in raw_labels])
+    arr = np.stack(images)
+    names = [f"row{i + 2}" for i in range(len(images))]
+    if iu is not None:
+        split_of = [SPLIT_ALIASES.get(u.lower()) for u in usages]
+        bad = next((i for i, s in enumerate(split_of) if s is None), None)
+        if bad is not None:
+            raise FerkitError(f"{name}: row {bad + 2}: unknown Usage {usages[bad]!r}")
+        splits = {
+            s: Split(arr[m], labels[m], [names[i] for i in np.flatnonzero(m)])
+            for s in SPLITS
+            if (m := np.array([x == s for x in split_of])).any()
+        }
+    else:
+        splits = _stratified(Split(arr, labels, names), val_fraction, test_fraction, seed)
+    return Dataset(classes, splits)
+
+
+def _class_order(names: set[str]) -> list[str]:
+    if names == set(FER2013_CLASSES):
+        return list(FER2013_CLASSES)
+    return sorted(names)
+
+
+def _decode_all(
+    tree: Tree, items: list[tuple[str, str]], size: int, skipped: list[Skipped]
+) -> tuple[list[np.ndarray], list[int]]:
+    """Decode (file, class) items; return images and the indices of items that decoded."""
+    out, ok = [], []
+    for i, (rel, _cls) in enumerate(items):
+        img = _decode_gray(tree.read(rel))
+        if img is None:
+            skipped.append(Skipped(rel, "unreadable image (corrupt, truncated or not an image)"))
+            continue
+        out.append(preprocess(img, size))
+        ok.append(i)
+    return out, ok
+
+
+def _decode_gray(data: bytes) -> np.ndarray | None:
+    if not data:
+        return None
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    return img if img is not None and img.size else None
+
+
+def _load_folders(path: Path, size: int, val_fraction: float, test_fraction: float, seed: int) -> Dataset:
+    tree = Tree(path)
+    images = [f for f in tree.files if PurePosixPath(f).suffix.lower() in IMAGE_EXTS]
+    skipped = [Skipped(f, "not an image file") for f in tree.files
+               if PurePosixPath(f).suffix.lower() not in IMAGE_EXTS and not f.lower().endswith((".txt", ".md"))]
+    if not images:
+        raise FerkitError(f"{path}: no images found")
+    depth = {f.count("/") for f in images}
+    per_split: dict[str, list[tuple[str, str]]] = {}
+    if depth == {2} and {f.split("/")[0].lower() for f in images} <= set(SPLIT_ALIASES):
+        for f in images:
+            top, cls, base = f.split("/")
+            split = SPLIT_ALIASES[top.lower()]
+            # Kaggle's FER2013 puts PublicTest and PrivateTest together in test/.
+            if split == "test" and base.startswith("PublicTest_"):
+                split = "val"
+            per_split.setdefault(split, []).append((f, cls))
+    elif depth == {1}:
+        per_split["all"] = [(f, f.split("/")[0]) for f in images]
+    else:
+        raise FerkitError(
+            f"{path}: unknown folder layout; expected <class>/<image> or <split>/<class>/<image> "
+            "with splits named train, val/validation, test"
+        )
+    classes = _class_order({c for items in per_split.values() for _, c in items})
+    splits: dict[str, Split] = {}
+    for split, items in per_split.items():
+        imgs, ok = _decode_all(tree, items, size, skipped)
+        if not ok:
+            continue
+        labels = np.array([classes.index(items[i][1]) for i in ok], dtype=np.int64)
+        splits[split] = Split(np.stack(imgs), labels, [items[i][0] for i in ok])
+    if "all" in splits:
+        splits = _stratified(splits.pop("all"), val_fraction, test_fraction, seed)
+    return Dataset(classes, {s: splits[s] for s in SPLITS if s in splits}, skipped=skipped)
+
+
+def ferplus_votes(row: list[str]) -> np.ndarray:
+    return np.array([float(x) for x in row[2:12]], dtype=np.float32)
+
+
+def ferplus_majority(votes: np.ndarray) -> int:
+    """The FER+ paper's majority label (index into the 8 emotions), or -1 when left out."""
+    v = np.where(votes <= 1, 0, votes)
+    total = v.sum()
+    if total <= 0:
+        return -1
+    win = int(v.argmax())
+    if v[win] <= total / 2 or win >= len(FERPLUS_CLASSES):
+        return -1
+    return win
+
+
+def _load_ferplus(path: Path, size: int, val_fraction: float, test_fraction: float, seed: int) -> Dataset:
+    tree = Tree(path)
+    files = set(tree.files)
+    splits: dict[str, Split] = {}
+    skipped: list[Skipped] = []
+    for folder, split in FERPLUS_DIRS.items():
+        label_file = f"{folder}/label.csv"
+        if label_file not in files:
+            continue
+        rows = list(csv.reader(io.StringIO(tree.read(label_file).decode("utf-8-sig"))))
+        imgs, labels, soft, names = [], [], [], []
+        for rowno, row in enumerate(rows, start=1):
+            if not row:
+                continue
+            try:
+                votes = ferplus_votes(row)
+                if len(votes) != 10:
+                    raise ValueError
+            except (ValueError, IndexError):
+                raise FerkitError(f"{path}:{label_file}: row {rowno}: expected a file name, a box and 10 vote counts") from None
+            label = ferplus_majority(votes)
+            rel = f"{folder}/{row[0]}"
+            if label < 0:
+                continue  # no majority, or unknown / not-a-face: the paper's protocol leaves it out
+            if rel not in files:
+                skipped.append(Skipped(rel, "listed in label.csv but missing"))
+                continue
+            img = _decode_gray(tree.read(rel))
+            if img is None:
+                skipped.append(Skipped(rel, "unreadable image (corrupt, truncated or not an image)"))
+                continue
+            emo = votes[:8]
+            imgs.append(preprocess(img, size))
+            labels.append(label)
+            soft.append(emo / emo.sum())
+            names.append(rel)
+        if imgs:
+            splits[split] = Split(np.stack(imgs), np.array(labels, dtype=np.int64), names,
+                                  np.stack(soft).astype(np.float32))
+    if not splits:
+        raise FerkitError(f"{path}: FER+ layout without any readable label.csv")
+    return Dataset(list(FERPLUS_CLASSES), splits, skipped=skipped)
+
+
+def _stratified(all_: Split, val_fraction: float, test_fraction: float, seed: int) -> dict[str, Split]:
+    """A seeded split that keeps every class's share in each part."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise FerkitError("val and test fractions must be in [0, 1) and sum to less than 1")
+    rng = np.random.default_rng(seed)
+    part = np.zeros(len(all_), dtype=np.int64)
+    for c in np.unique(all_.labels):
+        idx = rng.permutation(np.flatnonzero(all_.labels == c))
+        n_val, n_test = int(round(len(idx) * val_fraction)), int(round(len(idx) * test_fraction))
+        part[idx[:n_val]] = 1
+        part[idx[n_val : n_val + n_test]] = 2
+    return {s: all_.subset(part == i) for i, s in enumerate(SPLITS) if (part == i).any()}
+
+
+def _parse_class_spec(spec: str | list[str]) -> list[tuple[str, str]]:
+    items = spec if isinstance(spec, list) else [s for s in re.split(r"[,\s]+", spec) if s]
+    return [tuple(x.split("=", 1)) if "=" in x else (x, x) for x in items]  # type: ignore[misc]
+
+
+def select_classes(ds: Dataset, spec: str | list[str]) -> Dataset:
+    """Keep some classes and/or rename them: 'happy,sad' or 'anger=angry' (old=new); several old may map to one new."""
+    pairs = _parse_class_spec(spec)
+    unknown = [old for old, _ in pairs if old not in ds.classes]
+    if unknown:
+        raise FerkitError(f"--classes: {', '.join(unknown)} not in the dataset's classes ({', '.join(ds.classes)})")
+    new_classes: list[str] = []
+    for _, new in pairs:
+        if new not in new_classes:
+            new_classes.append(new)
+    lut = np.full(len(ds.classes), -1, dtype=np.int64)
+    for old, new in pairs:
+        lut[ds.classes.index(old)] = new_classes.index(new)
+    splits = {}
+    for name, sp in ds.splits.items():
+        mapped = lut[sp.labels]
+        sub = sp.subset(mapped >= 0)
+        sub.labels = mapped[mapped >= 0]
+        if sub.soft is not None:
+            soft = np.zeros((len(sub), len(new_classes)), np.float32)
+            for old, new in pairs:
+                soft[:, new_classes.index(new)] += sub.soft[:, ds.classes.index(old)]
+            sums = soft.sum(1, keepdims=True)
+            sub.soft = np.where(sums > 0, soft / np.maximum(sums, 1e-12), 0).astype(np.float32)
+        splits[name] = sub
+    return Dataset(new_classes, splits, ds.source, ds.format, ds.skipped, ds.from_cache)
+
+
+def _load_manifest(path: Path, size: int) -> Dataset:
+    """A cleaned manifest written by `ferkit data audit --write-clean`: the source, and the items kept."""
+    try:
+        m = json.loads(path.read_text())
+        source, fmt, keep = m["source"], m.get("format"), m["keep"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FerkitError(f"{path}: not a ferkit manifest ({e})") from None
+    base = Path(source)
+    if not base.is_absolute():
+        base = (path.parent / base).resolve()
+    ds = load_dataset(base, format=fmt, size=size)
+    splits = {}
+    for name, sp in ds.splits.items():
+        wanted = set(keep.get(name, []))
+        splits[name] = sp.subset(np.array([n in wanted for n in sp.names], dtype=bool))
+    return Dataset(ds.classes, splits, str(path), "manifest", ds.skipped, ds.from_cache)
+
+
+__all__ = ["FORMATS", "Tree", "detect_format", "load_dataset", "select_classes", "ferplus_majority"]
+
+

@@ -1,0 +1,75 @@
+"""A ferkit ONNX model under ONNX Runtime: classes and input size from its metadata, batched probabilities."""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ferkit.data.preprocess import preprocess
+from ferkit.errors import FerkitError
+
+
+def default_model_path() -> Path:
+    """The model that ships inside the package."""
+    return Path(str(resources.files("ferkit") / "assets" / "ferkit_default.onnx"))
+
+
+class OnnxClassifier:
+    """Classify face crops: `predict_proba(crops)` for N uint8 crops of any size (gray or colour)."""
+
+    def __init__(self, path: str | Path | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path) if path is not None else default_model_path()
+        if not self.path.is_file():
+            raise FerkitError(f"{self.path}: no such model file")
+        opts = ort.SessionOptions()
+        n = threads or int(os.environ.get("FERKIT_THREADS", "0") or 0)
+        if n:
+            opts.intra_op_num_threads = n
+        opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own untyped errors for a bad file
+            raise FerkitError(f"{self.path}: not an ONNX model ({str(e).splitlines()[0][:200]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "classes" not in meta:
+            raise FerkitError(f"{self.path}: ONNX model without ferkit metadata (classes, input_size)")
+        self.metadata = dict(meta)
+        self.classes: list[str] = json.loads(meta["classes"])
+        self.input_size = int(meta.get("input_size", 48))
+        self.name = meta.get("name", self.path.stem)
+        self.version = meta.get("version", "")
+        self.temperature = float(meta.get("temperature", "1.0"))
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict_proba(self, crops: np.ndarray | list[np.ndarray], batch: int = 256, tta: bool = False) -> np.ndarray:
+        """N x C calibrated probabilities. crops: N x H x W uint8 array or a list of images of any size."""
+        s = self.input_size
+        if isinstance(crops, np.ndarray) and crops.ndim == 3 and crops.shape[1:] == (s, s) and crops.dtype == np.uint8:
+            x = crops
+        else:
+            x = np.stack([preprocess(c, s) for c in crops]) if len(crops) else np.zeros((0, s, s), np.uint8)
+        out = []
+        for i in range(0, len(x), batch):
+            xb = x[i : i + batch, None].astype(np.float32)
+            p = self.session.run(None, {self.input_name: xb})[0]
+            if tta:
+                p = (p + self.session.run(None, {self.input_name: np.ascontiguousarray(xb[..., ::-1])})[0]) / 2
+            out.append(p)
+        prob = np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+        return apply_temperature(prob, self.temperature)
+
+
+def apply_temperature(prob: np.ndarray, t: float) -> np.ndarray:
+    """softmax(logits / t) from probabilities: log-probabilities differ from logits by a per-row constant."""
+    if t == 1.0 or len(prob) == 0:
+        return prob.astype(np.float32)
+    z = np.log(np.clip(prob, 1e-12, 1.0)) / t
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)

@@ -1,0 +1,111 @@
+"""Export to ferkit's self-describing ONNX format and load safetensors weights (never unpickling anything).
+
+The ONNX graph takes N x 1 x H x W float32 gray pixels in 0..255 and returns class probabilities; its
+metadata holds `classes` (JSON list, output order), `input_size`, `name`, `version`, `arch` and `temperature`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ferkit.errors import FerkitError
+from ferkit.models.registry import create_model
+
+
+class WithSoftmax(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
+
+
+def load_weights(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A model and its metadata (classes, input_size, arch) from a ferkit safetensors file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FerkitError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FerkitError(f"{path}: not a safetensors file ({e})") from None
+    if "arch" not in meta or "classes" not in meta:
+        raise FerkitError(f"{path}: safetensors file without ferkit metadata (arch, classes)")
+    info = {"arch": meta["arch"], "classes": json.loads(meta["classes"]), "input_size": int(meta.get("input_size", 48))}
+    model = create_model(info["arch"], len(info["classes"]))
+    if any(isinstance(m, nn.modules.lazy.LazyModuleMixin) for m in model.modules()):
+        model(torch.zeros(1, 1, info["input_size"], info["input_size"]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise FerkitError(f"{path}: weights do not match model {info['arch']!r} ({str(e).splitlines()[0]})") from None
+    model.eval()
+    return model, info
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    classes: list[str],
+    input_size: int = 48,
+    name: str = "ferkit-model",
+    version: str = "1",
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    import onnx
+
+    from ferkit.training.trainer import atomic_write
+
+    path = Path(path)
+    model = WithSoftmax(model.float().eval().to(memory_format=torch.contiguous_format))
+    dummy = torch.zeros(1, 1, input_size, input_size)
+
+    def write(tmp: str) -> None:
+        torch.onnx.export(
+            model, (dummy,), tmp, input_names=["input"], output_names=["probabilities"],
+            dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17, dynamo=False,
+        )
+        m = onnx.load(tmp)
+        meta = {
+            "classes": json.dumps(classes),
+            "input_size": str(input_size),
+            "name": name,
+            "version": version,
+            "arch": getattr(model.model, "arch", type(model.model).__name__),
+            "temperature": "1.0",
+            **{k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()},
+        }
+        del m.metadata_props[:]
+        for k, v in meta.items():
+            m.metadata_props.add(key=k, value=v)
+        onnx.save(m, tmp)
+
+    atomic_write(path, write)
+    return path
+
+
+def set_onnx_metadata(path: str | Path, updates: dict[str, str]) -> None:
+    """Change metadata entries of an ONNX file in place (atomically), e.g. the fitted temperature."""
+    import onnx
+
+    from ferkit.training.trainer import atomic_write
+
+    path = Path(path)
+    m = onnx.load(str(path))
+    current = {p.key: p.value for p in m.metadata_props}
+    current.update(updates)
+    del m.metadata_props[:]
+    for k, v in current.items():
+        m.metadata_props.add(key=k, value=v)
+    atomic_write(path, lambda tmp: onnx.save(m, tmp))

@@ -1,0 +1,133 @@
+"""Model registry: `create_model(name, num_classes)` builds any registered network (PyTorch).
+
+Every model takes N x 1 x H x W float32 gray pixels in 0..255 and normalises inside, so the ONNX
+export needs no preprocessing beyond `ferkit.data.preprocess`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+# FER2013 training-set pixel statistics (ferkit data info): inputs are centred inside the model.
+PIXEL_MEAN, PIXEL_STD = 129.4, 65.0
+
+
+def register(name: str) -> Callable:
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, num_classes: int = 7, **kwargs) -> nn.Module:
+    if name not in _REGISTRY:
+        from ferkit.errors import FerkitError
+
+        raise FerkitError(f"model {name!r}: unknown; choose one of {', '.join(list_models())}")
+    model = _REGISTRY[name](num_classes=num_classes, **kwargs)
+    model.arch = name  # type: ignore[assignment]
+    return model
+
+
+class Normalize(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - PIXEL_MEAN) / PIXEL_STD
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class VGG(nn.Module):
+    """Stages of `depth` 3x3 conv-BN-ReLU, each followed by 2x2 max-pooling; global pooling and a small head."""
+
+    def __init__(self, widths: tuple[int, ...], depth: int = 2, num_classes: int = 7, dropout: float = 0.3):
+        super().__init__()
+        layers: list[nn.Module] = [Normalize()]
+        cin = 1
+        for w in widths:
+            for _ in range(depth):
+                layers.append(conv_bn(cin, w))
+                cin = w
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.skip = (
+            nn.Identity() if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ResNet(nn.Module):
+    """A ResNet for 48x48 inputs: a 3x3 stem, then stages of basic blocks that halve the resolution."""
+
+    def __init__(self, widths: tuple[int, ...], blocks: int = 2, num_classes: int = 7, dropout: float = 0.2):
+        super().__init__()
+        layers: list[nn.Module] = [Normalize(), conv_bn(1, widths[0])]
+        cin = widths[0]
+        for i, w in enumerate(widths):
+            for b in range(blocks):
+                layers.append(BasicBlock(cin, w, 2 if (b == 0 and i > 0) else 1))
+                cin = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class SeedsBaseline(nn.Module):
+    """The seeds' Keras baseline: 4 convolutions and 2 dense layers (about 57% on FER2013)."""
+
+    def __init__(self, num_classes: int = 7):
+        super().__init__()
+        self.net = nn.Sequential(
+            Normalize(),
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Dropout(0.25),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
+            nn.Flatten(), nn.LazyLinear(1024), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1024, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@register("baseline")
+def baseline(num_classes: int = 7) -> nn.Module:
+    return SeedsBaseline(num_classes)
+
+
+for _w, _widths in {"s": (32, 64, 128, 256), "m": (48, 96, 192, 384), "l": (64, 128, 256, 512)}.items():
+    register(f"vgg_{_w}")(lambda num_classes=7, dropout=0.3, _ws=_widths: VGG(_ws, 2, num_classes, dropout))
+    register(f"resnet_{_w}")(lambda num_classes=7, dropout=0.2, _ws=_widths: ResNet(_ws, 2, num_classes, dropout))
