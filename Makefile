@@ -9,7 +9,7 @@ $(BIN)/ferkit: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q -e '.[train,serve,dev]'
 	@touch $@
 
 setup: $(BIN)/ferkit

@@ -65,7 +65,7 @@ def export_onnx(
 ) -> Path:
     import onnx
 
-    from ferkit.training.trainer import atomic_write
+    from ferkit.utils import atomic_write
 
     path = Path(path)
     model = WithSoftmax(model.float().eval().to(memory_format=torch.contiguous_format))
@@ -99,7 +99,7 @@ def set_onnx_metadata(path: str | Path, updates: dict[str, str]) -> None:
     """Change metadata entries of an ONNX file in place (atomically), e.g. the fitted temperature."""
     import onnx
 
-    from ferkit.training.trainer import atomic_write
+    from ferkit.utils import atomic_write
 
     path = Path(path)
     m = onnx.load(str(path))

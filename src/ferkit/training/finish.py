@@ -8,7 +8,7 @@ from typing import Any
 
 
 def finish_run(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    from ferkit.training.trainer import atomic_write
+    from ferkit.utils import atomic_write
 
     atomic_write(out / "metrics.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
     return summary

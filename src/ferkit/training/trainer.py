@@ -9,11 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +24,9 @@ from ferkit.errors import FerkitError
 from ferkit.models import create_model
 from ferkit.training.augment import augment, mix
 from ferkit.training.config import TrainConfig, to_toml
+from ferkit.utils import atomic_write
 
 log = logging.getLogger("ferkit.train")
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
