@@ -12,6 +12,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
@@ -29,7 +30,7 @@ from ferkit.data.dataset import (
     save_cache,
     source_key,
 )
-from ferkit.data.preprocess import preprocess
+from ferkit.data.preprocess import MAX_PIXELS, _header_size, preprocess
 from ferkit.errors import FerkitError
 
 FORMATS = ("csv", "folders", "ferplus", "manifest")
@@ -47,7 +48,12 @@ class Tree:
 
     def __init__(self, path: Path):
         self.path = path
-        self.zip = zipfile.ZipFile(path) if path.is_file() else None
+        self.zip = None
+        if path.is_file():
+            try:
+                self.zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise FerkitError(f"{path}: not a folder or a readable .zip archive ({e})") from None
         if self.zip is not None:
             files = [n for n in self.zip.namelist() if not n.endswith("/") and "__MACOSX" not in n]
         else:
@@ -71,6 +77,13 @@ class Tree:
         if self.zip is not None:
             return self.zip.read(full)
         return (self.path / full).read_bytes()
+
+    def try_read(self, rel: str) -> bytes | None:
+        """The file's bytes, or None when it cannot be read (a damaged archive member, a vanished file)."""
+        try:
+            return self.read(rel)
+        except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error):
+            return None
 
 
 def load_dataset(
@@ -96,7 +109,7 @@ def load_dataset(
         ds = _load_manifest(path, size)
     else:
         fmt = format or detect_format(path)
-        key = source_key(path, f"{fmt}|{size}|{val_fraction}|{test_fraction}|{seed}|v1")
+        key = source_key(path, f"{fmt}|{size}|{val_fraction}|{test_fraction}|{seed}|v2")
         ds = load_cache(key, str(path)) if use_cache else None
         if ds is None:
             loader = {"csv": _load_csv, "folders": _load_folders, "ferplus": _load_ferplus}[fmt]
@@ -134,15 +147,19 @@ def detect_format(path: Path) -> str:
 
 def _csv_text(path: Path) -> tuple[str, Iterable[str]]:
     """The CSV's name and lines, from a .csv, a .csv.gz, or the first CSV inside a .zip."""
-    if zipfile.is_zipfile(path):
+    if path.is_dir() or zipfile.is_zipfile(path):
         tree = Tree(path)
         inner = next((f for f in tree.files if f.lower().endswith((".csv", ".csv.gz"))), None)
         if inner is None:
-            raise FerkitError(f"{path}: no .csv inside the archive")
-        data = tree.read(inner)
-        if inner.lower().endswith(".gz"):
-            data = gzip.decompress(data)
-        return f"{path}:{inner}", io.StringIO(data.decode("utf-8-sig"))
+            raise FerkitError(f"{path}: no .csv file inside")
+        try:
+            data = tree.read(inner)
+            if inner.lower().endswith(".gz"):
+                data = gzip.decompress(data)
+            text = data.decode("utf-8-sig")
+        except (OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile, zlib.error) as e:
+            raise FerkitError(f"{path}:{inner}: cannot read as CSV ({e})") from None
+        return f"{path}:{inner}", io.StringIO(text, newline="")
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         f = opener(path, "rt", encoding="utf-8-sig", newline="")
@@ -188,8 +205,9 @@ def _load_csv(path: Path, size: int, val_fraction: float, test_fraction: float, 
         classes = FER2013_CLASSES if ints.max() < len(FER2013_CLASSES) else [str(i) for i in range(ints.max() + 1)]
         labels = ints
     else:
-        classes = sorted(set(raw_labels))
-        labels = np.array([classes.index(x) for x in raw_labels])
+        classes = _class_order(set(raw_labels))
+        index = {c: i for i, c in enumerate(classes)}
+        labels = np.array([index[x] for x in raw_labels])
     arr = np.stack(images)
     names = [f"row{i + 2}" for i in range(len(images))]
     if iu is not None:
@@ -208,8 +226,11 @@ def _load_csv(path: Path, size: int, val_fraction: float, test_fraction: float, 
 
 
 def _class_order(names: set[str]) -> list[str]:
-    if names == set(FER2013_CLASSES):
-        return list(FER2013_CLASSES)
+    """FER2013's (or FER+'s) label order for its classes or a subset of them, so a 4-class subset written
+    by `ferkit data convert` loads back in the same order; alphabetical for anything else."""
+    for known in (FER2013_CLASSES, FERPLUS_CLASSES):
+        if names <= set(known):
+            return [c for c in known if c in names]
     return sorted(names)
 
 
@@ -219,13 +240,27 @@ def _decode_all(
     """Decode (file, class) items; return images and the indices of items that decoded."""
     out, ok = [], []
     for i, (rel, _cls) in enumerate(items):
-        img = _decode_gray(tree.read(rel))
+        img, why = _decode_item(tree, rel)
         if img is None:
-            skipped.append(Skipped(rel, "unreadable image (corrupt, truncated or not an image)"))
+            skipped.append(Skipped(rel, why))
             continue
         out.append(preprocess(img, size))
         ok.append(i)
     return out, ok
+
+
+def _decode_item(tree: Tree, rel: str) -> tuple[np.ndarray | None, str]:
+    """One dataset image as gray, or None and why (the caller skips it and lists it in the load report)."""
+    data = tree.try_read(rel)
+    if data is None:
+        return None, "cannot read the file (damaged archive member or unreadable file)"
+    ok, w, h = _header_size(data[:65536])
+    if ok and w * h > MAX_PIXELS:
+        return None, f"image is {w}x{h} pixels, over the limit of {MAX_PIXELS:,}"
+    img = _decode_gray(data)
+    if img is None:
+        return None, "empty file" if not data else "unreadable image (corrupt, truncated or not an image)"
+    return img, ""
 
 
 def _decode_gray(data: bytes) -> np.ndarray | None:
@@ -272,6 +307,9 @@ def _load_folders(path: Path, size: int, val_fraction: float, test_fraction: flo
     return Dataset(classes, {s: splits[s] for s in SPLITS if s in splits}, skipped=skipped)
 
 
+_BAD_VOTES = "expected a file name, a face box and 10 vote counts"
+
+
 def ferplus_votes(row: list[str]) -> np.ndarray:
     return np.array([float(x) for x in row[2:12]], dtype=np.float32)
 
@@ -286,6 +324,39 @@ def ferplus_majority(votes: np.ndarray) -> int:
     if v[win] <= total / 2 or win >= len(FERPLUS_CLASSES):
         return -1
     return win
+
+
+def ferplus_vote_table(path: str | Path) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Every row of each FER+ label.csv, kept or not: split -> (image paths, N x 10 raw votes).
+
+    The loader drops images without a majority or voted unknown / not-a-face; the audit reads them here.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FerkitError(f"{path}: no such file or folder")
+    tree = Tree(path)
+    files = set(tree.files)
+    out: dict[str, tuple[list[str], np.ndarray]] = {}
+    for folder, split in FERPLUS_DIRS.items():
+        label_file = f"{folder}/label.csv"
+        if label_file not in files:
+            continue
+        names, votes = [], []
+        for rowno, row in enumerate(csv.reader(io.StringIO(tree.read(label_file).decode("utf-8-sig"))), start=1):
+            if not row:
+                continue
+            try:
+                v = ferplus_votes(row)
+                if len(v) != 10:
+                    raise ValueError
+            except (ValueError, IndexError):
+                raise FerkitError(f"{path}:{label_file}: row {rowno}: {_BAD_VOTES}") from None
+            names.append(f"{folder}/{row[0]}")
+            votes.append(v)
+        out[split] = (names, np.array(votes, dtype=np.float32).reshape(-1, 10))
+    if not out:
+        raise FerkitError(f"{path}: FER+ layout without any label.csv")
+    return out
 
 
 def _load_ferplus(path: Path, size: int, val_fraction: float, test_fraction: float, seed: int) -> Dataset:
@@ -307,7 +378,7 @@ def _load_ferplus(path: Path, size: int, val_fraction: float, test_fraction: flo
                 if len(votes) != 10:
                     raise ValueError
             except (ValueError, IndexError):
-                raise FerkitError(f"{path}:{label_file}: row {rowno}: expected a file name, a box and 10 vote counts") from None
+                raise FerkitError(f"{path}:{label_file}: row {rowno}: {_BAD_VOTES}") from None
             label = ferplus_majority(votes)
             rel = f"{folder}/{row[0]}"
             if label < 0:
@@ -315,9 +386,9 @@ def _load_ferplus(path: Path, size: int, val_fraction: float, test_fraction: flo
             if rel not in files:
                 skipped.append(Skipped(rel, "listed in label.csv but missing"))
                 continue
-            img = _decode_gray(tree.read(rel))
+            img, why = _decode_item(tree, rel)
             if img is None:
-                skipped.append(Skipped(rel, "unreadable image (corrupt, truncated or not an image)"))
+                skipped.append(Skipped(rel, why))
                 continue
             emo = votes[:8]
             imgs.append(preprocess(img, size))
@@ -397,6 +468,8 @@ def _load_manifest(path: Path, size: int) -> Dataset:
     return Dataset(ds.classes, splits, str(path), "manifest", ds.skipped, ds.from_cache)
 
 
-__all__ = ["FORMATS", "Tree", "detect_format", "load_dataset", "select_classes", "ferplus_majority"]
+__all__ = [
+    "FORMATS", "Tree", "detect_format", "ferplus_majority", "ferplus_vote_table", "load_dataset", "select_classes",
+]
 
 

@@ -1,0 +1,139 @@
+"""Write a loaded dataset in another layout: class folders of PNGs, or a fer2013-style CSV (plain or gzipped)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+import cv2
+
+from ferkit.data.dataset import FER2013_CLASSES, SPLITS, Dataset
+from ferkit.errors import FerkitError
+from ferkit.utils import atomic_write
+
+TARGETS = ("folders", "csv")
+USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+Progress = Callable[[int, int], None]
+
+
+def convert(ds: Dataset, out: str | Path, to: str, progress: Progress | None = None) -> dict[str, int]:
+    """Write `ds` to `out` as `to` ('folders' or 'csv'); returns items written per split.
+
+    The output appears whole or not at all: it is built next to `out` and renamed into place.
+    """
+    out = Path(out)
+    if to not in TARGETS:
+        raise FerkitError(f"--to {to!r}: unknown; choose one of {', '.join(TARGETS)}")
+    if out.exists() and (out.is_file() or any(out.iterdir())):
+        raise FerkitError(f"{out}: already exists; choose a new path (ferkit never overwrites)")
+    if ds.source and _inside(out, Path(ds.source)):
+        raise FerkitError(f"{out}: inside the source dataset; choose a path outside it")
+    if to == "folders":
+        return write_folders(ds, out, progress)
+    return write_csv(ds, out, progress)
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return parent.is_dir()
+    except ValueError:
+        return False
+
+
+def write_folders(ds: Dataset, out: Path, progress: Progress | None = None) -> dict[str, int]:
+    """train/val/test/<class>/<name>.png, lossless, so loading the folders gives back identical arrays."""
+    total = sum(len(sp) for sp in ds.splits.values())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    written: dict[str, int] = {}
+    done = 0
+    try:
+        for split in SPLITS:
+            if split not in ds.splits:
+                continue
+            sp = ds.splits[split]
+            for c in ds.classes:
+                (tmp / split / _safe(c)).mkdir(parents=True, exist_ok=True)
+            used: set[str] = set()
+            for i in range(len(sp)):
+                cls = _safe(ds.classes[int(sp.labels[i])])
+                stem = _safe(PurePosixPath(sp.names[i]).stem) or f"item{i}"
+                rel = f"{cls}/{stem}"
+                if rel in used:  # two sources with one stem (a.jpg and a.png) must not overwrite each other
+                    k = 1
+                    while f"{rel}_{k}" in used:
+                        k += 1
+                    rel = f"{rel}_{k}"
+                used.add(rel)
+                ok, buf = cv2.imencode(".png", sp.images[i])
+                if not ok:
+                    raise RuntimeError(f"PNG encoding failed for {sp.names[i]}")
+                (tmp / split / f"{rel}.png").write_bytes(buf.tobytes())
+                done += 1
+                if progress is not None and (done % 500 == 0 or done == total):
+                    progress(done, total)
+            written[split] = len(sp)
+        if out.exists():
+            out.rmdir()  # convert() checked it is empty
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return written
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe version of a class or item name."""
+    keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip(".")
+    return keep
+
+
+def write_csv(ds: Dataset, out: Path, progress: Progress | None = None) -> dict[str, int]:
+    """emotion,pixels,Usage rows (Training / PublicTest / PrivateTest); gzipped when `out` ends in .gz.
+
+    emotion is FER2013's integer when the classes are FER2013's seven in challenge order, else the class name.
+    """
+    as_int = list(ds.classes) == FER2013_CLASSES
+    sizes = {sp.images.shape[1:] for sp in ds.splits.values() if len(sp)}
+    total = sum(len(sp) for sp in ds.splits.values())
+    written: dict[str, int] = {}
+
+    def rows() -> list[str]:
+        lines = ["emotion,pixels,Usage\n"]
+        done = 0
+        for split in SPLITS:
+            if split not in ds.splits:
+                continue
+            sp = ds.splits[split]
+            for i in range(len(sp)):
+                label = int(sp.labels[i])
+                emotion = str(label) if as_int else _csv_field(ds.classes[label])
+                lines.append(f"{emotion},{' '.join(map(str, sp.images[i].ravel().tolist()))},{USAGE[split]}\n")
+                done += 1
+                if progress is not None and (done % 2000 == 0 or done == total):
+                    progress(done, total)
+            written[split] = len(sp)
+        return lines
+
+    if any(len(s) != 2 or s[0] != s[1] for s in sizes):
+        raise FerkitError(f"{ds.source}: images are not square; the CSV format needs square images")
+
+    def write(tmp: str) -> None:
+        opener = gzip.open if out.name.lower().endswith(".gz") else open
+        with opener(tmp, "wt", encoding="utf-8", newline="") as f:
+            f.writelines(rows())
+
+    atomic_write(out, write)
+    return written
+
+
+def _csv_field(text: str) -> str:
+    if any(ch in text for ch in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+

@@ -1,0 +1,276 @@
+"""Evaluate models on a dataset split: predictions, every metric, the figures and the report folder; calibration."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferkit.data.dataset import Dataset, Split
+from ferkit.errors import FerkitError
+from ferkit.evaluation.align import align_split, class_lut, exact_train_copies, parse_map
+from ferkit.evaluation.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    f1_from_confusions,
+    fit_temperature,
+    reliability,
+    vote_agreement,
+)
+from ferkit.evaluation.predictors import Ensemble, load_ensemble
+
+log = logging.getLogger("ferkit.evaluation")
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class Prepared:
+    """A split lined up with a model's classes."""
+
+    dataset: Dataset
+    split_name: str
+    split: Split  # labels in the model's class indices
+    mapping: dict[str, str]
+    left_out: int  # items of classes dropped by --map
+    train_copy: np.ndarray | None = None  # True where the image has an exact pixel copy in train
+
+
+@dataclass
+class Evaluation:
+    """Everything one evaluation produced: the metrics JSON and the arrays behind it."""
+
+    metrics: dict[str, Any]
+    prepared: Prepared
+    ensemble: Ensemble
+    prob: np.ndarray
+    prob_raw: np.ndarray
+    figures: dict[str, bytes] = field(default_factory=dict)
+    out: Path | None = None
+
+
+def load_data(data: str | Path, size: int, format: str | None = None) -> Dataset:
+    from ferkit.data import load_dataset
+
+    return load_dataset(data, format=format, size=size)
+
+
+def prepare(ds: Dataset, classes: list[str], split: str, map_spec: str | None, copies: bool = True) -> Prepared:
+    if split not in ds.splits:
+        have = ", ".join(ds.splits) or "none"
+        raise FerkitError(f"{ds.source}: no {split!r} split (it has: {have}); choose one with --split")
+    mapping = parse_map(map_spec)
+    lut = class_lut(ds.classes, classes, mapping)
+    sp, keep = align_split(ds.splits[split], lut, len(classes))
+    if len(sp) == 0:
+        raise FerkitError(f"{ds.source}: the {split} split has no items of the model's classes")
+    prep = Prepared(ds, split, sp, mapping, len(ds.splits[split]) - len(sp))
+    if copies and split != "train" and "train" in ds.splits:
+        prep.train_copy = exact_train_copies(ds.splits["train"].images, ds.splits[split].images)[keep]
+    return prep
+
+
+def summarize(
+    y: np.ndarray, prob: np.ndarray, prob_raw: np.ndarray, classes: list[str], calibrated: bool,
+    soft: np.ndarray | None = None, train_copy: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
+) -> dict[str, Any]:
+    """The metrics block of metrics.json for labels `y` and (calibrated, uncalibrated) probabilities."""
+    m = classification_metrics(y, prob, classes)
+    pred = prob.argmax(1)
+    m["ci95"] = bootstrap_ci(y, pred, len(classes), n_boot=n_boot, seed=seed)
+    rel = reliability(y, prob)
+    m["ece"] = rel["ece"]
+    cal: dict[str, Any] = {"reliability": rel}
+    if calibrated:
+        rel_raw = reliability(y, prob_raw)
+        cal.update(ece_uncalibrated=rel_raw["ece"], reliability_uncalibrated=rel_raw)
+    m["calibration"] = cal
+    m["votes"] = vote_agreement(pred, soft) if soft is not None else None
+    m["train_copies"] = None
+    if train_copy is not None:
+        clean = ~train_copy
+        block: dict[str, Any] = {"n_copies": int(train_copy.sum()), "n_without": int(clean.sum())}
+        if clean.any():
+            block["accuracy_without"] = float((pred[clean] == y[clean]).mean())
+            cm = np.zeros((1, len(classes), len(classes)), np.int64)
+            np.add.at(cm[0], (y[clean], pred[clean]), 1)
+            present = np.bincount(y[clean], minlength=len(classes)) > 0
+            block["macro_f1_without"] = float(f1_from_confusions(cm)[0, present].mean())
+        if train_copy.any():
+            block["accuracy_on_copies"] = float((pred[train_copy] == y[train_copy]).mean())
+        m["train_copies"] = block
+    return m
+
+
+def predict(ens: Ensemble, images: np.ndarray, tta: str, progress: ProgressFn | None) -> tuple[np.ndarray, np.ndarray]:
+    done = [0]
+    total = len(images)
+
+    def step(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+
+    return ens.predict(images, tta=tta, progress=step)
+
+
+def default_out(models: list[str], data: str | Path, split: str) -> Path:
+    def label(s: str) -> str:
+        p = Path(s.rstrip("/"))
+        name = p.name
+        for suf in (".gz", ".zip", ".csv", ".json", ".onnx", ".safetensors"):
+            name = name.removesuffix(suf)
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "model"
+
+    model = "+".join(label(m) for m in models)
+    tail = "" if split == "test" else f"-{split}"
+    return Path("runs") / "eval" / f"{model}-{label(str(data))}{tail}"
+
+
+def evaluate(
+    models: list[str] | str,
+    data: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    tta: str = "none",
+    map_spec: str | None = None,
+    format: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    report: bool = True,
+    saliency: int = 2,
+    progress: ProgressFn | None = None,
+) -> Evaluation:
+    """Evaluate one model or an ensemble on a split; write metrics.json, the PNGs and report.html to `out`."""
+    from ferkit.evaluation.predictors import parse_model_specs
+
+    t0 = time.perf_counter()
+    specs = parse_model_specs(models)
+    ens = load_ensemble(specs)
+    log.info("model %s: %d classes (%s), input %d px", ens.name, len(ens.classes), ", ".join(ens.classes),
+             ens.input_size)
+    ds = load_data(data, ens.input_size, format)
+    prep = prepare(ds, ens.classes, split, map_spec)
+    sp = prep.split
+    log.info("data %s: %s split, %d images%s", data, split, len(sp),
+             f" ({prep.left_out} left out by --map)" if prep.left_out else "")
+    prob, prob_raw = predict(ens, sp.images, tta, progress)
+    metrics = summarize(sp.labels, prob, prob_raw, ens.classes, ens.calibrated, sp.soft, prep.train_copy,
+                        n_boot=n_boot, seed=seed)
+    result = {
+        "ferkit_version": _version(),
+        "model": ens.info(),
+        "data": {
+            "source": str(data), "format": ds.format, "split": split, "classes": ds.classes, "n": len(sp),
+            "left_out_by_map": prep.left_out, "skipped_items": len(ds.skipped),
+        },
+        "map": prep.mapping,
+        "tta": tta,
+        "temperature": ens.temperature,
+        "metrics": metrics,
+        "saliency_method": "occlusion",
+        "seconds": None,
+    }
+    ev = Evaluation(result, prep, ens, prob, prob_raw)
+    out_dir = Path(out) if out is not None else default_out(specs, data, split)
+    if report:
+        from ferkit.evaluation.report import build_figures, write_report
+
+        log.info("drawing figures and occlusion maps")
+        ev.figures = build_figures(ev, saliency_per_class=saliency, seed=seed)
+        result["seconds"] = round(time.perf_counter() - t0, 2)
+        write_report(ev, out_dir)
+        ev.out = out_dir
+    else:
+        result["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json(out_dir / "metrics.json", result)
+        ev.out = out_dir
+    return ev
+
+
+def write_json(path: Path, obj: Any) -> None:
+    from ferkit.utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _version() -> str:
+    from ferkit import __version__
+
+    return __version__
+
+
+def calibrate(
+    model: str, data: str | Path, split: str = "val", out: str | Path | None = None, write: bool = True,
+    map_spec: str | None = None, format: str | None = None, progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Fit a temperature on a split by minimising the NLL; store it in the ONNX model (or a copy at `out`).
+
+    Reports ECE and NLL before and after on the fitting split, and on the test split when there is one.
+    """
+    from ferkit.evaluation.metrics import expected_calibration_error
+    from ferkit.evaluation.predictors import parse_model_specs
+    from ferkit.inference.model import apply_temperature
+
+    specs = parse_model_specs(model)
+    if len(specs) != 1:
+        raise FerkitError("calibrate: give one model (an ensemble has no single temperature)")
+    ens = load_ensemble(specs)
+    member = ens.members[0]
+    if write and member.kind != "onnx":
+        raise FerkitError(f"{member.source}: calibrate stores the temperature in an ONNX model; "
+                          "give a .onnx file or a run folder with model.onnx (or use --no-write)")
+    ds = load_data(data, ens.input_size, format)
+    prep = prepare(ds, ens.classes, split, map_spec, copies=False)
+    _, raw = predict(ens, prep.split.images, "none", progress)
+    y = prep.split.labels
+    t = fit_temperature(y, raw)
+
+    def scores(yy: np.ndarray, p: np.ndarray) -> dict[str, float]:
+        from sklearn.metrics import log_loss
+
+        p64 = p.astype(np.float64)
+        return {"ece": expected_calibration_error(yy, p),
+                "nll": float(log_loss(yy, p64 / p64.sum(1, keepdims=True), labels=list(range(p.shape[1]))))}
+
+    res: dict[str, Any] = {
+        "model": member.source, "data": str(data), "split": split, "n": len(y),
+        "temperature_before": member.temperature, "temperature": round(t, 4),
+        split: {"before": scores(y, raw), "after": scores(y, apply_temperature(raw, t))},
+    }
+    if split != "test" and "test" in ds.splits:
+        tp = prepare(ds, ens.classes, "test", map_spec, copies=False)
+        _, traw = predict(ens, tp.split.images, "none", None)
+        res["test"] = {"before": scores(tp.split.labels, traw),
+                       "after": scores(tp.split.labels, apply_temperature(traw, t))}
+    res["written_to"] = None
+    if write:
+        from ferkit.models.export import set_onnx_metadata
+
+        target = Path(out) if out is not None else Path(member.source)
+        try:
+            if target.resolve() != Path(member.source).resolve():
+                import shutil
+
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(member.source, target)
+            set_onnx_metadata(target, {"temperature": f"{t:.4f}"})
+        except OSError as e:
+            raise FerkitError(f"{target}: cannot write the calibrated model ({e.strerror or e}); "
+                              "give a writable path with --out") from None
+        res["written_to"] = str(target)
+    return res

@@ -1,0 +1,195 @@
+"""Numbers from predictions: accuracy and friends (scikit-learn), calibration, bootstrap intervals, McNemar, temperature.
+
+Everything takes integer labels (N,) and probabilities (N x C) in the model's class order; scikit-learn and
+SciPy are imported inside the functions so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+
+def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, per-class P/R/F1/support, macro/weighted F1, confusion matrices, top-2, log-loss.
+
+    Macro-F1 and balanced accuracy average over the classes present in `y`: a model class the data lacks
+    has no recall to speak of (its wrong predictions still count against precision of the others).
+    """
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        log_loss,
+        precision_recall_fscore_support,
+    )
+
+    y = np.asarray(y, dtype=np.int64)
+    prob = np.asarray(prob, dtype=np.float64)
+    n_cls = len(classes)
+    if len(y) == 0:
+        raise ValueError("no items to evaluate")
+    pred = prob.argmax(1)
+    labels = list(range(n_cls))
+    present = sorted(set(y.tolist()))
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    cm = confusion_matrix(y, pred, labels=labels)
+    rows = cm.sum(1, keepdims=True)
+    cm_norm = np.divide(cm, rows, out=np.zeros(cm.shape, np.float64), where=rows > 0)
+    with warnings.catch_warnings():
+        # sklearn warns when predictions use a class the data lacks; that is expected with a bigger model.
+        warnings.simplefilter("ignore")
+        bal = balanced_accuracy_score(y, pred)
+        # Probabilities rounded to float32 may sum to 1 +- 1e-7; log_loss renormalises them.
+        ll = log_loss(y, prob / prob.sum(1, keepdims=True), labels=labels)
+    return {
+        "n": int(len(y)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(bal),
+        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
+        "top2_accuracy": top_k_accuracy(y, prob, 2),
+        "log_loss": float(ll),
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, c in enumerate(classes)
+        },
+        "confusion": cm.tolist(),
+        "confusion_normalized": cm_norm.round(6).tolist(),
+    }
+
+
+def top_k_accuracy(y: np.ndarray, prob: np.ndarray, k: int) -> float:
+    """Share of items whose true class is among the k most probable ones (1.0 when k >= number of classes)."""
+    from sklearn.metrics import top_k_accuracy_score
+
+    if prob.shape[1] <= k:
+        return 1.0
+    return float(top_k_accuracy_score(y, prob, k=k, labels=list(range(prob.shape[1]))))
+
+
+def reliability(y: np.ndarray, prob: np.ndarray, bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error over equal-width confidence bins, and the per-bin numbers for the diagram.
+
+    ECE = sum over bins of (bin share) * |accuracy in bin - mean confidence in bin|, on the top-1 prediction.
+    """
+    conf = prob.max(1).astype(np.float64)
+    correct = (prob.argmax(1) == y).astype(np.float64)
+    # Bin i holds confidences in (i/bins, (i+1)/bins]; a confidence of exactly 0 goes to the first bin.
+    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    count = np.bincount(idx, minlength=bins).astype(np.float64)
+    acc_sum = np.bincount(idx, weights=correct, minlength=bins)
+    conf_sum = np.bincount(idx, weights=conf, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(count > 0, acc_sum / count, np.nan)
+        mean_conf = np.where(count > 0, conf_sum / count, np.nan)
+    ece = float(np.nansum(count / max(len(y), 1) * np.abs(acc - mean_conf)))
+    return {
+        "ece": ece,
+        "bins": bins,
+        "count": count.astype(int).tolist(),
+        "accuracy": [None if np.isnan(a) else float(a) for a in acc],
+        "confidence": [None if np.isnan(c) else float(c) for c in mean_conf],
+    }
+
+
+def expected_calibration_error(y: np.ndarray, prob: np.ndarray, bins: int = 15) -> float:
+    return reliability(y, prob, bins)["ece"]
+
+
+def bootstrap_ci(
+    y: np.ndarray, pred: np.ndarray, n_classes: int, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals for accuracy and macro-F1, all resamples at once.
+
+    One (n_boot x N) index matrix; per-resample confusion matrices come from a single bincount.
+    Macro-F1 averages over the classes present in the full `y`, as in `classification_metrics`.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    pred = np.asarray(pred, dtype=np.int64)
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    acc = (y == pred)[idx].mean(1)
+    cm = bootstrap_confusions(y, pred, idx, n_classes)
+    f1 = f1_from_confusions(cm)
+    present = np.bincount(y, minlength=n_classes) > 0
+    macro = f1[:, present].mean(1)
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return {
+        "accuracy": [float(np.percentile(acc, lo)), float(np.percentile(acc, hi))],
+        "macro_f1": [float(np.percentile(macro, lo)), float(np.percentile(macro, hi))],
+        "n_boot": n_boot,  # type: ignore[dict-item]
+        "seed": seed,  # type: ignore[dict-item]
+        "level": level,  # type: ignore[dict-item]
+    }
+
+
+def bootstrap_confusions(y: np.ndarray, pred: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
+    """(B x C x C) confusion matrices of the resamples given by the index rows of `idx`."""
+    b = idx.shape[0]
+    cell = (y[idx] * n_classes + pred[idx]) + (np.arange(b)[:, None] * n_classes * n_classes)
+    return np.bincount(cell.ravel(), minlength=b * n_classes * n_classes).reshape(b, n_classes, n_classes)
+
+
+def f1_from_confusions(cm: np.ndarray) -> np.ndarray:
+    """Per-class F1 (B x C) from confusion matrices (B x C x C); 0 where a class is neither true nor predicted."""
+    tp = np.diagonal(cm, axis1=1, axis2=2).astype(np.float64)
+    denom = cm.sum(2) + cm.sum(1)  # 2tp + fn + fp
+    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float | int]:
+    """McNemar's test on paired right/wrong outcomes: exact binomial p-value and chi-square with continuity correction.
+
+    b = items only A gets right, c = items only B gets right; under "equal accuracy" b ~ Binomial(b + c, 1/2).
+    """
+    from scipy.stats import binomtest, chi2
+
+    a = np.asarray(correct_a, dtype=bool)
+    bb = np.asarray(correct_b, dtype=bool)
+    if a.shape != bb.shape:
+        raise ValueError("McNemar needs the same items for both models")
+    b = int((a & ~bb).sum())
+    c = int((~a & bb).sum())
+    if b + c == 0:
+        return {"a_only": 0, "b_only": 0, "p_exact": 1.0, "chi2": 0.0, "p_chi2": 1.0}
+    p_exact = float(binomtest(min(b, c), b + c, 0.5).pvalue)
+    stat = (abs(b - c) - 1) ** 2 / (b + c)
+    return {"a_only": b, "b_only": c, "p_exact": min(p_exact, 1.0), "chi2": float(stat), "p_chi2": float(chi2.sf(stat, 1))}
+
+
+def undo_temperature(prob: np.ndarray, t: float) -> np.ndarray:
+    """Probabilities before temperature scaling by `t` (softmax(logits) from softmax(logits / t))."""
+    from ferkit.inference.model import apply_temperature
+
+    return apply_temperature(prob, 1.0 / t) if t != 1.0 else prob
+
+
+def fit_temperature(y: np.ndarray, prob: np.ndarray) -> float:
+    """The temperature T minimising the negative log-likelihood of softmax(log(prob) / T) on (y, prob).
+
+    `prob` must be uncalibrated (T = 1). A bounded 1-D search over log T in [1/20, 20].
+    """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    z = np.log(np.clip(np.asarray(prob, np.float64), 1e-12, 1.0))
+    y = np.asarray(y, dtype=np.int64)
+    rows = np.arange(len(y))
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(z / np.exp(log_t), axis=1)[rows, y].mean())
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(res.x))
+
+
+def vote_agreement(pred: np.ndarray, soft: np.ndarray) -> dict[str, float]:
+    """Against annotators' vote distributions (FER+): how often the prediction got at least one vote,
+    and the mean share of votes it got (the chance a random annotator agrees)."""
+    got = soft[np.arange(len(pred)), pred]
+    return {"in_votes_accuracy": float((got > 0).mean()), "mean_vote_share": float(got.mean())}

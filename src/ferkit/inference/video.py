@@ -1,0 +1,183 @@
+"""Video files and cameras: read frames, recognise with tracking and smoothing, write annotated video and timelines."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ferkit.errors import FerkitError
+from ferkit.inference.detect import Detection
+from ferkit.inference.recognizer import EmotionRecognizer, Prediction
+from ferkit.inference.tracking import FaceTracker
+from ferkit.utils import atomic_write, atomic_write_text
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
+
+
+class FrameSource:
+    """Frames of a video file or a camera (an integer index), every `stride`-th one."""
+
+    def __init__(self, source: str | int, stride: int = 1):
+        self.source = source
+        self.is_camera = isinstance(source, int) or str(source).isdigit()
+        self.stride = max(1, stride)
+        if not self.is_camera and not Path(str(source)).is_file():
+            raise FerkitError(f"{source}: no such video file")
+        self.cap = cv2.VideoCapture(int(source) if self.is_camera else str(source))
+        if not self.cap.isOpened():
+            what = "camera" if self.is_camera else "video"
+            raise FerkitError(f"{source}: cannot open {what}" + (" (no such camera?)" if self.is_camera else ""))
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and fps > 0 and np.isfinite(fps) else 30.0
+        n = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.frame_count = n if n > 0 and not self.is_camera else None
+        ok, first = self.cap.read()
+        if not ok or first is None:
+            self.cap.release()
+            raise FerkitError(f"{source}: no frames could be read (corrupt video or camera not available)")
+        self._first = first
+
+    def __iter__(self) -> Iterator[tuple[int, float, np.ndarray]]:
+        index, frame = 0, self._first
+        try:
+            while frame is not None:
+                if index % self.stride == 0:
+                    yield index, index / self.fps, frame
+                ok, frame = self.cap.read()
+                if not ok:
+                    break
+                index += 1
+        finally:
+            self.cap.release()
+
+    def __len__(self) -> int:
+        return 0 if self.frame_count is None else (self.frame_count + self.stride - 1) // self.stride
+
+
+@dataclass
+class VideoPipeline:
+    """Per frame: detect (every `detect_every`-th processed frame, reusing boxes in between), classify, track."""
+
+    recognizer: EmotionRecognizer
+    tracker: FaceTracker = field(default_factory=FaceTracker)
+    detect_every: int = 1
+    _count: int = 0
+    _last: list[Detection] = field(default_factory=list)
+
+    def process(self, frame: np.ndarray, index: int, time: float, keep_crops: bool = False) -> Prediction:
+        rec = self.recognizer
+        if self._count % max(1, self.detect_every) == 0:
+            self._last = rec.detect(frame)
+        self._count += 1
+        crops = [rec.crop(frame, d) for d in self._last]
+        prob = rec.predict_proba(crops) if crops else np.zeros((0, len(rec.classes)), np.float32)
+        faces = [
+            rec._face(p, d.box, d.score, d.landmarks, c if keep_crops else None)
+            for p, d, c in zip(prob, self._last, crops, strict=True)
+        ]
+        self.tracker.update(faces)
+        h, w = frame.shape[:2]
+        return Prediction(faces, w, h, detector=rec.detector.name, frame=index, time=time)
+
+
+class Timeline:
+    """Per-track rows of (time, frame, track, smoothed probabilities): a CSV and a PNG plot per track."""
+
+    def __init__(self, classes: list[str]):
+        self.classes = classes
+        self.rows: list[tuple[float, int, int, list[float]]] = []
+
+    def add(self, pred: Prediction) -> None:
+        for f in pred.faces:
+            if f.track_id is not None:
+                self.rows.append((pred.time or 0.0, pred.frame or 0, f.track_id, list(f.probabilities.values())))
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["time", "frame", "track", *self.classes])
+        for t, fr, tr, p in self.rows:
+            w.writerow([f"{t:.3f}", fr, tr, *(f"{v:.4f}" for v in p)])
+        return buf.getvalue()
+
+    def write(self, folder: Path, stem: str) -> list[Path]:
+        """timeline CSV, plus one PNG per track when matplotlib is installed. Returns the files written."""
+        folder.mkdir(parents=True, exist_ok=True)
+        csv_path = folder / f"{stem}_timeline.csv"
+        atomic_write_text(csv_path, self.to_csv())
+        out = [csv_path]
+        if not self.rows:
+            return out
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            import logging
+
+            logging.getLogger("ferkit").warning(
+                "timeline plot skipped: matplotlib is not installed (pip install matplotlib); the CSV has the data"
+            )
+            return out
+        from ferkit.inference.draw import class_colour
+
+        tracks = sorted({r[2] for r in self.rows})
+        for tr in tracks:
+            rows = [r for r in self.rows if r[2] == tr]
+            t = np.array([r[0] for r in rows])
+            p = np.array([r[3] for r in rows])
+            fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
+            for k, name in enumerate(self.classes):
+                b, g, r_ = class_colour(name)
+                ax.plot(t, p[:, k], label=name, color=(r_ / 255, g / 255, b / 255), lw=1.6)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("time (s)")
+            ax.set_ylabel("probability (smoothed)")
+            ax.set_title(f"{stem}: track {tr}")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+            fig.tight_layout()
+            png = folder / f"{stem}_track{tr}.png"
+            atomic_write(png, lambda p_, fig=fig: fig.savefig(p_, format="png"))
+            plt.close(fig)
+            out.append(png)
+        return out
+
+
+class VideoSink:
+    """An annotated video written to a temporary file and renamed into place when closed."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+        import os
+        import tempfile
+
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+        os.close(fd)
+        fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix.lower() == ".avi" else "mp4v"))
+        self.writer = cv2.VideoWriter(self.tmp, fourcc, fps, size)
+        if not self.writer.isOpened():
+            Path(self.tmp).unlink(missing_ok=True)
+            raise FerkitError(f"{path}: cannot write video (codec not available)")
+        self.size = size
+
+    def write(self, frame: np.ndarray) -> None:
+        if (frame.shape[1], frame.shape[0]) != self.size:
+            frame = cv2.resize(frame, self.size)
+        self.writer.write(frame)
+
+    def close(self, keep: bool = True) -> None:
+        import os
+
+        self.writer.release()
+        if keep:
+            os.replace(self.tmp, self.path)
+        else:
+            Path(self.tmp).unlink(missing_ok=True)
