@@ -1,7 +1,178 @@
-"""`ferkit evaluate` commands (filled in by the evaluate work)."""
+"""`ferkit evaluate`, `ferkit calibrate` and `ferkit compare`: thin commands over ferkit.evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import typer
+
+from ferkit.cli.common import console, err_console, handle_errors, print_json, quiet
+
+log = logging.getLogger("ferkit.evaluation")
+
+SPLIT_HELP = "Which split to use: train, val or test."
+MAP_HELP = "Dataset class -> model class, e.g. 'anger=angry,happiness=happy,contempt=-' ('-' leaves a class out)."
+TTA_HELP = "Test-time augmentation: none, flip, crops (five crops) or flip+crops."
+
+
+@contextlib.contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich bar with rate and ETA on a terminal; plain log lines (every ~20%) otherwise."""
+    if quiet():
+        yield lambda done, total: None
+        return
+    if err_console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]}"),
+                      TimeRemainingColumn(), console=err_console, transient=True) as bar:
+            task = bar.add_task(label, total=None, rate="")
+
+            def update(done: int, total: int) -> None:
+                speed = bar.tasks[0].speed
+                bar.update(task, completed=done, total=total, rate=f"{speed:.0f} img/s" if speed else "")
+
+            yield update
+        return
+    state = {"next": 0.0}
+
+    def plain(done: int, total: int) -> None:
+        if total and (done / total >= state["next"] or done == total):
+            log.info("%s: %d/%d images", label, done, total)
+            state["next"] = done / total + 0.2
+
+    yield plain
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
+    app.command("evaluate")(evaluate_cmd)
+    app.command("calibrate")(calibrate_cmd)
+    app.command("compare")(compare_cmd)
+
+
+@handle_errors
+def evaluate_cmd(
+    models: list[str] = typer.Argument(..., metavar="MODEL",
+                                       help="'default', a run folder, a .onnx or .safetensors file; several "
+                                            "(or comma separated) make an ensemble."),
+    data: Path = typer.Argument(..., metavar="DATA", help="Any dataset ferkit reads, or a cleaned manifest.json."),
+    split: str = typer.Option("test", "--split", help=SPLIT_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: runs/eval/<model>-<data>)."),
+    tta: str = typer.Option("none", "--tta", help=TTA_HELP),
+    map_spec: str | None = typer.Option(None, "--map", help=MAP_HELP),
+    format: str | None = typer.Option(None, "--format", help="Force the dataset format: csv, folders, ferplus."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=100, help="Bootstrap resamples for the 95% intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed for bootstrap and example sampling."),
+    saliency: int = typer.Option(2, "--saliency", min=0, help="Occlusion maps per class (0: none)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics JSON on stdout, nothing else."),
+) -> None:
+    """Evaluate a model (or an ensemble) on a dataset split; write metrics.json, PNGs and a self-contained report.html.
+
+    Example: ferkit evaluate default ../shared/datasets/fer2013.zip --out runs/eval/default-fer2013
+    """
+    from ferkit.evaluation import evaluate
+    from ferkit.evaluation.report import summary_rows
+
+    with _progress("predicting") as prog:
+        ev = evaluate(models, data, split=split, out=out, tta=tta, map_spec=map_spec, format=format,
+                      n_boot=bootstrap, seed=seed, saliency=saliency, progress=prog)
+    if as_json:
+        print_json(ev.metrics)
+        return
+    if quiet():
+        return
+    from rich.table import Table
+
+    r = ev.metrics
+    table = Table(title=f"{r['model']['name']} on {data} ({split}, {r['data']['n']} images)")
+    for col in ("metric", "value", "note"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    for row in summary_rows(r):
+        table.add_row(*row)
+    console.print(table)
+    pc = Table(title="Per class")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        pc.add_column(col, justify="left" if col == "class" else "right")
+    for c, v in r["metrics"]["per_class"].items():
+        pc.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
+    console.print(pc)
+    console.print(f"Report: {ev.out / 'report.html'}", highlight=False)
+
+
+@handle_errors
+def calibrate_cmd(
+    model: str = typer.Argument(..., metavar="MODEL", help="A .onnx file, a run folder with model.onnx, or 'default'."),
+    data: Path = typer.Argument(..., metavar="DATA", help="The dataset whose validation split fits the temperature."),
+    split: str = typer.Option("val", "--split", help="Split to fit on."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write a calibrated copy here instead of in place."),
+    write: bool = typer.Option(True, "--write/--no-write", help="Store the temperature in the model's metadata."),
+    map_spec: str | None = typer.Option(None, "--map", help=MAP_HELP),
+    format: str | None = typer.Option(None, "--format", help="Force the dataset format: csv, folders, ferplus."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout, nothing else."),
+) -> None:
+    """Fit temperature scaling on the validation split (minimising NLL) and store T in the ONNX model's metadata.
+
+    Example: ferkit calibrate runs/fer2013_default ../shared/datasets/fer2013.zip
+    """
+    from ferkit.evaluation import calibrate
+
+    with _progress("predicting") as prog:
+        res = calibrate(model, data, split=split, out=out, write=write, map_spec=map_spec, format=format,
+                        progress=prog)
+    if as_json:
+        print_json(res)
+        return
+    if quiet():
+        return
+    console.print(f"Temperature T = {res['temperature']:.4f} (was {res['temperature_before']:g}), "
+                  f"fitted on {res['split']} ({res['n']} images)", highlight=False)
+    for part in (res["split"], "test"):
+        if part in res:
+            b, a = res[part]["before"], res[part]["after"]
+            console.print(f"  {part}: ECE {b['ece']:.4f} -> {a['ece']:.4f}, NLL {b['nll']:.4f} -> {a['nll']:.4f}",
+                          highlight=False)
+    if res["written_to"]:
+        console.print(f"Stored in {res['written_to']} (metadata 'temperature')", highlight=False)
+    else:
+        console.print("Not written (--no-write)")
+
+
+@handle_errors
+def compare_cmd(
+    models: list[str] = typer.Argument(..., metavar="MODEL", help="Two or more models; 'a,b' is an ensemble."),
+    data: Path = typer.Option(..., "--data", "-d", help="The dataset all models are evaluated on."),
+    split: str = typer.Option("test", "--split", help=SPLIT_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for compare.md and compare.json "
+                                                                "(default: runs/eval/compare-<data>)."),
+    tta: str = typer.Option("none", "--tta", help=TTA_HELP),
+    map_spec: str | None = typer.Option(None, "--map", help=MAP_HELP),
+    format: str | None = typer.Option(None, "--format", help="Force the dataset format: csv, folders, ferplus."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=100, help="Bootstrap resamples for the 95% intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed for bootstrap."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison JSON on stdout, nothing else."),
+) -> None:
+    """Evaluate several models on the same images: one table side by side, McNemar's test for each pair.
+
+    Example: ferkit compare default runs/fer2013_default --data ../shared/datasets/fer2013.zip
+    """
+    from ferkit.evaluation import compare, markdown, write_compare
+    from ferkit.evaluation.core import default_out
+
+    with _progress("predicting") as prog:
+        res = compare(models, data, split=split, tta=tta, map_spec=map_spec, format=format, n_boot=bootstrap,
+                      seed=seed, progress=prog)
+    target = out if out is not None else default_out(["compare"], data, split)
+    write_compare(res, target)
+    if as_json:
+        print_json(res)
+        return
+    if quiet():
+        return
+    typer.echo(markdown(res))  # plain text: a Markdown table must not be re-wrapped to the terminal width
+    console.print(f"Written: {target / 'compare.md'}, {target / 'compare.json'}", highlight=False)
+

@@ -20,10 +20,12 @@ import numpy as np
 from ferkit.data.dataset import SPLITS, Dataset
 from ferkit.utils import atomic_write_text
 
-# Thresholds measured on FER2013 (docs/data.md, "Audit"): the blank images of FER2013 have a pixel std of
-# at most ~1 (most are all zeros); the least uniform real faces are above 8.
-BLANK_STD = 4.0
-# pHash bits that may differ for a near duplicate; measured on FER2013 (docs/data.md).
+# Thresholds measured on FER2013 (docs/data.md, "Audit"): its 12 blank images have a pixel std of 0 and the
+# flattest real face 42.6, so anything under 10 is blank or near-uniform.
+BLANK_STD = 10.0
+# pHash bits that may differ for a near duplicate. On FER2013, pairs at distance <= 4 were, in an eyeballed
+# sample, re-crops / re-encodes / retouches of one photo; at 6 about half are different people (docs/data.md).
+# The hash has a constant weight (31 bits over the median + DC), so distances are even: 4 also means 5.
 NEAR_DISTANCE = 4
 
 REASONS = {
@@ -61,6 +63,8 @@ class AuditResult:
     excluded_images: dict[str, np.ndarray] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     near_pairs_by_distance: dict[int, int] = field(default_factory=dict)
+    # Per val/test split: items whose exact pixels appear in train, whatever their label (exact_train_copies).
+    train_copies: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -86,6 +90,7 @@ class AuditResult:
             "thresholds": self.thresholds,
             "counts": self.counts(),
             "near_pairs_by_distance": {str(k): v for k, v in sorted(self.near_pairs_by_distance.items())},
+            "train_copies": self.train_copies,
             "clean_drops": {s: len(dropped.get(s, ())) for s in self.sizes},
             "reasons": {r: REASONS[r] for r in self.counts()},
             "seconds": round(self.seconds, 2),
@@ -261,6 +266,7 @@ def audit(
         seen.add(second)
         flag(second, "near_leak" if split_id[first] != split_id[second] else "near_duplicate", first)
 
+    res.train_copies = {s: int(m.sum()) for s, m in exact_train_copies(ds).items()}
     if ferplus_votes:
         _ferplus_flags(res, ferplus_votes, read_image)
     res.seconds = time.perf_counter() - t0
@@ -314,7 +320,7 @@ def clean_manifest(res: AuditResult, ds: Dataset) -> dict:
     }
 
 
-def contact_sheet(res: AuditResult, ds: Dataset, path: Path, per_reason: int = 12, seed: int = 0) -> None:
+def contact_sheet(res: AuditResult, ds: Dataset, path: Path, per_reason: int = 6, seed: int = 0) -> None:
     """One PNG: a row of examples per reason; duplicates are shown as pairs (item, then the item it copies)."""
     import matplotlib
 
@@ -343,7 +349,7 @@ def contact_sheet(res: AuditResult, ds: Dataset, path: Path, per_reason: int = 1
     if not rows:
         rows = [("no problems found", [])]
     cols = max(1, max(len(r[1]) * (2 if r[1] and r[1][0].other else 1) for r in rows))
-    cols = min(cols, 24)
+    cols = min(cols, 12)
     fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 0.9, len(rows) * 1.25 + 0.3), squeeze=False)
     for r, (reason, flags) in enumerate(rows):
         tiles: list[tuple[np.ndarray, str]] = []
@@ -368,7 +374,7 @@ def contact_sheet(res: AuditResult, ds: Dataset, path: Path, per_reason: int = 1
         axes[r][0].set_ylabel(reason.replace("_", "\n"), fontsize=7, rotation=0, ha="right", va="center", labelpad=4)
     fig.suptitle(f"ferkit data audit: examples per reason ({Path(res.source).name})", fontsize=9)
     fig.tight_layout(rect=(0.04, 0, 1, 0.97), h_pad=0.4, w_pad=0.1)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=85)
     plt.close(fig)
 
 

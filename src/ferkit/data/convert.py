@@ -6,7 +6,7 @@ import gzip
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import cv2
@@ -103,8 +103,12 @@ def write_csv(ds: Dataset, out: Path, progress: Progress | None = None) -> dict[
     total = sum(len(sp) for sp in ds.splits.values())
     written: dict[str, int] = {}
 
-    def rows() -> list[str]:
-        lines = ["emotion,pixels,Usage\n"]
+    if any(len(s) != 2 or s[0] != s[1] for s in sizes):
+        raise FerkitError(f"{ds.source}: images are not square; the CSV format needs square images")
+    text = [str(v) for v in range(256)]
+
+    def rows() -> Iterator[str]:
+        yield "emotion,pixels,Usage\n"
         done = 0
         for split in SPLITS:
             if split not in ds.splits:
@@ -113,20 +117,20 @@ def write_csv(ds: Dataset, out: Path, progress: Progress | None = None) -> dict[
             for i in range(len(sp)):
                 label = int(sp.labels[i])
                 emotion = str(label) if as_int else _csv_field(ds.classes[label])
-                lines.append(f"{emotion},{' '.join(map(str, sp.images[i].ravel().tolist()))},{USAGE[split]}\n")
+                yield f"{emotion},{' '.join(map(text.__getitem__, sp.images[i].ravel().tolist()))},{USAGE[split]}\n"
                 done += 1
                 if progress is not None and (done % 2000 == 0 or done == total):
                     progress(done, total)
             written[split] = len(sp)
-        return lines
-
-    if any(len(s) != 2 or s[0] != s[1] for s in sizes):
-        raise FerkitError(f"{ds.source}: images are not square; the CSV format needs square images")
 
     def write(tmp: str) -> None:
-        opener = gzip.open if out.name.lower().endswith(".gz") else open
-        with opener(tmp, "wt", encoding="utf-8", newline="") as f:
-            f.writelines(rows())
+        # Level 6: nearly the size of level 9 at a fraction of the time.
+        if out.name.lower().endswith(".gz"):
+            with gzip.open(tmp, "wt", encoding="utf-8", newline="", compresslevel=6) as f:
+                f.writelines(rows())
+        else:
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                f.writelines(rows())
 
     atomic_write(out, write)
     return written

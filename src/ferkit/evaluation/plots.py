@@ -81,6 +81,8 @@ def reliability_png(rel: dict[str, Any], rel_before: dict[str, Any] | None = Non
 
 def curves_png(log: list[dict[str, Any]]) -> bytes:
     """Loss and accuracy per epoch from a run's log.jsonl."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(11, 4)
     ep = [r["epoch"] for r in log]
 
@@ -93,6 +95,7 @@ def curves_png(log: list[dict[str, Any]]) -> bytes:
             ax.plot(ep, series(key), style, marker="o", markersize=3, label=key)
     ax.set_xlabel("epoch")
     ax.set_title("Loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax.grid(alpha=0.3)
     ax = fig.add_subplot(1, 2, 2)
@@ -101,6 +104,7 @@ def curves_png(log: list[dict[str, Any]]) -> bytes:
             ax.plot(ep, series(key), style, marker="o", markersize=3, label=key)
     ax.set_xlabel("epoch")
     ax.set_title("Accuracy / macro-F1")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -108,27 +112,41 @@ def curves_png(log: list[dict[str, Any]]) -> bytes:
 
 
 def face_grid_png(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], title: str, cols: int) -> bytes:
-    """One row per class: (row label, [(face, caption), ...]); empty cells where a class has fewer faces."""
+    """One row per class: (row label, [(face, caption), ...]); empty cells where a class has fewer faces.
+
+    The faces go into one mosaic drawn by a single imshow: dozens of subplots take seconds to lay out.
+    """
     n_rows = max(1, len(rows))
-    fig = _figure(1.25 * cols + 1.2, 1.45 * n_rows + 0.5)
-    fig.suptitle(title)
+    side = max((items[0][0].shape[0] for _, items in rows if items), default=48)
+    gap, cap = side // 8, side // 3  # space between faces, and above each for its caption
+    cell_w, cell_h = side + gap, side + cap + gap
+    mosaic = np.full((n_rows * cell_h, cols * cell_w), 255, np.uint8)
+    inch = 1.1 / side  # a face about 1.1 inch wide; the figure follows the mosaic's shape
+    fig = _figure(cols * cell_w * inch / 0.88, n_rows * cell_h * inch / 0.96 + 0.3)
+    ax = fig.add_axes((0.12, 0.0, 0.88, 0.96))
+    texts = []
     for r, (label, items) in enumerate(rows):
-        for c in range(cols):
-            ax = fig.add_subplot(n_rows, cols, r * cols + c + 1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for s in ax.spines.values():
-                s.set_visible(False)
-            if c == 0:
-                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10, fontweight="bold")
-            if c < len(items):
-                img, caption = items[c]
-                ax.imshow(img, cmap="gray", vmin=0, vmax=255)
-                ax.set_title(caption, fontsize=7)
-            elif c == 0:
-                ax.text(0.5, 0.5, "none", ha="center", va="center", fontsize=8, color="gray", transform=ax.transAxes)
-    fig.tight_layout()
+        y0 = r * cell_h + cap
+        texts.append((-gap, y0 + side / 2, label, dict(ha="right", va="center", fontsize=10, fontweight="bold")))
+        if not items:
+            texts.append((side / 2, y0 + side / 2, "none", dict(ha="center", va="center", fontsize=8, color="gray")))
+        for c, (img, caption) in enumerate(items[:cols]):
+            x0 = c * cell_w
+            mosaic[y0 : y0 + side, x0 : x0 + side] = img if img.shape[0] == side else _fit(img, side)
+            texts.append((x0 + side / 2, y0 - 2, caption, dict(ha="center", va="bottom", fontsize=7)))
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    for x, y, t, kw in texts:
+        ax.text(x, y, t, **kw)
+    ax.set_axis_off()
+    ax.set_anchor("N")  # the mosaic right under the title
+    fig.suptitle(title)
     return _png(fig)
+
+
+def _fit(img: np.ndarray, side: int) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
 
 
 def saliency_png(items: list[tuple[np.ndarray, np.ndarray, str]], cols: int = 6) -> bytes:
@@ -140,9 +158,12 @@ def saliency_png(items: list[tuple[np.ndarray, np.ndarray, str]], cols: int = 6)
     fig = _figure(1.4 * cols, 1.6 * rows + 0.4)
     fig.suptitle("Occlusion sensitivity: red = covering this area lowers the predicted class's probability most")
     for k, (img, heat, caption) in enumerate(items):
-        colour = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+        heat = np.clip(heat, 0, 1)
+        colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1].astype(np.float32)
         base = np.repeat(img[..., None], 3, axis=2).astype(np.float32)
-        overlay = (0.55 * base + 0.45 * colour).astype(np.uint8)
+        # Opacity follows the heat: the face stays visible where hiding it changes nothing.
+        alpha = 0.7 * heat[..., None]
+        overlay = ((1 - alpha) * base + alpha * colour).astype(np.uint8)
         for j, (im, cap) in enumerate(((img, caption), (overlay, ""))):
             ax = fig.add_subplot(rows, cols, 2 * k + j + 1)
             ax.imshow(im, cmap="gray" if im.ndim == 2 else None, vmin=0, vmax=255)

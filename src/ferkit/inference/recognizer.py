@@ -19,8 +19,9 @@ Public API (``from ferkit import EmotionRecognizer``; all of it needs only ONNX 
         (str | Path), or encoded bytes (decoded with EXIF orientation and the decompression-bomb pixel limit).
         detect=None: detect faces unless the image is exactly input_size x input_size (already a crop);
         detect=False: the whole image is one face crop. No face found -> Prediction with faces == [].
-    rec.predict_crops(crops, batch=256) -> list[Face]   # crops already cut (e.g. FER2013 48x48), one Face each
-    rec.predict_proba(crops, batch=256) -> np.ndarray N x C   # the same, as probabilities only
+    rec.predict_crops(crops, batch=64) -> list[Face]   # crops already cut (e.g. FER2013 48x48), one Face each
+    rec.predict_proba(crops, batch=64) -> np.ndarray N x C   # the same, as probabilities only
+        (batch 64: as fast as 256 here, and a third of the peak memory)
     rec.detect(image) -> list[Detection]; rec.crop(image, detection) -> aligned crop (native resolution)
 
     @dataclass Face:
@@ -171,7 +172,7 @@ class EmotionRecognizer:
     def detector_name(self) -> str:
         return self.detector.name
 
-    def predict_proba(self, crops: np.ndarray | Sequence[np.ndarray], batch: int = 256) -> np.ndarray:
+    def predict_proba(self, crops: np.ndarray | Sequence[np.ndarray], batch: int = 64) -> np.ndarray:
         probs = [m.predict_proba(crops, batch=batch, tta=self.tta) for m in self.models]
         return probs[0] if len(probs) == 1 else np.mean(probs, axis=0).astype(np.float32)
 
@@ -195,7 +196,7 @@ class EmotionRecognizer:
         )
 
     # -- entry points -------------------------------------------------------------------------------------------
-    def predict_crops(self, crops: np.ndarray | Sequence[np.ndarray], batch: int = 256) -> list[Face]:
+    def predict_crops(self, crops: np.ndarray | Sequence[np.ndarray], batch: int = 64) -> list[Face]:
         prob = self.predict_proba(crops, batch=batch)
         return [self._face(p, (0, 0, c.shape[1], c.shape[0]), 1.0) for p, c in zip(prob, crops, strict=True)]
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,24 @@ from ferkit.utils import atomic_write, atomic_write_text
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """OpenCV's and FFmpeg's C++ logging of a failed open goes to fd 2; our one-line error says it better."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
 class FrameSource:
     """Frames of a video file or a camera (an integer index), every `stride`-th one."""
 
@@ -29,7 +50,15 @@ class FrameSource:
         self.stride = max(1, stride)
         if not self.is_camera and not Path(str(source)).is_file():
             raise FerkitError(f"{source}: no such video file")
-        self.cap = cv2.VideoCapture(int(source) if self.is_camera else str(source))
+        with _quiet_stderr():
+            if self.is_camera:
+                self.cap = cv2.VideoCapture(int(source))
+            else:
+                # FFmpeg first: the catch-all backend also tries to read a broken video as an image sequence.
+                self.cap = cv2.VideoCapture(str(source), cv2.CAP_FFMPEG)
+                if not self.cap.isOpened():
+                    self.cap = cv2.VideoCapture(str(source))
+            ok, first = self.cap.read() if self.cap.isOpened() else (False, None)
         if not self.cap.isOpened():
             what = "camera" if self.is_camera else "video"
             raise FerkitError(f"{source}: cannot open {what}" + (" (no such camera?)" if self.is_camera else ""))
@@ -37,7 +66,6 @@ class FrameSource:
         self.fps = float(fps) if fps and fps > 0 and np.isfinite(fps) else 30.0
         n = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.frame_count = n if n > 0 and not self.is_camera else None
-        ok, first = self.cap.read()
         if not ok or first is None:
             self.cap.release()
             raise FerkitError(f"{source}: no frames could be read (corrupt video or camera not available)")

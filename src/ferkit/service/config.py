@@ -33,7 +33,7 @@ class ServiceConfig:
     cors_origins: tuple[str, ...] = ()
     api_key: str | None = None
     graceful_timeout: float = 10.0  # seconds to finish in-flight requests on shutdown
-    stream_smoothing: float = 0.5  # EMA weight of the newest frame for /v1/stream tracks
+    stream_window: int = 5  # EMA span in frames for the smoothed emotions of /v1/stream tracks (1 = none)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -57,7 +57,7 @@ class ServiceConfig:
             (self.max_batch >= 1, f"max batch {self.max_batch}: must be >= 1"),
             (self.max_pixels >= 1, f"max pixels {self.max_pixels}: must be >= 1"),
             (self.graceful_timeout >= 0, f"graceful timeout {self.graceful_timeout}: must be >= 0"),
-            (0 < self.stream_smoothing <= 1, f"stream smoothing {self.stream_smoothing}: must be in (0, 1]"),
+            (self.stream_window >= 1, f"stream window {self.stream_window}: must be >= 1"),
             (self.api_key != "", "api key: empty; leave it unset for an open service"),
         ]
         for ok, message in checks:

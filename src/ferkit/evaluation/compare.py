@@ -1,0 +1,101 @@
+"""Several models on the same images: one table side by side, and McNemar's test for every pair."""
+
+from __future__ import annotations
+
+import time
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from ferkit.errors import FerkitError
+from ferkit.evaluation.core import ProgressFn, load_data, predict, prepare, summarize, write_json
+from ferkit.evaluation.metrics import mcnemar
+from ferkit.evaluation.predictors import load_ensemble, parse_model_specs
+
+
+def compare(
+    models: list[str], data: str | Path, split: str = "test", tta: str = "none", map_spec: str | None = None,
+    format: str | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Each MODEL argument is one entry (a comma inside it makes that entry an ensemble)."""
+    if len(models) < 2:
+        raise FerkitError("compare: give at least two models")
+    t0 = time.perf_counter()
+    ensembles = [load_ensemble(parse_model_specs(m)) for m in models]
+    ds = load_data(data, max(e.input_size for e in ensembles), format)
+    rows, correct, names = [], [], []
+    n_items = None
+    for spec, ens in zip(models, ensembles, strict=True):
+        prep = prepare(ds, ens.classes, split, map_spec)
+        sp = prep.split
+        if n_items is not None and len(sp) != n_items:
+            raise FerkitError(f"{spec}: its class set keeps {len(sp)} images, the first model's {n_items}; "
+                              "compare needs the same images for every model")
+        n_items = len(sp)
+        prob, raw = predict(ens, sp.images, tta, progress)
+        m = summarize(sp.labels, prob, raw, ens.classes, ens.calibrated, sp.soft, prep.train_copy, n_boot, seed)
+        correct.append(prob.argmax(1) == sp.labels)
+        names.append(_unique(spec, names))
+        rows.append({
+            "model": names[-1], "spec": spec, "accuracy": m["accuracy"], "accuracy_ci95": m["ci95"]["accuracy"],
+            "macro_f1": m["macro_f1"], "macro_f1_ci95": m["ci95"]["macro_f1"],
+            "balanced_accuracy": m["balanced_accuracy"], "top2_accuracy": m["top2_accuracy"],
+            "log_loss": m["log_loss"], "ece": m["ece"], "temperature": ens.temperature,
+            "accuracy_without_train_copies": (m["train_copies"] or {}).get("accuracy_without"),
+            "in_votes_accuracy": (m["votes"] or {}).get("in_votes_accuracy"),
+        })
+    pairs = []
+    for i, j in combinations(range(len(rows)), 2):
+        t = mcnemar(correct[i], correct[j])
+        pairs.append({"a": names[i], "b": names[j], **t, "significant": t["p_exact"] < alpha})
+    return {"data": str(data), "split": split, "n": n_items, "tta": tta, "alpha": alpha, "models": rows,
+            "mcnemar": pairs, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _unique(spec: str, taken: list[str]) -> str:
+    base = Path(spec.rstrip("/")).name or spec
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}#{k}", k + 1
+    return name
+
+
+def _p(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The comparison as Markdown: metrics per model, then McNemar's test per pair."""
+    lines = [
+        f"Data: `{res['data']}`, split {res['split']}, {res['n']} images, TTA {res['tta']}.",
+        "",
+        "| model | accuracy % | 95% CI | macro-F1 % | 95% CI | balanced acc. % | top-2 % | log-loss | ECE |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["models"]:
+        a, f = r["accuracy_ci95"], r["macro_f1_ci95"]
+        lines.append(
+            f"| {r['model']} | {_p(r['accuracy'])} | {_p(a[0])}–{_p(a[1])} | {_p(r['macro_f1'])} | "
+            f"{_p(f[0])}–{_p(f[1])} | {_p(r['balanced_accuracy'])} | {_p(r['top2_accuracy'])} | "
+            f"{r['log_loss']:.4f} | {r['ece']:.4f} |"
+        )
+    lines += [
+        "",
+        f"McNemar's test (exact binomial; significant when p < {res['alpha']}):",
+        "",
+        "| A | B | only A right | only B right | p (exact) | chi² (cont. corr.) | p (chi²) | significant |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in res["mcnemar"]:
+        lines.append(f"| {p['a']} | {p['b']} | {p['a_only']} | {p['b_only']} | {p['p_exact']:.4g} | "
+                     f"{p['chi2']:.3f} | {p['p_chi2']:.4g} | {'yes' if p['significant'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_compare(res: dict[str, Any], out: Path) -> None:
+    from ferkit.utils import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", res)
+    atomic_write_text(out / "compare.md", markdown(res))

@@ -1,0 +1,207 @@
+"""The report folder: metrics.json, one PNG per figure, and report.html with everything embedded (no server, no
+outside assets: it opens from a file, offline)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ferkit.evaluation.core import Evaluation
+
+GRID_COLS = 8
+FIGURES = ("confusion", "reliability", "curves", "correct", "mistakes", "saliency")
+
+
+def build_figures(ev: Evaluation, saliency_per_class: int = 2, seed: int = 0) -> dict[str, bytes]:
+    from ferkit.evaluation import plots
+    from ferkit.evaluation.predictors import read_training_log
+    from ferkit.evaluation.saliency import occlusion_map
+
+    m = ev.metrics["metrics"]
+    classes = ev.ensemble.classes
+    sp = ev.prepared.split
+    y, prob = sp.labels, ev.prob
+    pred, conf = prob.argmax(1), prob.max(1)
+    rng = np.random.default_rng(seed)
+    present = [c for c in range(len(classes)) if (y == c).any()]
+    figs: dict[str, bytes] = {}
+    figs["confusion"] = plots.confusion_png(m["confusion"], m["confusion_normalized"], classes)
+    cal = m["calibration"]
+    figs["reliability"] = plots.reliability_png(cal["reliability"], cal.get("reliability_uncalibrated"))
+    run = ev.ensemble.run_dir
+    rows = read_training_log(run) if run is not None else []
+    if rows:
+        figs["curves"] = plots.curves_png(rows)
+
+    correct_rows, mistake_rows = [], []
+    picks: list[int] = []
+    for c in present:
+        ok = np.flatnonzero((y == c) & (pred == c))
+        sample = rng.choice(ok, size=min(GRID_COLS, len(ok)), replace=False) if len(ok) else ok
+        sample = sample[np.argsort(-conf[sample])]
+        correct_rows.append((classes[c], [(sp.images[i], f"p={conf[i]:.2f}") for i in sample]))
+        wrong = np.flatnonzero((y == c) & (pred != c))
+        worst = wrong[np.argsort(-conf[wrong])][:GRID_COLS]
+        mistake_rows.append((classes[c], [(sp.images[i], f"→{classes[pred[i]]} {conf[i]:.2f}") for i in worst]))
+        # Saliency sample: a correct face and the most confident mistake of each class.
+        picks += list(sample[:1]) + list(worst[:1])
+        if saliency_per_class > 2:
+            picks += list(sample[1 : saliency_per_class - 1])
+    figs["correct"] = plots.face_grid_png(correct_rows, "Correctly classified (random sample; caption: probability)",
+                                          GRID_COLS)
+    figs["mistakes"] = plots.face_grid_png(
+        mistake_rows, "Most confident mistakes (row: true class; caption: predicted class and its probability)",
+        GRID_COLS)
+    if saliency_per_class > 0 and picks:
+        items = []
+        for i in picks:
+            heat = occlusion_map(ev.ensemble.proba, sp.images[i], int(pred[i]))
+            items.append((sp.images[i], heat, f"{classes[y[i]]} → {classes[pred[i]]} {conf[i]:.2f}"))
+        figs["saliency"] = plots.saliency_png(items)
+    return figs
+
+
+def write_report(ev: Evaluation, out: Path) -> None:
+    from ferkit.evaluation.core import write_json
+    from ferkit.utils import atomic_write, atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, png in ev.figures.items():
+        atomic_write(out / f"{name}.png", lambda p, b=png: Path(p).write_bytes(b))
+        files.append(f"{name}.png")
+    ev.metrics["files"] = ["metrics.json", "report.html", *files]
+    write_json(out / "metrics.json", ev.metrics)
+    atomic_write_text(out / "report.html", render_html(ev.metrics, ev.figures))
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def _ci(ci: list[float]) -> str:
+    return f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+
+
+def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(metric, value, note) rows shared by the HTML report and the terminal table."""
+    m = r["metrics"]
+    ci = m["ci95"]
+    cal = m["calibration"]
+    rows = [
+        ("Accuracy", _pct(m["accuracy"]), f"95% CI {_ci(ci['accuracy'])} (bootstrap, {ci['n_boot']} resamples)"),
+        ("Macro-F1", _pct(m["macro_f1"]), f"95% CI {_ci(ci['macro_f1'])}"),
+        ("Balanced accuracy", _pct(m["balanced_accuracy"]), "mean recall over classes"),
+        ("Weighted F1", _pct(m["weighted_f1"]), ""),
+        ("Top-2 accuracy", _pct(m["top2_accuracy"]), "true class among the two most probable"),
+        ("Log-loss", f"{m['log_loss']:.4f}", "lower is better"),
+    ]
+    t = r.get("temperature", 1.0)
+    if "ece_uncalibrated" in cal:
+        rows.append(("ECE", f"{m['ece']:.4f}", f"with temperature {t:.3g}; {cal['ece_uncalibrated']:.4f} without"))
+    else:
+        rows.append(("ECE", f"{m['ece']:.4f}", "expected calibration error, 15 bins; not calibrated (T = 1)"))
+    if m.get("votes"):
+        v = m["votes"]
+        rows.append(("Prediction among annotators' votes", _pct(v["in_votes_accuracy"]),
+                     f"mean vote share of the prediction {_pct(v['mean_vote_share'])}"))
+    tc = m.get("train_copies")
+    if tc:
+        rows.append(("Accuracy without train copies", _pct(tc.get("accuracy_without")),
+                     f"{tc['n_copies']} of {tc['n_copies'] + tc['n_without']} images have an exact pixel copy in "
+                     f"train; accuracy on those {_pct(tc.get('accuracy_on_copies'))}"))
+    return rows
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
+main{max-width:1180px;margin:0 auto;padding:24px}
+h1{font-size:26px;margin:0 0 4px} h2{font-size:19px;margin:32px 0 10px;border-bottom:2px solid #dde1e8;padding-bottom:4px}
+.meta{color:#5b6475;font-size:14px;margin-bottom:16px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0}
+.card{background:#fff;border:1px solid #dde1e8;border-radius:8px;padding:12px 16px;min-width:150px}
+.card .v{font-size:26px;font-weight:600} .card .l{color:#5b6475;font-size:13px} .card .n{color:#5b6475;font-size:12px}
+table{border-collapse:collapse;background:#fff;font-size:14px} th,td{border:1px solid #dde1e8;padding:5px 10px;text-align:right}
+th{background:#eef1f5} td:first-child,th:first-child{text-align:left}
+img{max-width:100%;background:#fff;border:1px solid #dde1e8;border-radius:6px}
+.note{color:#5b6475;font-size:13px;max-width:900px}
+"""
+
+
+def _img(figs: dict[str, bytes], name: str, alt: str) -> str:
+    if name not in figs:
+        return ""
+    data = base64.b64encode(figs[name]).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def render_html(r: dict[str, Any], figs: dict[str, bytes]) -> str:
+    e = html.escape
+    m = r["metrics"]
+    model, data = r["model"], r["data"]
+    classes = model["classes"]
+    members = ", ".join(f"{x['name']} ({x['kind']}, {x['source']})" for x in model["members"])
+    meta = (f"Model <b>{e(model['name'])}</b>: {e(members)}<br>Data <b>{e(str(data['source']))}</b> "
+            f"({e(data['format'])}), split <b>{e(data['split'])}</b>, {data['n']} images"
+            + (f", {data['left_out_by_map']} left out by --map" if data["left_out_by_map"] else "")
+            + (f", {data['skipped_items']} unreadable items skipped when loading" if data["skipped_items"] else "")
+            + f"<br>Test-time augmentation: {e(r['tta'])}"
+            + (f"; class map: {e(', '.join(f'{k}={v}' for k, v in r['map'].items()))}" if r["map"] else "")
+            + f"<br>ferkit {e(r['ferkit_version'])}, {r['seconds']} s")
+    ci = m["ci95"]
+    cards = "".join(
+        f'<div class="card"><div class="l">{lab}</div><div class="v">{val}</div><div class="n">{note}</div></div>'
+        for lab, val, note in [
+            ("Accuracy", _pct(m["accuracy"]), f"95% CI {_ci(ci['accuracy'])}"),
+            ("Macro-F1", _pct(m["macro_f1"]), f"95% CI {_ci(ci['macro_f1'])}"),
+            ("Balanced accuracy", _pct(m["balanced_accuracy"]), ""),
+            ("Top-2 accuracy", _pct(m["top2_accuracy"]), ""),
+            ("ECE", f"{m['ece']:.3f}", "calibration error"),
+        ]
+    )
+    summary = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td><td style='text-align:left'>{e(c)}</td></tr>"
+                      for a, b, c in summary_rows(r))
+    per_class = "".join(
+        f"<tr><td>{e(c)}</td><td>{pc['precision']:.3f}</td><td>{pc['recall']:.3f}</td><td>{pc['f1']:.3f}</td>"
+        f"<td>{pc['support']}</td></tr>"
+        for c, pc in ((c, m["per_class"][c]) for c in classes)
+    )
+    sections = [
+        f"<h1>ferkit evaluation: {e(model['name'])} on {e(Path(str(data['source'])).name)} ({e(data['split'])})</h1>",
+        f'<div class="meta">{meta}</div>',
+        f'<div class="cards">{cards}</div>',
+        "<h2>Summary</h2>",
+        f"<table><tr><th>metric</th><th>value</th><th>note</th></tr>{summary}</table>",
+        '<p class="note">Confidence intervals: percentile bootstrap over the evaluated images '
+        f"({ci['n_boot']} resamples, seed {ci['seed']}). Macro-F1 and balanced accuracy average over the classes "
+        "present in the data.</p>",
+        "<h2>Per class</h2>",
+        f"<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{per_class}"
+        f"<tr><th>macro</th><th></th><th>{m['balanced_accuracy']:.3f}</th><th>{m['macro_f1']:.3f}</th>"
+        f"<th>{m['n']}</th></tr></table>",
+        "<h2>Confusion matrix</h2>", _img(figs, "confusion", "confusion matrix"),
+        "<h2>Calibration</h2>", _img(figs, "reliability", "reliability diagram"),
+    ]
+    if "curves" in figs:
+        sections += ["<h2>Training curves</h2>", _img(figs, "curves", "training curves")]
+    sections += [
+        "<h2>Correctly classified examples</h2>", _img(figs, "correct", "correct examples"),
+        "<h2>Most confident mistakes</h2>", _img(figs, "mistakes", "mistakes"),
+    ]
+    if "saliency" in figs:
+        sections += [
+            "<h2>Where the model looks</h2>",
+            '<p class="note">Occlusion sensitivity (works for any model): a grey square slides over the face and the '
+            "drop in the predicted class's probability is drawn as heat. One correct face and the most confident "
+            "mistake per class; caption: true → predicted, probability.</p>",
+            _img(figs, "saliency", "occlusion saliency"),
+        ]
+    body = "\n".join(sections)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>ferkit evaluation: {e(model['name'])}</title><style>{CSS}</style></head>"
+            f"<body><main>\n{body}\n</main></body></html>\n")

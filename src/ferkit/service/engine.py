@@ -1,0 +1,136 @@
+"""The blocking part of a request, run in a pool worker: decode, detect, classify, shape the JSON answer."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from ferkit.data.preprocess import decode_image
+from ferkit.errors import FerkitError
+from ferkit.service.errors import ApiError, from_ferkit_error
+from ferkit.service.metrics import Metrics
+
+
+class Engine:
+    """Wraps an EmotionRecognizer (or anything with its predict/classes/model_names) for the service."""
+
+    def __init__(self, recognizer: Any, metrics: Metrics):
+        self.rec = recognizer
+        # TTA is a per-request option but a recognizer setting: a shallow copy shares the ONNX sessions
+        # and the detector, so the TTA twin costs nothing and requests never mutate shared state.
+        self.rec_tta = copy.copy(recognizer)
+        self.rec_tta.tta = True
+        self.metrics = metrics
+        self.classes: list[str] = list(recognizer.classes)
+        self.input_size = int(recognizer.input_size)
+        models = list(getattr(recognizer, "models", []))
+        names = list(getattr(recognizer, "model_names", [m.name for m in models]))
+        versions = [getattr(m, "version", "") for m in models]
+        self.model_ref = {"name": "+".join(names), "version": "+".join(v for v in versions if v)}
+        self.models = models
+        try:
+            self.detector: str | None = recognizer.detector_name
+        except FerkitError:
+            self.detector = None  # crops only (detect=false) on this machine
+        # OpenCV's CascadeClassifier keeps per-call scratch state in the object: one Haar detection at a time.
+        self._lock = threading.Lock() if self.detector == "haar" else contextlib.nullcontext()
+
+    # -- per image ----------------------------------------------------------------------------------------------
+    def predict_bytes(self, data: bytes, name: str, detect: bool | None, tta: bool, top_k: int | None) -> dict:
+        start = time.perf_counter()
+        try:
+            image = decode_image(data, name)
+            pred = self._predict(image, name, detect, tta)
+        except FerkitError as e:
+            self.metrics.images.labels("bad").inc()
+            raise from_ferkit_error(e) from None
+        except ApiError:
+            self.metrics.images.labels("bad").inc()
+            raise
+        return self._answer(pred, top_k, start)
+
+    def predict_frame(self, data: bytes, tracker: Any, detect: bool | None, tta: bool, top_k: int | None) -> dict:
+        """One video frame of a stream: like predict_bytes, then the stream's tracker smooths each face."""
+        start = time.perf_counter()
+        try:
+            image = decode_image(data, "frame")
+            pred = self._predict(image, None, detect, tta)
+        except FerkitError as e:
+            raise from_ferkit_error(e) from None
+        tracker.update(pred.faces)
+        return self._answer(pred, top_k, start)
+
+    def _predict(self, image: np.ndarray, name: str | None, detect: bool | None, tta: bool) -> Any:
+        h, w = image.shape[:2]
+        wants_detection = detect if detect is not None else (h, w) != (self.input_size, self.input_size)
+        if wants_detection and self.detector is None:
+            raise ApiError(
+                501, "no_detector", "no face detector is installed on this server; pass detect=false for face crops"
+            )
+        rec = self.rec_tta if tta else self.rec
+        with self._lock:
+            return rec.predict(image, detect=detect, source=name)
+
+    def _answer(self, pred: Any, top_k: int | None, start: float) -> dict:
+        d = pred.to_dict()
+        if top_k is not None:
+            for face in d["faces"]:
+                best = sorted(face["probabilities"].items(), key=lambda kv: -kv[1])[:top_k]
+                face["probabilities"] = dict(best)
+        seconds = time.perf_counter() - start
+        self.metrics.inference.observe(seconds)
+        self.metrics.faces.observe(len(d["faces"]))
+        self.metrics.images.labels("ok").inc()
+        d["model"] = self.model_ref
+        d["time_ms"] = round(seconds * 1000, 2)
+        return d
+
+    def warm_up(self) -> None:
+        """First calls allocate ONNX Runtime buffers; pay that before /readyz says yes."""
+        s = self.input_size
+        self.rec.predict(np.zeros((s, s), np.uint8), detect=False)
+        if self.detector is not None:
+            self.rec.predict(np.zeros((2 * s, 2 * s, 3), np.uint8), detect=True)
+
+    # -- model card ---------------------------------------------------------------------------------------------
+    def describe(self) -> list[dict]:
+        out = []
+        for m in self.models or [self.rec]:
+            meta = dict(getattr(m, "metadata", {}) or {})
+            info: dict[str, Any] = {
+                "name": getattr(m, "name", self.model_ref["name"]),
+                "version": getattr(m, "version", ""),
+                "classes": list(getattr(m, "classes", self.classes)),
+                "input_size": int(getattr(m, "input_size", self.input_size)),
+            }
+            for key in ("arch", "temperature"):
+                if key in meta:
+                    info[key] = _maybe_number(meta[key])
+            metrics = _json_or_none(meta.get("metrics"))
+            if isinstance(metrics, dict):
+                info["metrics"] = metrics
+            out.append(info)
+        return out
+
+
+def _json_or_none(raw: str | None) -> Any:
+    import json
+
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _maybe_number(raw: str) -> Any:
+    try:
+        return float(raw)
+    except ValueError:
+        return raw

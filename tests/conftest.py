@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny datasets written by the tests themselves, and the location of the real archives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests never touch the user's cache; the real archives share one session cache so they decode once.
+    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path_factory.getbasetemp() / "ferkit-cache"))
+
+
+def make_class_folders(root: Path, classes: list[str], per_class: int = 12, size: int = 48, seed: int = 0,
+                       splits: tuple[str, ...] = ("train", "validation", "test")) -> Path:
+    """Write a small, learnable dataset: each class is a different bright blob position plus noise."""
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for ci, cls in enumerate(classes):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img = rng.integers(0, 60, (size, size), dtype=np.uint8)
+                cx = int((ci + 0.5) * size / len(classes))
+                cv2.circle(img, (cx, size // 2), size // 6, 230, -1)
+                cv2.imwrite(str(d / f"{cls}_{i}.png"), img)
+    return root
+
+
+@pytest.fixture
+def tiny_folders(tmp_path: Path) -> Path:
+    return make_class_folders(tmp_path / "tiny", ["happy", "sad", "neutral"])

@@ -1,0 +1,286 @@
+"""`ferkit data info / audit / convert`: the library functions and the CLI, on tiny datasets made here."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ferkit.cli import app
+from ferkit.data import FER2013_CLASSES, Dataset, Split, load_dataset
+from ferkit.data.audit import audit, exact_train_copies, near_pairs, phash, write_outputs
+from ferkit.data.convert import convert
+from ferkit.data.info import dataset_info, write_figures
+from ferkit.errors import FerkitError
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def face(seed: int, size: int = 48) -> np.ndarray:
+    """A smooth random image (real photos are smooth; pure noise would make every pHash unstable)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (8, 8)).astype(np.float32)
+    return np.clip(cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.uint8)
+
+
+def write_png(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), img)
+
+
+def kaggle(root: Path, per_class: int = 3) -> Path:
+    seed = 0
+    for c in FER2013_CLASSES:
+        for i in range(per_class):
+            for rel in (f"train/{c}/Training_{seed}_{i}.png", f"test/{c}/PublicTest_{seed}_{i}.png",
+                        f"test/{c}/PrivateTest_{seed}_{i}.png"):
+                seed += 1
+                write_png(root / rel, face(seed))
+    return root
+
+
+def same_items(a: Dataset, b: Dataset) -> None:
+    """Identical classes, and per split identical images and labels item by item (matched by file stem)."""
+    assert a.classes == b.classes and set(a.splits) == set(b.splits)
+    for s in a.splits:
+        ia = np.argsort([Path(n).stem for n in a[s].names])
+        ib = np.argsort([Path(n).stem for n in b[s].names])
+        np.testing.assert_array_equal(a[s].images[ia], b[s].images[ib])
+        np.testing.assert_array_equal(a[s].labels[ia], b[s].labels[ib])
+
+
+# ---------------------------------------------------------------- convert
+
+
+def test_convert_round_trips(tmp_path):
+    ds = load_dataset(kaggle(tmp_path / "fer"))
+    convert(ds, tmp_path / "folders", "folders")
+    assert (tmp_path / "folders" / "val" / "happy").is_dir()
+    same_items(ds, load_dataset(tmp_path / "folders"))
+
+    convert(ds, tmp_path / "fer2013.csv", "csv")
+    rows = list(csv.reader((tmp_path / "fer2013.csv").open()))
+    assert rows[0] == ["emotion", "pixels", "Usage"]
+    assert {r[2] for r in rows[1:]} == {"Training", "PublicTest", "PrivateTest"}
+    assert {r[0] for r in rows[1:]} == {str(i) for i in range(7)}  # FER2013 integers
+    back = load_dataset(tmp_path / "fer2013.csv")
+    for s in ds.splits:  # the CSV keeps the order
+        np.testing.assert_array_equal(back[s].images, ds[s].images)
+        np.testing.assert_array_equal(back[s].labels, ds[s].labels)
+
+    four = load_dataset(tmp_path / "fer", classes="happy,sad,surprise,neutral")
+    convert(four, tmp_path / "four.csv.gz", "csv")
+    back4 = load_dataset(tmp_path / "four.csv.gz")
+    assert back4.classes == four.classes
+    for s in four.splits:
+        np.testing.assert_array_equal(back4[s].images, four[s].images)
+        np.testing.assert_array_equal(back4[s].labels, four[s].labels)
+    convert(back4, tmp_path / "four", "folders")
+    same_items(load_dataset(tmp_path / "four"), load_dataset(tmp_path / "four", use_cache=False))
+    assert load_dataset(tmp_path / "four").classes == four.classes
+
+
+def test_convert_refuses_to_overwrite_and_unknown_target(tmp_path):
+    ds = load_dataset(kaggle(tmp_path / "fer", per_class=1))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    with pytest.raises(FerkitError, match="already exists"):
+        convert(ds, tmp_path / "taken", "folders")
+    with pytest.raises(FerkitError, match="--to"):
+        convert(ds, tmp_path / "new", "parquet")
+    with pytest.raises(FerkitError, match="inside the source"):
+        convert(ds, tmp_path / "fer" / "out", "folders")
+    assert not (tmp_path / "new").exists()
+
+
+# ---------------------------------------------------------------- info
+
+
+def test_info_counts_imbalance_pixels_and_figures(tmp_path):
+    root = tmp_path / "flat"
+    for k, (c, n) in enumerate({"a": 30, "b": 10, "c": 5}.items()):
+        for i in range(n):
+            write_png(root / c / f"{i}.png", face(100 * k + i))
+    (root / "c" / "bad.png").write_bytes(b"junk")
+    ds = load_dataset(root, val_fraction=0.2, test_fraction=0.2)
+    info = dataset_info(ds)
+    assert info["counts"]["train"] == {"a": 18, "b": 6, "c": 3}
+    assert info["imbalance_ratio"] == pytest.approx(6.0)
+    all_train = ds["train"].images.astype(np.float64)
+    assert info["pixels"]["train"]["mean"] == pytest.approx(all_train.mean(), abs=1e-3)
+    assert info["skipped"] == [{"name": "c/bad.png", "reason": ds.skipped[0].reason}]
+    figs = write_figures(ds, tmp_path / "figs")
+    for p in figs.values():
+        img = cv2.imread(p)
+        assert img is not None and img.shape[0] > 100 and img.std() > 5
+
+
+# ---------------------------------------------------------------- audit
+
+
+def dirty() -> Dataset:
+    """A dataset with one of every problem, at known positions."""
+    tr = [face(i) for i in range(20)]
+    tr_labels = [i % 4 for i in range(20)]
+    tr[5] = np.full((48, 48), 3, np.uint8)  # blank
+    tr[6] = tr[7].copy()  # exact duplicate, same label
+    tr_labels[6] = tr_labels[7]
+    tr[8] = tr[9].copy()  # exact duplicate, labels disagree
+    tr_labels[8], tr_labels[9] = 0, 1
+    tr[10] = np.clip(tr[11].astype(int) + 6, 0, 255).astype(np.uint8)  # near duplicate (brighter)
+    va = [face(100 + i) for i in range(6)]
+    va[0] = tr[0].copy()  # leaked into val
+    te = [face(200 + i) for i in range(6)]
+    te[0] = tr[1].copy()  # leaked into test
+    te[1] = va[1].copy()  # test copy of a val item
+    te[2] = np.clip(tr[2].astype(int) - 5, 0, 255).astype(np.uint8)  # near leak
+
+    def split(imgs, labels, prefix):
+        return Split(np.stack(imgs), np.array(labels), [f"{prefix}{i}" for i in range(len(imgs))])
+
+    return Dataset(["a", "b", "c", "d"], {
+        "train": split(tr, tr_labels, "tr"),
+        "val": split(va, [i % 4 for i in range(6)], "va"),
+        "test": split(te, [1, 1, 2, 3, 0, 1], "te"),
+    }, source="dirty", format="folders")
+
+
+def test_audit_finds_every_problem(tmp_path):
+    ds = dirty()
+    res = audit(ds)
+    got = {(f.split, f.name, f.reason, f.other) for f in res.flags}
+    assert ("train", "tr5", "blank", "") in got
+    assert ("train", "tr7", "duplicate", "train:tr6") in got
+    assert {("train", "tr8", "label_conflict", "train:tr9"), ("train", "tr9", "label_conflict", "train:tr8")} <= got
+    assert ("val", "va0", "leak", "train:tr0") in got
+    assert ("test", "te0", "leak", "train:tr1") in got
+    assert ("test", "te1", "leak", "val:va1") in got
+    assert ("train", "tr11", "near_duplicate", "train:tr10") in got
+    assert ("test", "te2", "near_leak", "train:tr2") in got
+    assert len(got) == 9, got  # nothing else: distinct random images are not near duplicates
+    masks = exact_train_copies(ds)
+    assert masks["val"].tolist() == [True] + [False] * 5
+    assert masks["test"].tolist() == [True] + [False] * 5
+
+    paths = write_outputs(res, ds, tmp_path / "audit", write_clean=True)
+    rows = list(csv.DictReader(Path(paths["flagged"]).read_text().splitlines()))
+    assert rows[0].keys() == {"split", "name", "label", "reason", "other"} and len(rows) == 9
+    summary = json.loads(Path(paths["summary"]).read_text())
+    assert summary["counts"]["leak"] == {"val": 1, "test": 2}
+    manifest = json.loads(Path(paths["manifest"]).read_text())
+    assert manifest["format"] == "folders"
+    assert set(ds["train"].names) - set(manifest["keep"]["train"]) == {"tr5", "tr7", "tr8", "tr9"}
+    assert "va0" not in manifest["keep"]["val"] and "tr11" in manifest["keep"]["train"]
+    assert cv2.imread(paths["contact_sheet"]) is not None
+
+
+def test_near_pairs_matches_brute_force():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64)
+    flips = rng.integers(0, 64, (300, 3))
+    near = base.copy()
+    for k in range(300):  # neighbours 0..3 bits away
+        for b in flips[k][: k % 4]:
+            near[k] ^= np.uint64(1) << np.uint64(b)
+    h = np.concatenate([base, near])
+    i, j, d = near_pairs(h, 3)
+    x = np.bitwise_count(h[:, None] ^ h[None, :])
+    bi, bj = np.nonzero(np.triu(x <= 3, k=1))
+    assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == sorted(zip(bi.tolist(), bj.tolist(), strict=True))
+    assert (d == x[i, j]).all()
+
+
+def test_phash_is_stable_under_brightness_and_differs_between_images():
+    a = face(1)
+    h = phash(np.stack([a, np.clip(a.astype(int) + 20, 0, 255).astype(np.uint8), face(2)]))
+    assert np.bitwise_count(h[0] ^ h[1]) <= 2 and np.bitwise_count(h[0] ^ h[2]) > 8
+
+
+def test_audit_ferplus_votes(tmp_path):
+    root = tmp_path / "fp"
+    votes = {"a.png": [9, 1, 0, 0, 0, 0, 0, 0, 0, 0], "nf.png": [0, 0, 0, 0, 0, 0, 0, 0, 2, 8],
+             "unk.png": [1, 0, 0, 0, 0, 0, 0, 0, 9, 0], "mix.png": [4, 4, 0, 0, 0, 0, 0, 0, 2, 0]}
+    for k, name in enumerate(votes):
+        write_png(root / "FER2013Train" / name, face(k))
+    (root / "FER2013Train" / "label.csv").write_text(
+        "".join(f'{n},"(0, 0, 48, 48)",{",".join(map(str, v))}\n' for n, v in votes.items()))
+    r = runner.invoke(app, ["data", "audit", str(root), "--json", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    counts = json.loads(r.stdout)["counts"]
+    assert counts == {"not_face": {"train": 1}, "unknown": {"train": 1}, "no_majority": {"train": 1}}
+    assert (tmp_path / "out" / "contact_sheet.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_info_json_and_table(tmp_path):
+    root = kaggle(tmp_path / "fer", per_class=2)
+    r = runner.invoke(app, ["data", "info", str(root), "--json", "--out", str(tmp_path / "figs")])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["totals"] == {"train": 14, "val": 14, "test": 14} and info["imbalance_ratio"] == 1.0
+    assert Path(info["figures"]["distribution"]).exists() and Path(info["figures"]["samples"]).exists()
+    r = runner.invoke(app, ["data", "info", str(root), "--classes", "happy,sad"])
+    assert r.exit_code == 0 and "happy" in r.stdout and "angry" not in r.stdout
+
+
+def test_cli_audit_and_clean_manifest(tmp_path):
+    root = kaggle(tmp_path / "fer", per_class=2)
+    leaked = (root / "train" / "happy").glob("*.png").__next__().read_bytes()
+    (root / "test" / "happy" / "PrivateTest_leak.png").write_bytes(leaked)
+    out = tmp_path / "audit"
+    r = runner.invoke(app, ["data", "audit", str(root), "--out", str(out), "--write-clean", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["counts"]["leak"] == {"test": 1} and summary["train_copies"]["test"] == 1
+    clean = load_dataset(out / "manifest.json")
+    assert len(clean["test"]) == 14 and "test/happy/PrivateTest_leak.png" not in clean["test"].names
+    r = runner.invoke(app, ["data", "audit", str(root)])
+    assert r.exit_code == 0 and "leak" in r.stdout
+
+
+def test_cli_convert(tmp_path):
+    root = kaggle(tmp_path / "fer", per_class=1)
+    r = runner.invoke(app, ["data", "convert", str(root), str(tmp_path / "out.csv"), "--to", "csv", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["written"] == {"train": 7, "val": 7, "test": 7}
+    r = runner.invoke(app, ["data", "convert", str(root), str(tmp_path / "out.csv"), "--to", "csv"])
+    assert r.exit_code == 2 and "already exists" in r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data", "info", "{tmp}/missing"], "missing: no such file or folder"),
+        (["data", "info", "{tmp}/fer", "--format", "xml"], "--format 'xml'"),
+        (["data", "info", "{tmp}/fer", "--classes", "joy"], "--classes: joy"),
+        (["data", "audit", "{tmp}/fer", "--write-clean"], "--write-clean needs --out"),
+        (["data", "convert", "{tmp}/fer", "{tmp}/o", "--to", "xml"], "--to 'xml'"),
+        (["data", "info", "{tmp}/empty"], "empty"),
+    ],
+)
+def test_cli_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
+    kaggle(tmp_path / "fer", per_class=1)
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_cli_help_has_examples():
+    for cmd in ("info", "audit", "convert"):
+        r = runner.invoke(app, ["data", cmd, "--help"])
+        assert r.exit_code == 0 and "Example: ferkit data" in r.stdout

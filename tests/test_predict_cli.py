@@ -1,0 +1,198 @@
+"""`ferkit predict` on images, folders, globs and videos the tests write from real faces, and on every bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from test_inference import SHARED, make_tiny_model
+from typer.testing import CliRunner
+
+from ferkit.cli import app
+from ferkit.inference import available_detectors, default_model_path
+
+pytestmark = pytest.mark.skipif(not available_detectors(), reason="no face detector installed")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    if default_model_path().is_file():
+        return []
+    return ["--model", str(make_tiny_model(tmp_path_factory.mktemp("m") / "tiny.onnx", ["angry", "happy", "neutral"]))]
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> Path:
+    """A folder tree: two faces, one image without a face, and bad files in a subfolder."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "sub").mkdir()
+    cv2.imwrite(str(root / "astronaut.jpg"), astronaut)
+    cv2.imwrite(str(root / "sub" / "astronaut_gray.png"), cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(root / "wall.png"), np.full((240, 320, 3), 90, np.uint8))
+    (root / "sub" / "notes.jpg").write_text("this is not an image")
+    (root / "sub" / "cut.jpg").write_bytes(cv2.imencode(".jpg", astronaut)[1].tobytes()[:300])
+    (root / "readme.txt").write_text("ignored: not an image suffix")
+    return root
+
+
+def make_video(path: Path, astronaut: np.ndarray, frames: int = 24, faces: int = 1) -> Path:
+    """640x480 video of the astronaut's face moving across a plain background."""
+    face = cv2.resize(astronaut[20:260, 120:330], (150, 171))  # face with hair and collar: the Haar cascade wants some
+    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix == ".avi" else "mp4v"))
+    w = cv2.VideoWriter(str(path), fourcc, 12.0, (640, 480))
+    assert w.isOpened()
+    for t in range(frames):
+        frame = np.full((480, 640, 3), 200, np.uint8)
+        for k in range(faces):
+            x, y = 20 + 4 * t + 200 * k, 40 + 240 * (k % 2)
+            frame[y : y + 171, x : x + 150] = face
+        w.write(frame)
+    w.release()
+    return path
+
+
+def invoke(args: list[str]):
+    return runner.invoke(app, args, catch_exceptions=False)
+
+
+def test_single_image_table(photos: Path, model_args: list[str]) -> None:
+    r = invoke(["predict", str(photos / "astronaut.jpg"), *model_args])
+    assert r.exit_code == 0, r.output
+    assert "astronaut" in r.output and "1 face(s)" in r.output
+
+
+def test_folder_json_skips_and_lists_bad_files(photos: Path, model_args: list[str]) -> None:
+    r = invoke(["predict", str(photos), "--json", *model_args])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    by_source = {}
+    for row in out["rows"]:
+        by_source.setdefault(Path(row["source"]).name, []).append(row)
+    assert set(by_source) == {"astronaut.jpg", "astronaut_gray.png", "wall.png"}
+    assert len(by_source["astronaut.jpg"]) == 1 and by_source["astronaut.jpg"][0]["label"] is not None
+    assert by_source["wall.png"][0]["face"] is None  # reported as "no face", not an error
+    assert sorted(Path(s["source"]).name for s in out["skipped"]) == ["cut.jpg", "notes.jpg"]
+    assert out["summary"]["skipped"] == 2 and out["summary"]["faces"] == 2 and out["summary"]["without_face"] == 1
+
+
+def test_glob_csv_one_row_per_face(photos: Path, model_args: list[str]) -> None:
+    r = invoke(["predict", str(photos / "*.jpg"), "--csv", *model_args])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [Path(x["source"]).name for x in rows] == ["astronaut.jpg"]
+    p = {k: float(v) for k, v in rows[0].items() if k not in
+         ("source", "frame", "time", "face", "track", "x", "y", "w", "h", "score", "label", "confidence")}
+    assert abs(sum(p.values()) - 1) < 0.01 and rows[0]["label"] == max(p, key=p.get)
+
+
+def test_save_and_crops(photos: Path, tmp_path: Path, model_args: list[str]) -> None:
+    r = invoke(["predict", str(photos), "--save", str(tmp_path / "ann"), "--crops", str(tmp_path / "crops"),
+                *model_args])
+    assert r.exit_code == 0, r.output
+    ann = cv2.imread(str(tmp_path / "ann" / "astronaut.jpg"))
+    assert ann is not None and ann.shape == (512, 512, 3)
+    assert (tmp_path / "ann" / "sub" / "astronaut_gray.jpg").is_file()
+    crops = sorted(p.name for p in (tmp_path / "crops").iterdir())
+    assert crops == ["astronaut_face0.png", "sub__astronaut_gray_face0.png"]
+    crop = cv2.imread(str(tmp_path / "crops" / "astronaut_face0.png"))
+    assert crop.shape[0] == crop.shape[1] > 48
+
+
+def test_no_detect_on_fer2013_crops(tmp_path: Path, model_args: list[str]) -> None:
+    import zipfile
+
+    if not (SHARED / "fer2013.zip").is_file():
+        pytest.skip("../shared/datasets/fer2013.zip is absent")
+    with zipfile.ZipFile(SHARED / "fer2013.zip") as z:
+        names = [n for n in z.namelist() if n.startswith("test/happy/") and n.endswith(".jpg")][:3]
+        for n in names:
+            (tmp_path / Path(n).name).write_bytes(z.read(n))
+    r = invoke(["predict", str(tmp_path), "--json", "--no-detect", *model_args])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    assert len(rows) == 3 and all((x["x"], x["y"], x["w"], x["h"]) == (0, 0, 48, 48) for x in rows)
+
+
+def test_video_tracks_timeline_and_annotated_video(astronaut: np.ndarray, tmp_path: Path,
+                                                   model_args: list[str]) -> None:
+    video = make_video(tmp_path / "clip.avi", astronaut, frames=24)
+    out = tmp_path / "out"
+    r = invoke(["predict", str(video), "--json", "--vid-stride", "2", "--save", str(out), "--smooth", "3",
+                *model_args])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    assert [x["frame"] for x in rows] == list(range(0, 24, 2))
+    assert {x["track"] for x in rows} == {1}  # one face, one track all along
+    assert rows[1]["time"] == pytest.approx(2 / 12, abs=1e-3)
+    cap = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    cap.release()
+    timeline = list(csv.DictReader((out / "clip_timeline.csv").open()))
+    assert len(timeline) == 12 and timeline[0]["track"] == "1"
+    pytest.importorskip("matplotlib")
+    assert (out / "clip_track1.png").stat().st_size > 5000
+
+
+def test_video_five_faces_max_faces_and_detect_every(astronaut: np.ndarray, tmp_path: Path,
+                                                     model_args: list[str]) -> None:
+    video = make_video(tmp_path / "five.avi", astronaut, frames=6, faces=3)
+    r = invoke(["predict", str(video), "--json", "--detect-every", "3", *model_args])
+    rows = json.loads(r.stdout)["rows"]
+    assert r.exit_code == 0 and len(rows) == 18 and len({x["track"] for x in rows}) == 3
+    r = invoke(["predict", str(video), "--json", "--max-faces", "2", *model_args])
+    assert len(json.loads(r.stdout)["rows"]) == 12
+
+
+@pytest.mark.parametrize("case", ["not_image", "truncated", "missing", "bad_video", "no_camera", "empty_dir",
+                                  "no_match", "bad_detector", "bad_model"])
+def test_bad_input_is_one_line_error(case: str, tmp_path: Path, astronaut: np.ndarray,
+                                     model_args: list[str]) -> None:
+    extra: list[str] = []
+    if case == "not_image":
+        src = tmp_path / "a.jpg"
+        src.write_text("hello")
+    elif case == "truncated":
+        src = tmp_path / "t.jpg"
+        src.write_bytes(cv2.imencode(".jpg", astronaut)[1].tobytes()[:500])
+    elif case == "missing":
+        src = tmp_path / "missing.jpg"
+    elif case == "bad_video":
+        src = tmp_path / "broken.mp4"
+        src.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
+    elif case == "no_camera":
+        src = Path("97")
+    elif case == "empty_dir":
+        src = tmp_path / "empty"
+        src.mkdir()
+    elif case == "no_match":
+        src = tmp_path / "*.png"
+    elif case == "bad_detector":
+        src, extra = tmp_path, ["--detector", "nope"]
+    else:
+        src = tmp_path
+        (tmp_path / "bad.onnx").write_bytes(b"no")
+        extra = ["--model", str(tmp_path / "bad.onnx")]
+    r = invoke(["predict", str(src), *(extra or model_args)])
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in r.output
+    name = "nope" if case == "bad_detector" else ("bad.onnx" if case == "bad_model" else src.name)
+    assert name in lines[0]
+
+
+def test_predict_help_has_example() -> None:
+    r = invoke(["predict", "--help"])
+    assert r.exit_code == 0 and "Example: ferkit predict" in r.output

@@ -1,0 +1,574 @@
+"""API tests of `ferkit serve` with the FastAPI test client and the shipped model."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import struct
+import threading
+import time
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from ferkit.errors import FerkitError  # noqa: E402
+from ferkit.inference import EmotionRecognizer  # noqa: E402
+from ferkit.inference.model import default_model_path  # noqa: E402
+from ferkit.service import ServiceConfig, create_app  # noqa: E402
+from ferkit.service.errors import ApiError  # noqa: E402
+from ferkit.service.limits import check_image_bytes  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+# -- fixtures ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def recognizer() -> EmotionRecognizer:
+    if not default_model_path().is_file():
+        pytest.skip("no shipped model at src/ferkit/assets/ferkit_default.onnx")
+    return EmotionRecognizer(threads=1)
+
+
+@pytest.fixture(scope="module")
+def face_jpeg() -> bytes:
+    skdata = pytest.importorskip("skimage.data")
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.fixture(scope="module")
+def face_png(face_jpeg: bytes) -> bytes:
+    img = cv2.imdecode(np.frombuffer(face_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def crop_png() -> bytes:
+    rng = np.random.default_rng(0)
+    return cv2.imencode(".png", rng.integers(0, 255, (48, 48), dtype=np.uint8))[1].tobytes()
+
+
+def make_client(recognizer, **config) -> TestClient:
+    config.setdefault("workers", 1)
+    return TestClient(create_app(ServiceConfig(**config), recognizer=recognizer))
+
+
+@pytest.fixture(scope="module")
+def client(recognizer):
+    with make_client(recognizer) as c:
+        yield c
+
+
+def assert_error(r, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]["status"] == status
+    assert body["error"]["message"] and "Traceback" not in r.text
+    if code:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+def assert_prediction(res: dict, recognizer) -> None:
+    assert res["model"]["name"] == recognizer.model_names[0]
+    assert res["model"]["version"] == recognizer.models[0].version
+    for face in res["faces"]:
+        x, y, w, h = face["box"]
+        assert w > 0 and h > 0
+        assert face["label"] in recognizer.classes
+        assert face["label"] == max(face["probabilities"], key=face["probabilities"].get)
+        assert abs(sum(face["probabilities"].values()) - 1) < 0.01
+
+
+# -- health, models, docs, page ---------------------------------------------------------------------------------
+def test_health_and_ready(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ok"}
+
+
+def test_not_ready_before_startup(recognizer):
+    c = make_client(recognizer)  # no `with`: the lifespan (warm-up) has not run
+    assert c.get("/healthz").status_code == 200
+    r = c.get("/readyz")
+    assert_error(r, 503, "not_ready")
+    assert r.headers["retry-after"]
+
+
+def test_models(client, recognizer):
+    info = client.get("/v1/models").json()
+    assert info["classes"] == recognizer.classes
+    m = info["models"][0]
+    assert m["input_size"] == recognizer.input_size and m["version"] == recognizer.models[0].version
+    assert "metrics" not in m  # the shipped metadata may or may not have them; this model's test follows
+
+
+def test_models_reports_model_card_metrics(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    path = tmp_path / "carded.onnx"
+    shutil.copy(default_model_path(), path)
+    m = onnx.load(str(path))
+    m.metadata_props.add(key="metrics", value=json.dumps({"test_accuracy": 0.71, "test_macro_f1": 0.66}))
+    onnx.save(m, str(path))
+    with make_client(EmotionRecognizer(path, threads=1)) as c:
+        info = c.get("/v1/models").json()
+    assert info["models"][0]["metrics"] == {"test_accuracy": 0.71, "test_macro_f1": 0.66}
+
+
+def test_page_and_docs_are_offline(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="file"' in page.text and "getUserMedia" in page.text and "/v1/stream" in page.text
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    for html in (page.text, docs.text):
+        # No script, style, font or image from anywhere else.
+        assert not [s for s in ('src="http', "src='http", 'href="http', "@import", "url(http") if s in html]
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/predict", "/v1/predict/batch", "/v1/models", "/healthz", "/readyz", "/metrics"):
+        assert path in spec["paths"]
+    body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/jpeg", "application/json"} <= set(body)
+    assert spec["components"]["schemas"]["PredictionOut"]["examples"]
+
+
+# -- predict ----------------------------------------------------------------------------------------------------
+def test_predict_multipart(client, recognizer, face_jpeg):
+    r = client.post("/v1/predict", files={"file": ("astronaut.jpg", face_jpeg, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    res = r.json()
+    assert res["source"] == "astronaut.jpg" and (res["width"], res["height"]) == (512, 512)
+    assert len(res["faces"]) >= 1
+    x, y, w, h = res["faces"][0]["box"]
+    assert 120 < x + w / 2 < 330 and 40 < y + h / 2 < 220  # the astronaut's face
+    assert_prediction(res, recognizer)
+
+
+def test_predict_raw_png_json_and_data_url(client, recognizer, face_png, face_jpeg):
+    a = client.post("/v1/predict", content=face_png, headers={"content-type": "image/png"}).json()
+    b = client.post("/v1/predict", json={"image": base64.b64encode(face_png).decode(), "name": "p.png"}).json()
+    url = "data:image/jpeg;base64," + base64.b64encode(face_jpeg).decode()
+    c = client.post("/v1/predict", json={"image": url})
+    assert c.status_code == 200, c.text
+    assert a["faces"] == b["faces"] and b["source"] == "p.png"
+    assert_prediction(c.json(), recognizer)
+
+
+def test_predict_options(client, recognizer, face_jpeg, crop_png):
+    crop = client.post("/v1/predict?detect=false", content=crop_png, headers={"content-type": "image/png"}).json()
+    assert len(crop["faces"]) == 1 and crop["faces"][0]["box"] == [0, 0, 48, 48] and crop.get("detector") is None
+    top = client.post("/v1/predict?top_k=2", content=face_jpeg, headers={"content-type": "image/jpeg"}).json()
+    probs = list(top["faces"][0]["probabilities"].values())
+    assert len(probs) == 2 and probs[0] >= probs[1]
+    assert list(top["faces"][0]["probabilities"])[0] == top["faces"][0]["label"]
+    tta = client.post("/v1/predict?tta=true", content=face_jpeg, headers={"content-type": "image/jpeg"})
+    assert tta.status_code == 200
+    assert_prediction(tta.json(), recognizer)
+    assert_error(client.post("/v1/predict?top_k=0", content=face_jpeg, headers={"content-type": "image/jpeg"}), 422)
+    assert_error(client.post("/v1/predict?top_k=99", content=face_jpeg, headers={"content-type": "image/jpeg"}), 422)
+    assert_error(client.post("/v1/predict?detect=maybe", content=face_jpeg, headers={"content-type": "image/jpeg"}), 422)
+
+
+def test_batch_in_order_with_bad_items(client, recognizer, face_jpeg, crop_png):
+    files = [
+        ("files", ("a.jpg", face_jpeg, "image/jpeg")),
+        ("files", ("notes.txt", b"not an image at all", "text/plain")),
+        ("files", ("cut.jpg", face_jpeg[: len(face_jpeg) // 2], "image/jpeg")),
+        ("files", ("empty.png", b"", "image/png")),
+        ("files", ("crop.png", crop_png, "image/png")),
+    ]
+    r = client.post("/v1/predict/batch", files=files)
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert [x["index"] for x in res] == [0, 1, 2, 3, 4]
+    assert [x["source"] for x in res] == ["a.jpg", "notes.txt", "cut.jpg", "empty.png", "crop.png"]
+    assert res[0]["faces"] and "error" not in res[0]
+    assert res[1]["error"]["status"] == 415
+    assert res[2]["error"]["code"] == "bad_image" and "truncated" in res[2]["error"]["message"]
+    assert res[3]["error"]["code"] == "empty_body"
+    assert len(res[4]["faces"]) == 1  # 48 x 48: taken as a crop
+    assert r.json()["model"]["name"] == recognizer.model_names[0]
+
+
+def test_batch_json_and_limits(recognizer, face_jpeg):
+    with make_client(recognizer, max_batch=2) as c:
+        ok = c.post("/v1/predict/batch", json={"images": [
+            {"name": "a.jpg", "image": base64.b64encode(face_jpeg).decode()}, {"name": "b", "image": "%%%"}]})
+        assert ok.status_code == 200
+        res = ok.json()["results"]
+        assert res[0]["faces"] and res[1]["error"]["code"] == "bad_base64"
+        three = [("files", (f"{i}.jpg", face_jpeg, "image/jpeg")) for i in range(3)]
+        assert_error(c.post("/v1/predict/batch", files=three), 413, "too_many_images")
+        assert_error(c.post("/v1/predict/batch", data={"note": "x"}, files={}), 415)
+        assert_error(c.post("/v1/predict/batch", json={"nothing": []}), 400, "malformed_json")
+        assert_error(c.post("/v1/predict/batch", json={"images": []}), 400, "no_file")
+
+
+# -- bad input --------------------------------------------------------------------------------------------------
+def _png_header(w: int, h: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + b"\0" * 64
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "status", "code"),
+    [
+        (b"hello, not an image", "image/jpeg", 415, "unsupported_media_type"),
+        (b"", "image/jpeg", 400, "empty_body"),
+        (b"GIF89a....", "image/gif", 415, "unsupported_media_type"),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 40, "image/jpeg", 400, "bad_image"),  # header only
+        (_png_header(60000, 60000), "image/png", 413, "too_many_pixels"),  # decompression bomb
+        (_png_header(64, 64), "image/png", 400, "bad_image"),  # header fine, no pixel data
+        (b"abc", "text/plain", 415, "unsupported_media_type"),
+        (b"abc", "", 415, "unsupported_media_type"),
+        (b"{not json", "application/json", 400, "malformed_json"),
+        (b'{"image": 5}', "application/json", 400, "malformed_json"),
+        (b'{"image": "@@notbase64"}', "application/json", 400, "bad_base64"),
+    ],
+)
+def test_bad_input_is_a_clear_4xx(client, body, ctype, status, code):
+    headers = {"content-type": ctype} if ctype else {}
+    assert_error(client.post("/v1/predict", content=body, headers=headers), status, code)
+
+
+def test_truncated_jpeg(client, face_jpeg):
+    for cut in (len(face_jpeg) // 3, len(face_jpeg) - 10):
+        err = assert_error(
+            client.post("/v1/predict", content=face_jpeg[:cut], headers={"content-type": "image/jpeg"}), 400
+        )
+        assert "truncated" in err["message"]
+
+
+def test_bomb_refused_from_library_limit_too(recognizer, monkeypatch):
+    # The service's own header check is off (huge max_pixels): the library's limit still answers 413.
+    import importlib
+
+    pp = importlib.import_module("ferkit.data.preprocess")  # the package re-exports a function of the same name
+    monkeypatch.setattr(pp, "MAX_PIXELS", 1000)
+    img = cv2.imencode(".png", np.zeros((100, 100), np.uint8))[1].tobytes()
+    with make_client(recognizer, max_pixels=10**12) as c:
+        assert_error(c.post("/v1/predict", content=img, headers={"content-type": "image/png"}), 413, "too_many_pixels")
+
+
+def test_upload_over_size_limit(recognizer, face_jpeg):
+    assert len(face_jpeg) > 20_000
+    with make_client(recognizer, max_upload_mb=0.01) as c:  # 10 KiB
+        raw = c.post("/v1/predict", content=face_jpeg, headers={"content-type": "image/jpeg"})
+        assert_error(raw, 413)
+        form = c.post("/v1/predict", files={"file": ("a.jpg", face_jpeg * 3, "image/jpeg")})
+        assert_error(form, 413, "too_large")
+
+        # A chunked body without Content-Length is cut off while streaming.
+        def chunks():
+            for _ in range(10):
+                yield face_jpeg
+
+        assert_error(c.post("/v1/predict", content=chunks(), headers={"content-type": "image/jpeg"}), 413, "too_large")
+
+
+def test_multipart_without_file_and_unknown_route(client):
+    assert_error(client.post("/v1/predict", data={"x": "1"}, files={"dummy": ("", b"", "")}), 400)
+    assert_error(client.get("/v1/nope"), 404, "not_found")
+    assert_error(client.get("/v1/predict"), 405)
+
+
+def test_internal_error_has_no_traceback(recognizer, face_jpeg):
+    class Broken:
+        tta = False
+
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return getattr(recognizer, name)
+
+        def predict(self, image, **kw):
+            if image.shape[0] > 100:
+                raise RuntimeError("secret internal detail")
+            return recognizer.predict(image, **kw)
+
+    with TestClient(create_app(ServiceConfig(workers=1), recognizer=Broken()), raise_server_exceptions=False) as c:
+        r = c.post("/v1/predict", content=face_jpeg, headers={"content-type": "image/jpeg"})
+    assert_error(r, 500, "internal_error")
+    assert "secret" not in r.text
+
+
+def test_check_image_bytes_units(face_jpeg):
+    assert check_image_bytes(face_jpeg, "a", 10**7, 10**7) == "jpeg"
+    with pytest.raises(ApiError) as e:
+        check_image_bytes(face_jpeg, "a", 10**7, 1000)
+    assert e.value.status == 413
+    webp = cv2.imencode(".webp", np.zeros((30, 40, 3), np.uint8))[1].tobytes()
+    bmp = cv2.imencode(".bmp", np.zeros((30, 40, 3), np.uint8))[1].tobytes()
+    assert check_image_bytes(webp, "w", 10**7, 10**7) == "webp"
+    assert check_image_bytes(bmp, "b", 10**7, 10**7) == "bmp"
+    with pytest.raises(ApiError):
+        check_image_bytes(webp, "w", 10**7, 1199)
+    with pytest.raises(ApiError):
+        check_image_bytes(bmp, "b", 10**7, 1199)
+
+
+# -- auth, CORS, metrics -----------------------------------------------------------------------------------------
+def test_api_key(recognizer, face_jpeg):
+    with make_client(recognizer, api_key="s3cret") as c:
+        jpeg = {"content-type": "image/jpeg"}
+        r = c.post("/v1/predict", content=face_jpeg, headers=jpeg)
+        assert_error(r, 401, "unauthorized")
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert_error(c.post("/v1/predict", content=face_jpeg, headers={**jpeg, "X-API-Key": "wrong"}), 401)
+        assert_error(c.get("/v1/models"), 401)
+        assert_error(c.get("/metrics"), 401)
+        assert c.post("/v1/predict", content=face_jpeg, headers={**jpeg, "X-API-Key": "s3cret"}).status_code == 200
+        assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        assert c.get("/").status_code == 200
+        from starlette.websockets import WebSocketDisconnect
+
+        with pytest.raises(WebSocketDisconnect) as e, c.websocket_connect("/v1/stream") as ws:
+            ws.receive_json()
+        assert e.value.code == 1008
+        with c.websocket_connect("/v1/stream?api_key=s3cret") as ws:
+            ws.send_bytes(face_jpeg)
+            assert ws.receive_json()["faces"]
+
+
+def test_cors(recognizer):
+    with make_client(recognizer, cors_origins=("http://app.example",)) as c:
+        r = c.get("/v1/models", headers={"Origin": "http://app.example"})
+        assert r.headers["access-control-allow-origin"] == "http://app.example"
+        pre = c.options("/v1/predict", headers={"Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+                                                "Access-Control-Request-Headers": "X-API-Key"})
+        assert pre.status_code == 200 and "POST" in pre.headers["access-control-allow-methods"]
+        other = c.get("/v1/models", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+    with make_client(recognizer) as c:  # no origins configured: no CORS headers at all
+        assert "access-control-allow-origin" not in c.get("/v1/models", headers={"Origin": "http://app.example"}).headers
+
+
+def test_metrics(recognizer, face_jpeg):
+    with make_client(recognizer) as c:
+        c.post("/v1/predict", content=face_jpeg, headers={"content-type": "image/jpeg"})
+        c.post("/v1/predict", content=b"x", headers={"content-type": "text/plain"})
+        c.get("/some/scanner/path")
+        text = c.get("/metrics").text
+    assert 'ferkit_http_requests_total{method="POST",path="/v1/predict",status="200"} 1.0' in text
+    assert 'ferkit_http_requests_total{method="POST",path="/v1/predict",status="415"} 1.0' in text
+    assert 'path="other"' in text and "/some/scanner" not in text
+    assert "ferkit_faces_per_image_count 1.0" in text
+    assert 'ferkit_http_request_duration_seconds_count{path="/v1/predict"} 2.0' in text
+    assert "ferkit_inference_duration_seconds_bucket" in text
+
+
+def test_concurrent_requests_agree(recognizer, face_jpeg):
+    """Several workers share one recognizer (ONNX sessions, detector): concurrent answers equal serial ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    img = cv2.imdecode(np.frombuffer(face_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    bodies = [face_jpeg, cv2.imencode(".jpg", img[:, ::-1])[1].tobytes()] * 4
+    with make_client(recognizer, workers=3) as c:
+        def post(body: bytes) -> list:
+            r = c.post("/v1/predict", content=body, headers={"content-type": "image/jpeg"})
+            assert r.status_code == 200
+            return r.json()["faces"]
+
+        serial = [post(b) for b in bodies[:2]]
+        with ThreadPoolExecutor(8) as ex:
+            parallel = list(ex.map(post, bodies))
+    for i, faces in enumerate(parallel):
+        assert faces == serial[i % 2]
+
+
+# -- pool saturation -----------------------------------------------------------------------------------------------
+class Gated:
+    """The real recognizer behind a gate: predict waits until the test opens it."""
+
+    def __init__(self, rec):
+        self._rec = rec
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.tta = False
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._rec, name)
+
+    def predict(self, image, **kw):
+        self.entered.set()
+        assert self.gate.wait(20)
+        return self._rec.predict(image, **kw)
+
+
+def test_busy_pool_answers_503_with_retry_after(recognizer, face_jpeg):
+    gated = Gated(recognizer)
+    with make_client(gated, workers=1, queue=1) as c:
+        gated.gate.clear()
+        gated.entered.clear()  # set by the warm-up
+        jpeg = {"content-type": "image/jpeg"}
+        results: list[int] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(c.post("/v1/predict", content=face_jpeg, headers=jpeg)
+                                                           .status_code))
+            for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        assert gated.entered.wait(10)
+        deadline = time.time() + 10
+        while c.app.state.pool.pending < 2 and time.time() < deadline:  # one running, one queued
+            time.sleep(0.02)
+        r = c.post("/v1/predict", content=face_jpeg, headers=jpeg)
+        err = assert_error(r, 503, "busy")
+        assert int(r.headers["retry-after"]) >= 1 and "busy" in err["message"]
+        with c.websocket_connect("/v1/stream") as ws:  # a stream frame is refused the same way, the stream lives on
+            ws.send_bytes(face_jpeg)
+            assert ws.receive_json()["error"]["status"] == 503
+            gated.gate.set()
+            for t in threads:
+                t.join(20)
+            ws.send_bytes(face_jpeg)
+            assert ws.receive_json()["faces"]
+        assert results == [200, 200]
+        assert "ferkit_rejected_total 2.0" in c.get("/metrics").text
+
+
+# -- WebSocket stream ----------------------------------------------------------------------------------------------
+def test_stream_tracks_and_smooths(client, recognizer, face_jpeg):
+    with client.websocket_connect("/v1/stream?window=3&top_k=3") as ws:
+        answers = []
+        for _ in range(3):
+            ws.send_bytes(face_jpeg)
+            answers.append(ws.receive_json())
+        assert [a["frame"] for a in answers] == [1, 2, 3]
+        ids = {a["faces"][0]["track_id"] for a in answers}
+        assert len(ids) == 1  # the same face keeps its track
+        assert len(answers[0]["faces"][0]["probabilities"]) == 3
+        ws.send_bytes(b"garbage")
+        bad = ws.receive_json()
+        assert bad["frame"] == 4 and bad["error"]["status"] == 415
+        ws.send_bytes(face_jpeg[: len(face_jpeg) // 2])
+        assert ws.receive_json()["error"]["code"] == "bad_image"
+        ws.send_text("{oops")
+        assert ws.receive_json()["error"]["code"] == "malformed_json"
+        ws.send_text(json.dumps({"type": "reset"}))
+        assert ws.receive_json() == {"type": "reset"}
+        ws.send_bytes(face_jpeg)
+        after = ws.receive_json()
+        assert after["frame"] == 6 and after["faces"][0]["track_id"] == 1  # a fresh tracker
+
+
+def test_stream_smoothing_moves_towards_new_frames(client, face_jpeg):
+    # A mirrored face gives other probabilities; with smoothing, the answer lies between the two raw ones.
+    img = cv2.imdecode(np.frombuffer(face_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    flipped = cv2.imencode(".jpg", img[:, ::-1])[1].tobytes()
+    jpeg = {"content-type": "image/jpeg"}
+    raw_a = client.post("/v1/predict", content=face_jpeg, headers=jpeg).json()["faces"][0]["probabilities"]
+    raw_b = client.post("/v1/predict", content=flipped, headers=jpeg).json()["faces"][0]["probabilities"]
+    with client.websocket_connect("/v1/stream?window=3") as ws:
+        ws.send_bytes(face_jpeg)
+        first = ws.receive_json()["faces"][0]["probabilities"]
+        ws.send_bytes(flipped)
+        second = ws.receive_json()["faces"][0]
+    assert first == pytest.approx(raw_a, abs=2e-4)
+    k = max(raw_a, key=lambda c: abs(raw_a[c] - raw_b[c]))
+    if abs(raw_a[k] - raw_b[k]) > 0.01:  # only meaningful when mirroring changes the answer
+        lo, hi = sorted((raw_a[k], raw_b[k]))
+        assert lo - 1e-3 <= second["probabilities"][k] <= hi + 1e-3
+        assert second["probabilities"][k] == pytest.approx(0.5 * raw_b[k] + 0.5 * raw_a[k], abs=2e-3)
+
+
+# -- configuration and command line ----------------------------------------------------------------------------
+def test_config_env_and_flags():
+    env = {"FERKIT_HOST": "0.0.0.0", "FERKIT_PORT": "9001", "FERKIT_WORKERS": "3", "FERKIT_MAX_UPLOAD_MB": "2.5",
+           "FERKIT_CORS_ORIGINS": "http://a.example, http://b.example", "FERKIT_API_KEY": "k", "FERKIT_MODEL": "a.onnx"}
+    cfg = ServiceConfig.from_env(env)
+    assert (cfg.host, cfg.port, cfg.workers, cfg.max_upload_mb, cfg.api_key) == ("0.0.0.0", 9001, 3, 2.5, "k")
+    assert cfg.cors_origins == ("http://a.example", "http://b.example") and cfg.model == ("a.onnx",)
+    assert cfg.max_upload_bytes == int(2.5 * 1024 * 1024) and not cfg.is_loopback
+    flags = ServiceConfig.from_env(env, port=8123, workers=None)  # None: flag not given
+    assert (flags.port, flags.workers) == (8123, 3)
+    default = ServiceConfig.from_env({})
+    assert default.host == "127.0.0.1" and default.is_loopback and default.api_key is None
+    for bad in ({"FERKIT_PORT": "abc"}, {"FERKIT_PORT": "70000"}, {"FERKIT_WORKERS": "0"},
+                {"FERKIT_MAX_UPLOAD_MB": "-1"}):
+        with pytest.raises(FerkitError, match="FERKIT_PORT|port|workers|upload"):
+            ServiceConfig.from_env(bad)
+
+
+def test_cli_serve(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from ferkit.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["serve", "--help"])
+    assert r.exit_code == 0 and "Example: ferkit serve" in r.output and "FERKIT_API_KEY" in r.output
+    r = runner.invoke(app, ["serve", "--model", str(tmp_path / "missing.onnx")])
+    assert r.exit_code == 2
+    monkeypatch.setenv("FERKIT_WORKERS", "zero")
+    assert runner.invoke(app, ["serve"]).exit_code == 2
+
+
+def test_graceful_shutdown_finishes_in_flight_request(recognizer, face_jpeg):
+    """A real uvicorn server: a request still running when shutdown starts gets its 200."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    from ferkit.cli.serve import uvicorn_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gated = Gated(recognizer)
+    app = create_app(ServiceConfig(port=port, workers=1, graceful_timeout=10), recognizer=gated)
+    server = uvicorn.Server(uvicorn_config(app, app.state.config, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    gated.gate.clear()
+    gated.entered.clear()  # set by the warm-up
+    out: dict = {}
+
+    def call() -> None:
+        out["r"] = httpx.post(base + "/v1/predict", content=face_jpeg, headers={"content-type": "image/jpeg"},
+                              timeout=30)
+
+    t = threading.Thread(target=call)
+    t.start()
+    assert gated.entered.wait(10)
+    server.should_exit = True  # what SIGTERM does
+    time.sleep(0.3)
+    gated.gate.set()
+    t.join(20)
+    thread.join(20)
+    assert out["r"].status_code == 200 and out["r"].json()["faces"]
+    assert app.state.pool.closed and not thread.is_alive()
+
+
+def test_cli_imports_no_server_stack():
+    """The inference-only install has no FastAPI/uvicorn: `ferkit` must not import them until `ferkit serve` runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ferkit.cli; "
+        "bad = [m for m in ('fastapi', 'uvicorn', 'starlette', 'prometheus_client', 'multipart') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr

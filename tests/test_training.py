@@ -1,0 +1,115 @@
+"""Training: config files and overrides, augmentation, a short run, exact resume, export to ONNX."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ferkit.errors import FerkitError  # noqa: E402
+from ferkit.models import create_model, list_models  # noqa: E402
+from ferkit.training import Trainer, load_config, train  # noqa: E402
+from ferkit.training.augment import AugmentConfig, augment, mix  # noqa: E402
+
+
+def small_cfg(data: Path, out: Path, *extra: str):
+    return load_config(None, [f"data={data}", f"out={out}", "model=vgg_s", "epochs=3", "batch_size=16",
+                              "threads=1", "ema=0.9", "lr=0.05", *extra])
+
+
+def test_registry_builds_every_model_and_rejects_unknown() -> None:
+    x = torch.rand(2, 1, 48, 48) * 255
+    for name in list_models():
+        assert create_model(name, 5)(x).shape == (2, 5)
+    with pytest.raises(FerkitError, match="unknown"):
+        create_model("nope")
+
+
+def test_config_file_and_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('model = "resnet_s"\nlr = 0.1\n[augment]\nmixup = 0.2\n')
+    cfg = load_config(p, ["lr=0.02", "augment.erase=0", "soft_labels=true"])
+    assert (cfg.model, cfg.lr, cfg.augment.mixup, cfg.augment.erase, cfg.soft_labels) == ("resnet_s", 0.02, 0.2, 0.0, True)
+    with pytest.raises(FerkitError, match="unknown setting 'lrr'"):
+        load_config(None, ["lrr=1"])
+    with pytest.raises(FerkitError, match="expected a number"):
+        load_config(None, ["epochs=many"])
+    p.write_text("model = [")
+    with pytest.raises(FerkitError, match="not valid TOML"):
+        load_config(p)
+
+
+def test_augment_keeps_shape_range_and_changes_images() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 48, 48) * 255
+    y = augment(x, AugmentConfig(), gen)
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 255
+    assert not torch.allclose(x, y)
+    t = torch.nn.functional.one_hot(torch.arange(8) % 3, 3).float()
+    xm, tm = mix(x, t, AugmentConfig(mixup=0.4, cutmix=0.4), gen)
+    assert xm.shape == x.shape and torch.allclose(tm.sum(1), torch.ones(8))
+
+
+def test_short_run_learns_and_writes_run_folder(tiny_folders: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = train(small_cfg(tiny_folders, out, "epochs=4"))
+    for f in ("config.toml", "log.jsonl", "best.safetensors", "state.pt", "model.onnx", "metrics.json", "curves.png"):
+        assert (out / f).exists(), f
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert summary["val_acc"] > 0.6  # three separable blob positions; chance is 0.33
+    # The ONNX export gives the same probabilities as the PyTorch weights it came from.
+    import onnxruntime as ort
+
+    from ferkit.models.export import load_weights
+
+    model, info = load_weights(out / "best.safetensors")
+    assert info["classes"] == ["happy", "neutral", "sad"]
+    x = np.random.default_rng(0).integers(0, 256, (4, 1, 48, 48)).astype(np.float32)
+    sess = ort.InferenceSession(str(out / "model.onnx"))
+    p_onnx = sess.run(None, {"input": x})[0]
+    with torch.no_grad():
+        p_torch = torch.softmax(model(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(p_onnx, p_torch, atol=1e-4)
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["classes"]) == info["classes"] and meta["input_size"] == "48"
+
+
+def test_resume_continues_exactly(tiny_folders: Path, tmp_path: Path) -> None:
+    full = Trainer(small_cfg(tiny_folders, tmp_path / "full"), progress=False)
+    full.fit()
+    part = Trainer(small_cfg(tiny_folders, tmp_path / "part", "epochs=3"), progress=False)
+    part.cfg.epochs = 2  # stop early as an interruption would, with the same schedule length
+    part.fit()
+    resumed = Trainer(small_cfg(tiny_folders, tmp_path / "part"), resume=True, progress=False)
+    assert resumed.epoch == 2
+    resumed.fit()
+    a = full.model.state_dict()
+    b = resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_imbalance_options_and_soft_labels_need_votes(tiny_folders: Path, tmp_path: Path) -> None:
+    for balance in ("weights", "sampler"):
+        Trainer(small_cfg(tiny_folders, tmp_path / balance, "epochs=1", f"balance={balance}"), progress=False).fit()
+    with pytest.raises(FerkitError, match="vote distributions"):
+        Trainer(small_cfg(tiny_folders, tmp_path / "soft", "soft_labels=true"), progress=False)
+
+
+def test_resume_without_state_is_a_clear_error(tiny_folders: Path, tmp_path: Path) -> None:
+    with pytest.raises(FerkitError, match="nothing to resume"):
+        Trainer(small_cfg(tiny_folders, tmp_path / "none"), resume=True)
+
+
+def test_weights_file_that_is_not_safetensors(tmp_path: Path) -> None:
+    from ferkit.models.export import load_weights
+
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(FerkitError, match="not a safetensors file"):
+        load_weights(bad)
