@@ -35,4 +35,4 @@ def make_class_folders(root: Path, classes: list[str], per_class: int = 12, size
 
 @pytest.fixture
 def tiny_folders(tmp_path: Path) -> Path:
-    return make_class_folders(tmp_path / "tiny", ["happy", "sad", "neutral"])
+    return make_class_folders(tmp_path / "tiny", ["happy", "sad", "neutral"], per_class=24)

@@ -360,3 +360,24 @@ def test_detect_format(tmp_path):
     assert detect_format(tmp_path / "fp") == "ferplus"
     assert detect_format(tmp_path / "fer") == "folders"
     assert detect_format(tmp_path / "x.csv.gz") == "csv"
+
+
+def test_csv_fast_and_row_by_row_parsers_agree(tmp_path):
+    rows = fer_rows()
+    clean = tmp_path / "clean.csv"
+    clean.write_text(csv_text(rows))
+    messy = tmp_path / "messy.csv"  # double spaces and a trailing space: only the row-by-row parser takes them
+    messy.write_text(csv_text(rows).replace(" 1", "  1").replace(",Training", " ,Training"))
+    a, b = load_dataset(clean), load_dataset(messy)
+    for s in a.splits:
+        np.testing.assert_array_equal(a[s].images, b[s].images)
+        np.testing.assert_array_equal(a[s].labels, b[s].labels)
+    small = load_dataset(clean, size=24)
+    assert small["train"].images.shape == (14, 24, 24)
+
+
+def test_csv_blank_lines_keep_row_numbers(tmp_path):
+    p = tmp_path / "gaps.csv"
+    p.write_text("emotion,pixels,Usage\n\n0,1 2 3 4,Training\n\n1,5 6 7 8,Holdout\n")
+    with pytest.raises(FerkitError, match="row 5: unknown Usage"):
+        load_dataset(p, size=2)

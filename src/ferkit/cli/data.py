@@ -186,12 +186,16 @@ def convert(
         raise FerkitError(f"--to {to!r}: unknown; choose one of {', '.join(TARGETS)}")
     ds, _ = _load(data, fmt, classes, json_out)
     t0 = time.perf_counter()
+    last = [t0]
 
     def progress(done: int, total: int) -> None:
-        if not quiet() and not json_out:
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            err_console.print(f"  {done:,}/{total:,} images ({rate:,.0f}/s, ETA {(total - done) / rate:.0f} s)",
-                              highlight=False)
+        now = time.perf_counter()
+        if quiet() or json_out or (now - last[0] < 5 and done < total):
+            return  # a line every 5 s at most
+        last[0] = now
+        rate = done / max(now - t0, 1e-9)
+        err_console.print(f"  {done:,}/{total:,} images ({rate:,.0f}/s, ETA {(total - done) / rate:.0f} s)",
+                          highlight=False)
 
     written = do_convert(ds, out, to, progress=progress)
     result = {"source": str(data), "out": str(out), "to": to, "classes": ds.classes, "written": written,

@@ -180,26 +180,26 @@ def _load_csv(path: Path, size: int, val_fraction: float, test_fraction: float, 
     iu = header.index("usage") if "usage" in header else None
     raw_labels: list[str] = []
     usages: list[str] = []
-    images: list[np.ndarray] = []
+    pixels: list[str] = []
+    rownos: list[int] = []
     for rowno, row in enumerate(reader, start=2):
         if not row:
             continue
         if len(row) < len(header):
             raise FerkitError(f"{name}: row {rowno}: expected {len(header)} columns, got {len(row)}")
-        try:
-            px = np.array(row[ip].split(), dtype=np.float32)
-        except ValueError:
-            raise FerkitError(f"{name}: row {rowno}: 'pixels' holds a value that is not a number") from None
-        side = int(round(len(px) ** 0.5))
-        if side * side != len(px) or side == 0 or px.min() < 0 or px.max() > 255:
-            raise FerkitError(
-                f"{name}: row {rowno}: 'pixels' must be a square image of values 0..255 (got {len(px)} values)"
-            )
-        images.append(preprocess(px.reshape(side, side).astype(np.uint8), size))
+        pixels.append(row[ip])
         raw_labels.append(row[ie].strip())
         usages.append(row[iu].strip() if iu is not None else "")
-    if not images:
+        rownos.append(rowno)
+    if not pixels:
         raise FerkitError(f"{name}: no data rows")
+    grid = _parse_pixels_fast(pixels)
+    if grid is None:  # something is off somewhere: the row-by-row parse names the row
+        grid = [_parse_pixels_row(px, f"{name}: row {rowno}") for px, rowno in zip(pixels, rownos, strict=True)]
+    if isinstance(grid, np.ndarray) and grid.shape[1:] == (size, size):
+        arr = grid
+    else:
+        arr = np.stack([preprocess(g, size) for g in grid])
     if all(lbl.isdigit() for lbl in raw_labels):
         ints = np.array([int(x) for x in raw_labels])
         classes = FER2013_CLASSES if ints.max() < len(FER2013_CLASSES) else [str(i) for i in range(ints.max() + 1)]
@@ -208,13 +208,12 @@ def _load_csv(path: Path, size: int, val_fraction: float, test_fraction: float, 
         classes = _class_order(set(raw_labels))
         index = {c: i for i, c in enumerate(classes)}
         labels = np.array([index[x] for x in raw_labels])
-    arr = np.stack(images)
-    names = [f"row{i + 2}" for i in range(len(images))]
+    names = [f"row{r}" for r in rownos]
     if iu is not None:
         split_of = [SPLIT_ALIASES.get(u.lower()) for u in usages]
         bad = next((i for i, s in enumerate(split_of) if s is None), None)
         if bad is not None:
-            raise FerkitError(f"{name}: row {bad + 2}: unknown Usage {usages[bad]!r}")
+            raise FerkitError(f"{name}: row {rownos[bad]}: unknown Usage {usages[bad]!r}")
         splits = {
             s: Split(arr[m], labels[m], [names[i] for i in np.flatnonzero(m)])
             for s in SPLITS
@@ -223,6 +222,50 @@ def _load_csv(path: Path, size: int, val_fraction: float, test_fraction: float, 
     else:
         splits = _stratified(Split(arr, labels, names), val_fraction, test_fraction, seed)
     return Dataset(classes, splits)
+
+
+def _parse_pixels_row(text: str, where: str) -> np.ndarray:
+    try:
+        px = np.array(text.split(), dtype=np.float32)
+    except ValueError:
+        raise FerkitError(f"{where}: 'pixels' holds a value that is not a number") from None
+    side = int(round(len(px) ** 0.5))
+    if side * side != len(px) or side == 0 or px.min() < 0 or px.max() > 255:
+        raise FerkitError(f"{where}: 'pixels' must be a square image of values 0..255 (got {len(px)} values)")
+    return px.reshape(side, side).astype(np.uint8)
+
+
+def _parse_pixels_fast(rows: list[str]) -> np.ndarray | None:
+    """All rows' 'pixels' at once (N x side x side uint8) when every row is well formed: integers 0..255
+    separated by single spaces, the same square count per row. None otherwise (the caller then parses
+    row by row, to name the bad row). Vectorised: about 10x faster than parsing 35,887 rows one by one."""
+    b = np.frombuffer(" ".join(rows).encode("ascii", errors="replace"), dtype=np.uint8)
+    digit = (b >= 48) & (b <= 57)
+    if not (digit | (b == 32)).all() or not len(b) or not digit[0] or not digit[-1]:
+        return None
+    if (~digit[1:] & ~digit[:-1]).any():  # two spaces in a row, or an empty field
+        return None
+    starts = np.flatnonzero(digit & np.r_[True, ~digit[:-1]])
+    ends = np.flatnonzero(digit & np.r_[~digit[1:], True]) + 1
+    per_row = len(starts) / len(rows)
+    side = int(round(per_row**0.5))
+    # Every row joined by one space: equal counts per row are equivalent to the row ends falling on tokens.
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    row_start = np.r_[0, np.cumsum(lengths + 1)[:-1]]
+    if side * side != per_row or side == 0:
+        return None
+    if not np.array_equal(starts[:: side * side], row_start):
+        return None
+    width = ends - starts
+    if width.max() > 3:
+        return None
+    value = np.zeros(len(starts), dtype=np.int32)
+    for k in range(3):
+        has = width > k
+        value[has] = value[has] * 10 + (b[starts[has] + k] - 48)
+    if value.max() > 255:
+        return None
+    return value.astype(np.uint8).reshape(len(rows), side, side)
 
 
 def _class_order(names: set[str]) -> list[str]:

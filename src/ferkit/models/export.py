@@ -44,8 +44,6 @@ def load_weights(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise FerkitError(f"{path}: safetensors file without ferkit metadata (arch, classes)")
     info = {"arch": meta["arch"], "classes": json.loads(meta["classes"]), "input_size": int(meta.get("input_size", 48))}
     model = create_model(info["arch"], len(info["classes"]))
-    if any(isinstance(m, nn.modules.lazy.LazyModuleMixin) for m in model.modules()):
-        model(torch.zeros(1, 1, info["input_size"], info["input_size"]))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

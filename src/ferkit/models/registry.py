@@ -108,15 +108,16 @@ class ResNet(nn.Module):
 class SeedsBaseline(nn.Module):
     """The seeds' Keras baseline: 4 convolutions and 2 dense layers (about 57% on FER2013)."""
 
-    def __init__(self, num_classes: int = 7):
+    def __init__(self, num_classes: int = 7, input_size: int = 48):
         super().__init__()
+        side = input_size // 8
         self.net = nn.Sequential(
             Normalize(),
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2), nn.Dropout(0.25),
             nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
-            nn.Flatten(), nn.LazyLinear(1024), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1024, num_classes),
+            nn.Flatten(), nn.Linear(128 * side * side, 1024), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1024, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,8 +125,8 @@ class SeedsBaseline(nn.Module):
 
 
 @register("baseline")
-def baseline(num_classes: int = 7) -> nn.Module:
-    return SeedsBaseline(num_classes)
+def baseline(num_classes: int = 7, input_size: int = 48) -> nn.Module:
+    return SeedsBaseline(num_classes, input_size)
 
 
 for _w, _widths in {"s": (32, 64, 128, 256), "m": (48, 96, 192, 384), "l": (64, 128, 256, 512)}.items():

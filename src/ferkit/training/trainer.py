@@ -163,8 +163,8 @@ class Trainer:
         if resume:
             self._load_state()
         else:
-            atomic_write(self.out / "config.toml", lambda p: Path(p).write_text(to_toml(cfg)))
             (self.out / "log.jsonl").unlink(missing_ok=True)
+        atomic_write(self.out / "config.toml", lambda p: Path(p).write_text(to_toml(cfg)))
 
     # -- state -------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -189,6 +189,15 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.sched.load_state_dict(st["sched"])
+        total = self.cfg.epochs * self.steps_per_epoch
+        if self.cfg.schedule == "onecycle" and self.sched.total_steps != total:
+            # The run was resumed with another length: continue the same one-cycle curve stretched to it.
+            log.warning("resuming with %d epochs instead of %d: the schedule is re-planned from here",
+                        self.cfg.epochs, self.sched.total_steps // self.steps_per_epoch)
+            done = st["epoch"] * self.steps_per_epoch
+            self.sched = make_schedule(self.cfg, self.opt, self.steps_per_epoch)
+            self.sched.last_epoch = done - 1
+            self.sched.step()
         if self.ema is not None and st["ema"] is not None:
             self.ema.shadow, self.ema.steps = st["ema"]["shadow"], st["ema"]["steps"]
         self.gen.set_state(st["gen"])
@@ -248,7 +257,7 @@ class Trainer:
                 self.ema.update(self.model)
             total += len(idx)
             correct += int((logits.argmax(1) == y.argmax(1)).sum())
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.item() * len(idx)
             bar.update(step + 1, total / (time.time() - t0))
         bar.close()
         return {"train_loss": loss_sum / total, "train_acc": correct / total, "images_per_s": total / (time.time() - t0)}
