@@ -15,7 +15,9 @@ $(BIN)/ferkit: pyproject.toml
 setup: $(BIN)/ferkit
 
 demo: setup
-	$(BIN)/ferkit data info ../shared/datasets/fer2013.zip --out out/info
+	@mkdir -p out
+	$(BIN)/python -c "import cv2, skimage.data; cv2.imwrite('out/astronaut.jpg', skimage.data.astronaut()[:, :, ::-1])"
+	$(BIN)/ferkit predict out/astronaut.jpg --save out/demo
 
 test: setup
 	$(BIN)/python -m pytest -q

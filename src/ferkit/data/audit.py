@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ REASONS = {
     "unknown": "FER+ annotators' majority: unknown",
     "no_majority": "FER+ votes without a majority (left out by the FER+ protocol)",
 }
+ImageReader = Callable[[str], "np.ndarray | None"]
 # What --write-clean drops; the near-duplicate reasons are only reported (a pHash match is not proof).
 DROPPED = ("blank", "duplicate", "leak", "label_conflict")
 
@@ -202,7 +204,7 @@ def audit(
     blank_std: float = BLANK_STD,
     near_distance: int = NEAR_DISTANCE,
     ferplus_votes: dict[str, tuple[list[str], np.ndarray]] | None = None,
-    read_image=None,
+    read_image: ImageReader | None = None,
 ) -> AuditResult:
     """Flag every problem item of `ds`; see REASONS. `ferplus_votes` (from formats.ferplus_vote_table) adds
     the FER+ rows the loader left out; `read_image(name)` reads their pixels for the contact sheet."""
@@ -273,7 +275,9 @@ def audit(
     return res
 
 
-def _ferplus_flags(res: AuditResult, votes: dict[str, tuple[list[str], np.ndarray]], read_image) -> None:
+def _ferplus_flags(
+    res: AuditResult, votes: dict[str, tuple[list[str], np.ndarray]], read_image: ImageReader | None
+) -> None:
     from ferkit.data.dataset import FERPLUS_CLASSES
 
     n_emo = len(FERPLUS_CLASSES)
