@@ -6,6 +6,7 @@ import csv
 import glob
 import io
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -93,7 +94,9 @@ def _expand(source: str) -> tuple[list[tuple[Path, Path]], bool]:
         files = sorted(Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file())
         if not files:
             raise FerkitError(f"{source}: the pattern matches no files")
-        return [(f, Path(*f.parts[-1:])) for f in files], False
+        # Relative to the deepest common folder, so that 'a/x.jpg' and 'b/x.jpg' keep apart under --save.
+        common = Path(os.path.commonpath([str(f.parent.resolve()) for f in files]))
+        return [(f, f.resolve().relative_to(common)) for f in files], False
     raise FerkitError(f"{source}: no such file, folder or camera")
 
 

