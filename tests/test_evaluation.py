@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -15,7 +14,6 @@ from ferkit.cli import app
 
 CLASSES = ["happy", "sad", "surprise"]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-USER_CACHE = os.environ.get("FERKIT_CACHE")
 
 
 def _face(rng: np.random.Generator, k: int) -> np.ndarray:
@@ -201,16 +199,3 @@ def test_ferplus_votes_accuracy(env, tmp_path):
     assert v["in_votes_accuracy"] == pytest.approx(ev.metrics["metrics"]["accuracy"])
 
 
-@pytest.mark.skipif(not (SHARED / "fer2013.zip").exists(), reason="shared datasets not available")
-def test_fer2013_train_copies_found(monkeypatch):
-    # The real archive: use the user's cache, decoding 35,887 images again would take a while.
-    if USER_CACHE:
-        monkeypatch.setenv("FERKIT_CACHE", USER_CACHE)
-    else:
-        monkeypatch.delenv("FERKIT_CACHE")
-    from ferkit.data import load_dataset
-    from ferkit.evaluation import exact_train_copies
-
-    ds = load_dataset(SHARED / "fer2013.zip")
-    mask = exact_train_copies(ds["train"].images, ds["test"].images)
-    assert 0 < mask.sum() < len(mask) // 4

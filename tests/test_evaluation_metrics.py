@@ -9,7 +9,7 @@ import pytest
 
 from ferkit.data.dataset import Split
 from ferkit.errors import FerkitError
-from ferkit.evaluation.align import align_split, class_lut, exact_train_copies, parse_map
+from ferkit.evaluation.align import align_split, class_lut, parse_map
 from ferkit.evaluation.core import summarize
 from ferkit.evaluation.metrics import (
     bootstrap_ci,
@@ -157,12 +157,6 @@ def test_align_split_moves_votes_to_model_classes():
     out, keep = align_split(sp, np.array([1, 0, -1]), 2)
     assert keep.tolist() == [0, 1] and out.labels.tolist() == [1, 0]
     np.testing.assert_allclose(out.soft, [[0.2, 0.6], [0.9, 0.1]], rtol=1e-6)
-
-
-def test_exact_train_copies():
-    train = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4)
-    test = np.stack([train[1], train[0] + 1, train[2]])
-    assert exact_train_copies(train, test).tolist() == [True, False, True]
 
 
 def test_tta_views_and_crops():

@@ -5,7 +5,6 @@ several models side by side with McNemar's test; `calibrate(model, data)` fits a
 Heavy dependencies (scikit-learn, SciPy, matplotlib, torch) are imported only when needed.
 """
 
-from ferkit.evaluation.align import exact_train_copies
 from ferkit.evaluation.compare import compare, markdown, write_compare
 from ferkit.evaluation.core import Evaluation, calibrate, evaluate
 from ferkit.evaluation.metrics import (
@@ -19,6 +18,6 @@ from ferkit.evaluation.metrics import (
 
 __all__ = [
     "Evaluation", "bootstrap_ci", "calibrate", "classification_metrics", "compare", "evaluate",
-    "exact_train_copies", "expected_calibration_error", "fit_temperature", "markdown", "mcnemar", "reliability",
+    "expected_calibration_error", "fit_temperature", "markdown", "mcnemar", "reliability",
     "write_compare",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 import numpy as np
@@ -88,18 +87,3 @@ def align_split(split: Split, lut: np.ndarray, n_model: int) -> tuple[Split, np.
                 soft[:, new] += sub.soft[:, old]
         sub.soft = soft  # votes for dropped classes stay out: a prediction can never match them
     return sub, keep
-
-
-def image_hashes(images: np.ndarray) -> np.ndarray:
-    """One 16-byte digest per image (of its raw pixel bytes), as an array of fixed-size byte strings."""
-    flat = np.ascontiguousarray(images).reshape(len(images), -1)
-    return np.array([hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat], dtype="S16")
-
-
-def exact_train_copies(train_images: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """Boolean mask over `images`: True where some training image has exactly the same pixels."""
-    if len(images) == 0 or len(train_images) == 0:
-        return np.zeros(len(images), dtype=bool)
-    if train_images.shape[1:] != images.shape[1:]:
-        return np.zeros(len(images), dtype=bool)
-    return np.isin(image_hashes(images), image_hashes(train_images))

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from ferkit.data.audit import exact_train_copies
 from ferkit.data.dataset import Dataset, Split
 from ferkit.errors import FerkitError
-from ferkit.evaluation.align import align_split, class_lut, exact_train_copies, parse_map
+from ferkit.evaluation.align import align_split, class_lut, parse_map
 from ferkit.evaluation.metrics import (
     bootstrap_ci,
     classification_metrics,
@@ -72,7 +73,7 @@ def prepare(ds: Dataset, classes: list[str], split: str, map_spec: str | None, c
         raise FerkitError(f"{ds.source}: the {split} split has no items of the model's classes")
     prep = Prepared(ds, split, sp, mapping, len(ds.splits[split]) - len(sp))
     if copies and split != "train" and "train" in ds.splits:
-        prep.train_copy = exact_train_copies(ds.splits["train"].images, ds.splits[split].images)[keep]
+        prep.train_copy = exact_train_copies(ds)[split][keep]
     return prep
 
 
