@@ -22,9 +22,9 @@ from ferkit.evaluation.metrics import (
     undo_temperature,
     vote_agreement,
 )
-from ferkit.evaluation.predictors import five_crops, parse_model_specs, tta_views
+from ferkit.evaluation.predictors import parse_model_specs
 from ferkit.evaluation.saliency import occlusion_map
-from ferkit.inference.model import apply_temperature
+from ferkit.inference.model import apply_temperature, five_crops, tta_mode, tta_views
 
 CLASSES = ["a", "b", "c"]
 # True labels 0 0 1 1 2; predictions 0 1 1 1 0.
@@ -165,8 +165,9 @@ def test_tta_views_and_crops():
     assert len(crops) == 5 and all(c.shape == imgs.shape for c in crops)
     assert len(tta_views(imgs, "flip")) == 2 and len(tta_views(imgs, "flip+crops")) == 10
     assert np.array_equal(tta_views(imgs, "flip")[1], imgs[:, :, ::-1])
-    with pytest.raises(FerkitError, match="--tta"):
-        tta_views(imgs, "rotate")
+    assert tta_mode(True) == "flip" and tta_mode(False) == "none"
+    with pytest.raises(FerkitError, match="tta 'rotate'"):
+        tta_mode("rotate")
     assert parse_model_specs(["a,b", "c"]) == ["a", "b", "c"]
 
 

@@ -229,11 +229,24 @@ def test_image_of_input_size_is_classified_without_detection(rec: EmotionRecogni
 
 def test_ensemble_and_tta(model_path: Path, fer_crops) -> None:
     imgs, _ = fer_crops
-    single = EmotionRecognizer(model_path).predict_proba(imgs)
-    np.testing.assert_allclose(EmotionRecognizer([model_path, model_path]).predict_proba(imgs), single, atol=1e-6)
-    tta = EmotionRecognizer(model_path, tta=True).predict_proba(imgs)
-    mirrored = EmotionRecognizer(model_path).predict_proba([im[:, ::-1] for im in imgs])
+
+    def raw(**kw) -> EmotionRecognizer:
+        rec = EmotionRecognizer(model_path, **kw)
+        for m in rec.models:
+            m.temperature = 1.0  # views are averaged before the temperature: compare uncalibrated outputs
+        return rec
+
+    single = raw().predict_proba(imgs)
+    np.testing.assert_allclose(EmotionRecognizer([model_path, model_path]).predict_proba(imgs),
+                               EmotionRecognizer(model_path).predict_proba(imgs), atol=1e-6)
+    tta = raw(tta=True).predict_proba(imgs)
+    mirrored = raw().predict_proba([im[:, ::-1] for im in imgs])
     np.testing.assert_allclose(tta, (single + mirrored) / 2, atol=1e-5)
+    ten = raw(tta="flip+crops").predict_proba(imgs)
+    np.testing.assert_allclose(ten.sum(1), 1, atol=1e-5)
+    assert not np.allclose(ten, tta)
+    with pytest.raises(FerkitError, match="tta 'zoom'"):
+        raw(tta="zoom").predict_proba(imgs)
 
 
 def test_ensemble_of_different_classes_is_refused(model_path: Path, tmp_path: Path) -> None:

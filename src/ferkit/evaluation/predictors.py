@@ -10,12 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ferkit.errors import FerkitError
+from ferkit.inference.model import tta_mode, tta_views
 
-TTA_MODES = ("none", "flip", "crops", "flip+crops")
 Progress = Callable[[int], None]
 
 
@@ -121,27 +120,6 @@ def parse_model_specs(specs: list[str] | str) -> list[str]:
     return out
 
 
-def five_crops(images: np.ndarray, fraction: float = 0.875) -> list[np.ndarray]:
-    """Centre and four corner crops of `fraction` of the side, each resized back to the full side."""
-    s = images.shape[1]
-    c = max(1, int(round(s * fraction)))
-    offsets = [((s - c) // 2, (s - c) // 2), (0, 0), (0, s - c), (s - c, 0), (s - c, s - c)]
-    out = []
-    for y, x in offsets:
-        crop = images[:, y : y + c, x : x + c]
-        out.append(np.stack([cv2.resize(im, (s, s), interpolation=cv2.INTER_LINEAR) for im in crop]))
-    return out
-
-
-def tta_views(images: np.ndarray, tta: str) -> list[np.ndarray]:
-    if tta not in TTA_MODES:
-        raise FerkitError(f"--tta {tta!r}: unknown; choose one of {', '.join(TTA_MODES)}")
-    views = five_crops(images) if "crops" in tta else [images]
-    if "flip" in tta:
-        views = views + [np.ascontiguousarray(v[:, :, ::-1]) for v in views]
-    return views
-
-
 class Ensemble:
     """Several models (same class set, any order): averaged probabilities, each model with its own temperature."""
 
@@ -186,7 +164,7 @@ class Ensemble:
         for i in range(0, n, batch):
             chunk = images[i : i + batch]
             for m, order in zip(self.members, self.orders, strict=True):
-                views = tta_views(_resize(chunk, m.input_size), tta)
+                views = tta_views(_resize(chunk, m.input_size), tta_mode(tta))
                 p = np.mean([m.raw_proba(v) for v in views], axis=0)[:, order]
                 raw[i : i + len(chunk)] += p
                 cal[i : i + len(chunk)] += apply_temperature(p, m.temperature)

@@ -7,6 +7,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ferkit.data.preprocess import preprocess
@@ -47,8 +48,12 @@ class OnnxClassifier:
         self.temperature = float(meta.get("temperature", "1.0"))
         self.input_name = self.session.get_inputs()[0].name
 
-    def predict_proba(self, crops: np.ndarray | list[np.ndarray], batch: int = 256, tta: bool = False) -> np.ndarray:
-        """N x C calibrated probabilities. crops: N x H x W uint8 array or a list of images of any size."""
+    def predict_proba(self, crops: np.ndarray | list[np.ndarray], batch: int = 256, tta: bool | str = False) -> np.ndarray:
+        """N x C calibrated probabilities. crops: N x H x W uint8 array or a list of images of any size.
+
+        tta: False/"none", True/"flip" (mirror), "crops" (centre and four corners) or "flip+crops" (ten views);
+        the views' probabilities are averaged before the temperature is applied.
+        """
         s = self.input_size
         if isinstance(crops, np.ndarray) and crops.ndim == 3 and crops.shape[1:] == (s, s) and crops.dtype == np.uint8:
             x = crops
@@ -56,13 +61,45 @@ class OnnxClassifier:
             x = np.stack([preprocess(c, s) for c in crops]) if len(crops) else np.zeros((0, s, s), np.uint8)
         out = []
         for i in range(0, len(x), batch):
-            xb = x[i : i + batch, None].astype(np.float32)
-            p = self.session.run(None, {self.input_name: xb})[0]
-            if tta:
-                p = (p + self.session.run(None, {self.input_name: np.ascontiguousarray(xb[..., ::-1])})[0]) / 2
-            out.append(p)
+            views = tta_views(x[i : i + batch], tta_mode(tta))
+            out.append(np.mean([self.session.run(None, {self.input_name: v[:, None].astype(np.float32)})[0]
+                                for v in views], axis=0))
         prob = np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
         return apply_temperature(prob, self.temperature)
+
+
+TTA_MODES = ("none", "flip", "crops", "flip+crops")
+
+
+def tta_mode(tta: bool | str | None) -> str:
+    """A TTA option as one of TTA_MODES (True means "flip")."""
+    if tta is True:
+        return "flip"
+    if tta is False or tta is None:
+        return "none"
+    if tta not in TTA_MODES:
+        raise FerkitError(f"tta {tta!r}: unknown; choose one of {', '.join(TTA_MODES)}")
+    return tta
+
+
+def five_crops(images: np.ndarray, fraction: float = 0.875) -> list[np.ndarray]:
+    """Centre and four corner crops of `fraction` of the side, each resized back to the full side."""
+    s = images.shape[1]
+    c = max(1, int(round(s * fraction)))
+    offsets = [((s - c) // 2, (s - c) // 2), (0, 0), (0, s - c), (s - c, 0), (s - c, s - c)]
+    out = []
+    for y, x in offsets:
+        crop = images[:, y : y + c, x : x + c]
+        out.append(np.stack([cv2.resize(im, (s, s), interpolation=cv2.INTER_LINEAR) for im in crop]))
+    return out
+
+
+def tta_views(images: np.ndarray, tta: str) -> list[np.ndarray]:
+    """The augmented views of a batch of N x S x S faces for a TTA mode."""
+    views = five_crops(images) if "crops" in tta else [images]
+    if "flip" in tta:
+        views = views + [np.ascontiguousarray(v[:, :, ::-1]) for v in views]
+    return views
 
 
 def apply_temperature(prob: np.ndarray, t: float) -> np.ndarray:

