@@ -11,9 +11,9 @@ import pytest
 
 from ferkit.inference.model import OnnxClassifier, default_model_path
 
-from .conftest import SHARED
-
-CARD = Path(__file__).resolve().parents[1] / "docs" / "model_card.md"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+CARD = ROOT / "docs" / "model_card.md"
 
 
 def test_shipped_model_describes_itself() -> None:
