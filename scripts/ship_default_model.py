@@ -35,8 +35,8 @@ def main() -> None:
         return
 
     from ferkit.evaluation.core import calibrate, evaluate
+    from ferkit.evaluation.predictors import read_training_log as read_log
     from ferkit.models.export import export_onnx, load_weights, set_onnx_metadata
-    from ferkit.training.finish import read_log
 
     model, info = load_weights(args.run / "best.safetensors")
     export_onnx(model, ASSET, info["classes"], info["input_size"], name="ferkit-default", version=VERSION)
