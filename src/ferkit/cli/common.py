@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from ferkit.errors import FerkitError
+from ferkit.utils import json_default
 
 console = Console()
 err_console = Console(stderr=True)
@@ -57,14 +58,4 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def print_json(obj: Any) -> None:
     """Machine-readable output on stdout, nothing else on it."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
-
-
-def _default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    sys.stdout.write(json.dumps(obj, indent=2, default=json_default) + "\n")

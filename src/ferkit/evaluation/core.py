@@ -196,17 +196,9 @@ def evaluate(
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from ferkit.utils import atomic_write_text
+    from ferkit.utils import atomic_write_text, json_default
 
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def _version() -> str:
