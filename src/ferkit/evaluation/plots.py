@@ -89,24 +89,20 @@ def curves_png(log: list[dict[str, Any]]) -> bytes:
     def series(key: str) -> list[float]:
         return [r.get(key, np.nan) for r in log]
 
-    ax = fig.add_subplot(1, 2, 1)
-    for key, style in (("train_loss", "-"), ("val_loss", "--")):
-        if any(key in r for r in log):
-            ax.plot(ep, series(key), style, marker="o", markersize=3, label=key)
-    ax.set_xlabel("epoch")
-    ax.set_title("Loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend()
-    ax.grid(alpha=0.3)
-    ax = fig.add_subplot(1, 2, 2)
-    for key, style in (("train_acc", "-"), ("val_acc", "--"), ("val_macro_f1", ":")):
-        if any(key in r for r in log):
-            ax.plot(ep, series(key), style, marker="o", markersize=3, label=key)
-    ax.set_xlabel("epoch")
-    ax.set_title("Accuracy / macro-F1")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend()
-    ax.grid(alpha=0.3)
+    panels = (
+        ("Loss", (("train_loss", "-"), ("val_loss", "--"))),
+        ("Accuracy / macro-F1", (("train_acc", "-"), ("val_acc", "--"), ("val_macro_f1", ":"))),
+    )
+    for i, (title, keys) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, 2, i)
+        for key, style in keys:
+            if any(key in r for r in log):
+                ax.plot(ep, series(key), style, marker="o", markersize=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
 
