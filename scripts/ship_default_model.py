@@ -3,8 +3,8 @@
     python scripts/ship_default_model.py runs/fer2013_default [--data ../shared/datasets/fer2013.zip]
 
 Steps, in the order the protocol allows: export the best checkpoint (chosen on PublicTest during training) to
-src/ferkit/assets/ferkit_default.onnx; fit the temperature on PublicTest; choose test-time augmentation on PublicTest;
-then touch PrivateTest once, with and without that augmentation. Figures go into the ONNX metadata (served by
+src/ferkit/assets/ferkit_default.onnx, with its weights beside it; fit the temperature on PublicTest; choose
+test-time augmentation on PublicTest; then touch PrivateTest once, with and without that augmentation. Figures go into the ONNX metadata (served by
 `GET /v1/models`), src/ferkit/assets/ferkit_default.json and docs/model_card.md.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -37,9 +38,12 @@ def main() -> None:
     from ferkit.evaluation.core import calibrate, evaluate
     from ferkit.evaluation.predictors import read_training_log as read_log
     from ferkit.models.export import export_onnx, load_weights, set_onnx_metadata
+    from ferkit.utils import atomic_write
 
     model, info = load_weights(args.run / "best.safetensors")
     export_onnx(model, ASSET, info["classes"], info["input_size"], name="ferkit-default", version=VERSION)
+    # The weights ship too, so that `init = "default"` fine-tunes from the shipped model.
+    atomic_write(ASSET.with_suffix(".safetensors"), lambda tmp: shutil.copyfile(args.run / "best.safetensors", tmp))
     cal = calibrate(str(ASSET), args.data, split="val", write=True)
 
     val = {t: evaluate(str(ASSET), args.data, split="val", tta=t, report=False, out=ROOT / "runs" / "ship" / f"val-{t}")

@@ -113,3 +113,53 @@ def test_weights_file_that_is_not_safetensors(tmp_path: Path) -> None:
     bad.write_bytes(b"not a model")
     with pytest.raises(FerkitError, match="not a safetensors file"):
         load_weights(bad)
+
+
+def test_fine_tune_matches_classes_by_name_and_freezes_the_body(tiny_folders: Path, tmp_path: Path) -> None:
+    from conftest import make_class_folders
+
+    from ferkit.models.export import classifier_name, init_from, read_weights
+
+    Trainer(small_cfg(tiny_folders, tmp_path / "base", "epochs=2"), progress=False).fit()
+    base = tmp_path / "base" / "best.safetensors"
+    # Another order, one class dropped and one the saved model never saw.
+    other = make_class_folders(tmp_path / "other", ["sad", "happy", "angry"], per_class=8)
+    t = Trainer(small_cfg(other, tmp_path / "ft", f"init={base}", "freeze=true", "epochs=1"), progress=False)
+    saved, info = read_weights(base)
+    head = classifier_name(t.model)
+    w = t.model.state_dict()[f"{head}.weight"].clone()
+    shared = [c for c in t.classes if c in info["classes"]]
+    assert sorted(shared) == ["happy", "sad"]
+    for c in shared:
+        torch.testing.assert_close(w[t.classes.index(c)], saved[f"{head}.weight"][info["classes"].index(c)])
+    body = {k: v.clone() for k, v in t.model.state_dict().items() if not k.startswith(head)}
+    t.fit()
+    after = t.model.state_dict()
+    for k, v in body.items():
+        torch.testing.assert_close(after[k], v, msg=k)  # weights and BatchNorm statistics untouched
+    assert not torch.equal(after[f"{head}.weight"], w)
+    with pytest.raises(FerkitError, match="set model=vgg_s"):
+        Trainer(small_cfg(other, tmp_path / "x", f"init={base}", "model=resnet_s"), progress=False)
+    # The shipped model's weights are in the package, so "default" fine-tunes from them.
+    assert init_from(create_model("vgg_s", 2), "default", ["happy", "contempt"]) == ["contempt"]
+
+
+def test_imbalance_study_script_trains_each_mode_and_reports(tiny_folders: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data = "{tiny_folders}"\nbatch_size = 16\nthreads = 1\nema = 0\n')
+    script = Path(__file__).resolve().parents[1] / "scripts" / "imbalance_study.py"
+    cmd = [sys.executable, str(script), str(cfg), "--epochs", "1", "--out", str(tmp_path / "study")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table[1:]] == ["| none", "| weights", "| sampler"]
+    study = json.loads((tmp_path / "study" / "imbalance.json").read_text())
+    assert set(study["runs"]) == {"none", "weights", "sampler"}
+    assert (tmp_path / "study" / "imbalance.png").stat().st_size > 10_000
+    # Finished runs are kept, not trained again.
+    stamp = (tmp_path / "study" / "none" / "best.safetensors").stat().st_mtime_ns
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert (tmp_path / "study" / "none" / "best.safetensors").stat().st_mtime_ns == stamp

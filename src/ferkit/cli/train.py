@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         epochs: int | None = typer.Option(None, help="Number of epochs."),
         out: str | None = typer.Option(None, help="Run folder."),
         device: str | None = typer.Option(None, help="cpu or cuda."),
+        init: str | None = typer.Option(None, help="Fine-tune: start from these safetensors weights; 'default' is the shipped model."),
         resume: bool = typer.Option(False, help="Continue an interrupted run in its run folder exactly where it stopped."),
         list_models: bool = typer.Option(False, "--list-models", help="List registered models and exit."),
         json_out: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
@@ -35,6 +36,8 @@ def register(app: typer.Typer) -> None:
         """Train a model; keeps the best checkpoint by validation, exports ONNX.
 
         Example: ferkit train configs/fer2013_default.toml --epochs 5 --out runs/try
+
+        Fine-tune the shipped model on your own class folders: ferkit train --data my_faces/ --init default --epochs 10
         """
         _need_torch()
         from ferkit.models import list_models as _list
@@ -45,7 +48,8 @@ def register(app: typer.Typer) -> None:
             console.print("\n".join(_list()))
             return
         sets = list(overrides or [])
-        for key, value in (("data", data), ("model", model), ("epochs", epochs), ("out", out), ("device", device)):
+        for key, value in (("data", data), ("model", model), ("epochs", epochs), ("out", out), ("device", device),
+                           ("init", init)):
             if value is not None:
                 sets.append(f"{key}={value}")
         if resume and config is None:

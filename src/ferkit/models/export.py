@@ -1,4 +1,4 @@
-"""Export to ferkit's self-describing ONNX format and load safetensors weights (never unpickling anything).
+"""Export to ferkit's self-describing ONNX format; load safetensors weights (never unpickling) to evaluate or fine-tune.
 
 The ONNX graph takes N x 1 x H x W float32 gray pixels in 0..255 and returns class probabilities; its
 metadata holds `classes` (JSON list, output order), `input_size`, `name`, `version`, `arch` and `temperature`.
@@ -7,6 +7,7 @@ metadata holds `classes` (JSON list, output order), `input_size`, `name`, `versi
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ class WithSoftmax(nn.Module):
         return torch.softmax(self.model(x), dim=1)
 
 
-def load_weights(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """A model and its metadata (classes, input_size, arch) from a ferkit safetensors file."""
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and metadata (classes, input_size, arch) of a ferkit safetensors file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
@@ -43,6 +44,12 @@ def load_weights(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if "arch" not in meta or "classes" not in meta:
         raise FerkitError(f"{path}: safetensors file without ferkit metadata (arch, classes)")
     info = {"arch": meta["arch"], "classes": json.loads(meta["classes"]), "input_size": int(meta.get("input_size", 48))}
+    return state, info
+
+
+def load_weights(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A model and its metadata (classes, input_size, arch) from a ferkit safetensors file."""
+    state, info = read_weights(path)
     model = create_model(info["arch"], len(info["classes"]))
     try:
         model.load_state_dict(state)
@@ -50,6 +57,41 @@ def load_weights(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise FerkitError(f"{path}: weights do not match model {info['arch']!r} ({str(e).splitlines()[0]})") from None
     model.eval()
     return model, info
+
+
+def classifier_name(model: nn.Module) -> str:
+    """The module name of the output layer (the last Linear), the only part that depends on the class set."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+
+
+def init_from(model: nn.Module, path: str | Path, classes: list[str]) -> list[str]:
+    """Start `model` (built for `classes`) from saved weights, for fine-tuning; returns the classes it learns anew.
+
+    Every layer is copied except the output layer, whose rows are matched by class name, so a new order, a subset or
+    extra classes keep what the saved model knew of each class; a class it never saw keeps its fresh rows.
+    """
+    if str(path) == "default":
+        path = Path(str(resources.files("ferkit") / "assets" / "ferkit_default.safetensors"))
+    state, info = read_weights(path)
+    if info["arch"] != getattr(model, "arch", None):
+        raise FerkitError(f"init {path}: the weights are {info['arch']!r}, the run's model is "
+                          f"{getattr(model, 'arch', '?')!r}; set model={info['arch']}")
+    head = classifier_name(model)
+    own = model.state_dict()
+    w, b = own[f"{head}.weight"].clone(), own[f"{head}.bias"].clone()
+    new = []
+    for i, c in enumerate(classes):
+        if c in info["classes"]:
+            j = info["classes"].index(c)
+            w[i], b[i] = state[f"{head}.weight"][j], state[f"{head}.bias"][j]
+        else:
+            new.append(c)
+    state[f"{head}.weight"], state[f"{head}.bias"] = w, b
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise FerkitError(f"init {path}: weights do not match model {info['arch']!r} ({str(e).splitlines()[0]})") from None
+    return new
 
 
 def export_onnx(

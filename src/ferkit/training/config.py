@@ -20,6 +20,8 @@ class TrainConfig:
     out: str = "runs/default"
     model: str = "vgg_s"
     dropout: float | None = None
+    init: str | None = None  # fine-tune: start from these safetensors weights ("default": the shipped model's)
+    freeze: bool = False  # fine-tune only the output layer
     epochs: int = 30
     batch_size: int = 128
     optimizer: str = "sgd"  # sgd (Nesterov) | adamw | adam

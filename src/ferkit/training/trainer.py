@@ -22,6 +22,7 @@ from torch import nn
 from ferkit.data import Dataset, load_dataset
 from ferkit.errors import FerkitError
 from ferkit.models import create_model
+from ferkit.models.export import classifier_name, init_from
 from ferkit.training.augment import augment, mix
 from ferkit.training.config import TrainConfig, to_toml
 from ferkit.utils import atomic_write
@@ -61,6 +62,8 @@ class EMA:
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for p in model.parameters():
+        if not p.requires_grad:
+            continue
         (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
@@ -144,7 +147,15 @@ class Trainer:
         self.input_size = int(self.ds["train"].images.shape[-1])
         kw = {} if cfg.dropout is None else {"dropout": cfg.dropout}
         torch.manual_seed(cfg.seed)
-        self.model = create_model(cfg.model, len(self.classes), **kw).to(self.device)
+        self.model = create_model(cfg.model, len(self.classes), **kw)
+        if cfg.init:
+            new = init_from(self.model, cfg.init, self.classes)
+            log.info("starting from %s%s", cfg.init, f"; new classes: {', '.join(new)}" if new else "")
+        if cfg.freeze:
+            head = classifier_name(self.model) + "."
+            for name, p in self.model.named_parameters():
+                p.requires_grad = name.startswith(head)
+        self.model = self.model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.x_train = torch.from_numpy(self.ds["train"].images)
@@ -232,6 +243,11 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
+        if self.cfg.freeze:
+            # A frozen body keeps the normalisation statistics it was trained with.
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         order = self._order()
         total, correct, loss_sum, t0 = 0, 0, 0.0, time.time()
         bar = _Bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.progress)
