@@ -15,6 +15,7 @@ import json
 import platform
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +74,7 @@ def main() -> None:
         "test_ece": {"before": cal["test"]["before"]["ece"], "after": cal["test"]["after"]["ece"]},
         "per_class": m1["per_class"],
         "size_bytes": ASSET.stat().st_size,
+        "recipe": tomllib.loads((args.run / "config.toml").read_text()),
     }
     summary = {k: card[k] for k in ("test_accuracy", "test_accuracy_tta", "tta", "test_macro_f1", "val_accuracy")}
     set_onnx_metadata(ASSET, {"metrics": json.dumps(summary), "tta": tta})
@@ -84,6 +86,19 @@ def main() -> None:
 
 def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
+
+
+def recipe(r: dict) -> str:
+    a = r["augment"]
+    opt = {"sgd": "SGD with Nesterov momentum", "adamw": "AdamW", "adam": "Adam"}[r["optimizer"]]
+    sched = {"onecycle": "one-cycle", "plateau": "reduce-on-plateau"}.get(r["schedule"], r["schedule"])
+    aug = [f"scale {a['scale']:.0%}", f"rotation {a['rotate']:g} degrees", f"translation {a['translate']:.0%}"]
+    aug += ["horizontal flip"] * a["flip"] + [f"brightness {a['brightness']:g}", f"contrast {a['contrast']:g}"]
+    aug += [f"random erasing with probability {a['erase']:g}"] * (a["erase"] > 0)
+    aug += [f"mixup {a['mixup']:g}"] * (a["mixup"] > 0) + [f"cutmix {a['cutmix']:g}"] * (a["cutmix"] > 0)
+    return (f"`{r['model']}`, {r['epochs']} epochs, batch {r['batch_size']}, {opt}, {sched} learning rate "
+            f"(peak {r['lr']:g}), weight decay {r['weight_decay']:g}, label smoothing {r['label_smoothing']:g}, "
+            f"weight EMA {r['ema']:g}, class balance `{r['balance']}`; augmentation on whole batches: {', '.join(aug)}")
 
 
 def render(c: dict, args: argparse.Namespace) -> str:
@@ -116,16 +131,16 @@ figure below comes from that command, which you can re-run.
   the temperature and the test-time augmentation. PrivateTest (test) was touched once, after those choices.
 
 ## Recipe and cost
-- `configs/fer2013_default.toml`: SGD with Nesterov momentum, one-cycle learning rate (peak 0.05), weight decay 5e-4,
-  label smoothing 0.1, weight EMA 0.999, batch 128, {c['epochs']} epochs; augmentation on whole batches: random
-  affine (scale 15%, rotation 12 degrees, translation 10%), horizontal flip, brightness/contrast, random erasing.
+- `configs/fer2013_default.toml`: {recipe(c['recipe'])}.
 - Reproduce: `ferkit train configs/fer2013_default.toml` (or `python -m ferkit.training configs/fer2013_default.toml`),
   then `python scripts/ship_default_model.py runs/fer2013_default`.
 - Training curves (`runs/fer2013_default/curves.png`):
 
   ![training curves](figures/model_card_curves.png)
 - Training time: {c['train_minutes']} minutes on {c['machine']}, fp32 (this CPU has no native bf16, where autocast
-  is ten times slower: see `benchmarks/train_speed.py`), with other work sharing the machine part of the time.
+  is ten times slower: see `benchmarks/train_speed.py`).
+- Fine-tune it on your own faces: `ferkit train --data my_faces/ --init default` (its weights ship beside the ONNX
+  file; see docs/training.md).
 
 ## Results on FER2013 PrivateTest (3,589 images)
 This model {target}. {args.note}

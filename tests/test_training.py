@@ -140,6 +140,8 @@ def test_fine_tune_matches_classes_by_name_and_freezes_the_body(tiny_folders: Pa
     assert not torch.equal(after[f"{head}.weight"], w)
     with pytest.raises(FerkitError, match="set model=vgg_s"):
         Trainer(small_cfg(other, tmp_path / "x", f"init={base}", "model=resnet_s"), progress=False)
+    with pytest.raises(FerkitError, match="set init"):
+        Trainer(small_cfg(other, tmp_path / "y", "freeze=true"), progress=False)
     # The shipped model's weights are in the package, so "default" fine-tunes from them.
     assert init_from(create_model("vgg_s", 2), "default", ["happy", "contempt"]) == ["contempt"]
 

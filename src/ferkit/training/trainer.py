@@ -152,6 +152,8 @@ class Trainer:
             new = init_from(self.model, cfg.init, self.classes)
             log.info("starting from %s%s", cfg.init, f"; new classes: {', '.join(new)}" if new else "")
         if cfg.freeze:
+            if not cfg.init:
+                raise FerkitError("freeze: only the output layer would learn on a random body; set init as well")
             head = classifier_name(self.model) + "."
             for name, p in self.model.named_parameters():
                 p.requires_grad = name.startswith(head)
