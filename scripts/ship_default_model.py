@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "src" / "ferkit" / "assets" / "ferkit_default.onnx"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 MACHINE = "2-core AMD EPYC (AVX2, no AVX-512), 24 GiB, no GPU"
 
 

@@ -165,3 +165,20 @@ def test_imbalance_study_script_trains_each_mode_and_reports(tiny_folders: Path,
     stamp = (tmp_path / "study" / "none" / "best.safetensors").stat().st_mtime_ns
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert (tmp_path / "study" / "none" / "best.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_train_command_fine_tunes_and_rejects_missing_weights(tiny_folders: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ferkit.cli import app
+
+    common = ["train", "--data", str(tiny_folders), "--epochs", "1", "-s", "batch_size=16", "-s", "threads=1"]
+    base = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "base")])
+    assert base.exit_code == 0, base.output
+    ft = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "ft"), "--json", "-s", "freeze=true",
+                                  "--init", str(tmp_path / "base" / "best.safetensors")])
+    assert ft.exit_code == 0, ft.output
+    assert json.loads(ft.stdout)["best_epoch"] == 1
+    bad = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "bad"), "--init", str(tmp_path / "nope.safetensors")])
+    assert bad.exit_code == 2 and "nope.safetensors: no such file" in bad.output
+    assert "Traceback" not in bad.output
