@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 MODES = ("none", "weights", "sampler")
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="Shorten the recipe (the same length for every run).")
     ap.add_argument("-s", "--set", dest="sets", action="append", default=[], help="Further key=value overrides.")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # training's progress lines
 
     from ferkit.evaluation.core import evaluate
     from ferkit.training import load_config
