@@ -4,8 +4,8 @@
 
 Steps, in the order the protocol allows: export the best checkpoint (chosen on PublicTest during training) to
 src/ferkit/assets/ferkit_default.onnx, with its weights beside it; fit the temperature on PublicTest; choose
-test-time augmentation on PublicTest; then touch PrivateTest once, with and without that augmentation. Figures go into the ONNX metadata (served by
-`GET /v1/models`), src/ferkit/assets/ferkit_default.json and docs/model_card.md.
+test-time augmentation on PublicTest; then touch PrivateTest once, with and without that augmentation. Figures go
+into the ONNX metadata (served by `GET /v1/models`), src/ferkit/assets/ferkit_default.json and docs/model_card.md.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--data", default="../shared/datasets/fer2013.zip")
-    ap.add_argument("--note", default="", help="A sentence for the model card about how the run went.")
+    ap.add_argument("--note", help="A sentence for the model card about how the run went (kept for --card-only).")
     ap.add_argument("--card-only", action="store_true", help="Re-write the model card from the stored figures.")
     args = ap.parse_args()
     if args.card_only:
         card = json.loads(ASSET.with_suffix(".json").read_text())
+        card["note"] = card.get("note", "") if args.note is None else args.note
         (ROOT / "docs" / "model_card.md").write_text(render(card, args))
         return
 
@@ -75,6 +76,7 @@ def main() -> None:
         "per_class": m1["per_class"],
         "size_bytes": ASSET.stat().st_size,
         "recipe": tomllib.loads((args.run / "config.toml").read_text()),
+        "note": args.note or "",
     }
     summary = {k: card[k] for k in ("test_accuracy", "test_accuracy_tta", "tta", "test_macro_f1", "val_accuracy")}
     set_onnx_metadata(ASSET, {"metrics": json.dumps(summary), "tta": tta})
@@ -143,7 +145,7 @@ figure below comes from that command, which you can re-run.
   file; see docs/training.md).
 
 ## Results on FER2013 PrivateTest (3,589 images)
-This model {target}. {args.note}
+This model {target}. {c['note']}
 
 | figure | value |
 |---|---|

@@ -7,7 +7,6 @@ metadata holds `classes` (JSON list, output order), `input_size`, `name`, `versi
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +70,9 @@ def init_from(model: nn.Module, path: str | Path, classes: list[str]) -> list[st
     extra classes keep what the saved model knew of each class; a class it never saw keeps its fresh rows.
     """
     if str(path) == "default":
-        path = Path(str(resources.files("ferkit") / "assets" / "ferkit_default.safetensors"))
+        from ferkit.inference.model import default_model_path
+
+        path = default_model_path().with_suffix(".safetensors")
     state, info = read_weights(path)
     if info["arch"] != getattr(model, "arch", None):
         raise FerkitError(f"init {path}: the weights are {info['arch']!r}, the run's model is "
