@@ -101,6 +101,19 @@ def test_imbalance_options_and_soft_labels_need_votes(tiny_folders: Path, tmp_pa
         Trainer(small_cfg(tiny_folders, tmp_path / "soft", "soft_labels=true"), progress=False)
 
 
+def test_class_weighted_loss_weights_each_image_by_its_own_label(tiny_folders: Path, tmp_path: Path) -> None:
+    import torch.nn.functional as F
+
+    t = Trainer(small_cfg(tiny_folders, tmp_path, "balance=weights", "label_smoothing=0.1"), progress=False)
+    k = len(t.classes)
+    t.class_weights = torch.linspace(0.5, 4.0, k)
+    logits, labels = torch.randn(6, k), torch.arange(6) % k
+    per_image = F.cross_entropy(logits, labels, label_smoothing=0.1, reduction="none")
+    # The smoothing mass is not weighted by class, so a common image is not pulled towards the rare ones.
+    expected = (t.class_weights[labels] * per_image).mean()
+    torch.testing.assert_close(t._loss(logits, F.one_hot(labels, k).float()), expected)
+
+
 def test_resume_without_state_is_a_clear_error(tiny_folders: Path, tmp_path: Path) -> None:
     with pytest.raises(FerkitError, match="nothing to resume"):
         Trainer(small_cfg(tiny_folders, tmp_path / "none"), resume=True)

@@ -235,13 +235,14 @@ class Trainer:
         return torch.randperm(n, generator=self.gen)
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # Each image is weighted by its own (possibly soft) label, before smoothing: weighting the smoothed
+        # target per class would push every image towards the rare classes.
+        weight = target @ self.class_weights.to(target.device) if self.cfg.balance == "weights" else None
         ls = self.cfg.label_smoothing
         if ls:
             target = target * (1 - ls) + ls / target.shape[1]
-        per = -(target * F.log_softmax(logits.float(), 1))
-        if self.cfg.balance == "weights":
-            per = per * self.class_weights.to(per.device)
-        return per.sum(1).mean()
+        per = -(target * F.log_softmax(logits.float(), 1)).sum(1)
+        return (per * weight).mean() if weight is not None else per.mean()
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
