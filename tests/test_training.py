@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+F = torch.nn.functional
 
 from ferkit.errors import FerkitError  # noqa: E402
 from ferkit.models import create_model, list_models  # noqa: E402
@@ -102,8 +103,6 @@ def test_imbalance_options_and_soft_labels_need_votes(tiny_folders: Path, tmp_pa
 
 
 def test_class_weighted_loss_weights_each_image_by_its_own_label(tiny_folders: Path, tmp_path: Path) -> None:
-    import torch.nn.functional as F
-
     t = Trainer(small_cfg(tiny_folders, tmp_path, "balance=weights", "label_smoothing=0.1"), progress=False)
     k = len(t.classes)
     t.class_weights = torch.linspace(0.5, 4.0, k)

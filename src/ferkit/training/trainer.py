@@ -237,12 +237,11 @@ class Trainer:
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # Each image is weighted by its own (possibly soft) label, before smoothing: weighting the smoothed
         # target per class would push every image towards the rare classes.
-        weight = target @ self.class_weights.to(target.device) if self.cfg.balance == "weights" else None
+        weight = target @ self.class_weights.to(target.device) if self.cfg.balance == "weights" else 1.0
         ls = self.cfg.label_smoothing
         if ls:
             target = target * (1 - ls) + ls / target.shape[1]
-        per = -(target * F.log_softmax(logits.float(), 1)).sum(1)
-        return (per * weight).mean() if weight is not None else per.mean()
+        return (-(target * F.log_softmax(logits.float(), 1)).sum(1) * weight).mean()
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
