@@ -24,7 +24,7 @@ from ferkit.evaluation.metrics import (
 )
 from ferkit.evaluation.predictors import parse_model_specs
 from ferkit.evaluation.saliency import occlusion_map
-from ferkit.inference.model import apply_temperature, five_crops, tta_mode, tta_views
+from ferkit.views import apply_temperature, cut, tta_mode, tta_views
 
 CLASSES = ["a", "b", "c"]
 # True labels 0 0 1 1 2; predictions 0 1 1 1 0.
@@ -161,7 +161,7 @@ def test_align_split_moves_votes_to_model_classes():
 
 def test_tta_views_and_crops():
     imgs = np.random.default_rng(0).integers(0, 255, (2, 48, 48), dtype=np.uint8)
-    crops = five_crops(imgs)
+    crops = tta_views(imgs, "crops")
     assert len(crops) == 5 and all(c.shape == imgs.shape for c in crops)
     assert len(tta_views(imgs, "flip")) == 2 and len(tta_views(imgs, "flip+crops")) == 10
     assert np.array_equal(tta_views(imgs, "flip")[1], imgs[:, :, ::-1])
@@ -169,6 +169,23 @@ def test_tta_views_and_crops():
     with pytest.raises(FerkitError, match="tta 'rotate'"):
         tta_mode("rotate")
     assert parse_model_specs(["a,b", "c"]) == ["a", "b", "c"]
+
+
+def test_crop_views_are_the_windows_training_cuts():
+    imgs = np.random.default_rng(1).integers(0, 255, (3, 48, 48), dtype=np.uint8)
+    centre = tta_views(imgs, "none", 40)
+    assert len(centre) == 1 and np.array_equal(centre[0], imgs[:, 4:44, 4:44])
+    ten = tta_views(imgs, "ten_crop", 40)
+    assert len(ten) == 10 and all(v.shape == (3, 40, 40) for v in ten)
+    assert np.array_equal(ten[1], imgs[:, :40, :40]) and np.array_equal(ten[4], imgs[:, 8:, 8:])
+    assert np.array_equal(ten[5], centre[0][:, :, ::-1])
+    # The per-image windows training cuts are the same pixels as the fixed windows of evaluation.
+    ys, xs = np.array([0, 4, 8]), np.array([8, 4, 0])
+    got = cut(imgs, ys, xs, 40)
+    for i in range(3):
+        assert np.array_equal(got[i], imgs[i, ys[i] : ys[i] + 40, xs[i] : xs[i] + 40])
+    with pytest.raises(FerkitError, match="crop 50"):
+        tta_views(imgs, "none", 50)
 
 
 def test_occlusion_map_finds_the_region_the_model_uses():

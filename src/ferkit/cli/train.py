@@ -104,5 +104,5 @@ def register(app: typer.Typer) -> None:
         from ferkit.models.export import export_onnx, load_weights
 
         model, info = load_weights(weights)
-        export_onnx(model, out, info["classes"], info["input_size"], name=name, version=version)
+        export_onnx(model, out, info["classes"], info["input_size"], info["crop"], name=name, version=version)
         console.print(f"wrote {out}")

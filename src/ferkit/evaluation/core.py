@@ -217,7 +217,7 @@ def calibrate(
     """
     from ferkit.evaluation.metrics import expected_calibration_error
     from ferkit.evaluation.predictors import parse_model_specs
-    from ferkit.inference.model import apply_temperature
+    from ferkit.views import apply_temperature
 
     specs = parse_model_specs(model)
     if len(specs) != 1:

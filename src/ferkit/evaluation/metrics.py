@@ -164,7 +164,7 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float | i
 
 def undo_temperature(prob: np.ndarray, t: float) -> np.ndarray:
     """Probabilities before temperature scaling by `t` (softmax(logits) from softmax(logits / t))."""
-    from ferkit.inference.model import apply_temperature
+    from ferkit.views import apply_temperature
 
     return apply_temperature(prob, 1.0 / t) if t != 1.0 else prob
 

@@ -13,19 +13,21 @@ from typing import Any
 import numpy as np
 
 from ferkit.errors import FerkitError
-from ferkit.inference.model import tta_mode, tta_views
+from ferkit.views import apply_temperature, tta_mode, tta_views
 
 Progress = Callable[[int], None]
 
 
 class Predictor:
-    """One model: `raw_proba(images)` gives uncalibrated N x C probabilities for N x S x S uint8 faces."""
+    """One model: `raw_proba(views)` gives uncalibrated N x C probabilities for N x crop x crop network-ready views
+    of faces preprocessed to input_size (ferkit.views)."""
 
     name: str
     source: str
     kind: str
     classes: list[str]
     input_size: int
+    crop: int
     temperature: float = 1.0
     run_dir: Path | None = None
 
@@ -34,7 +36,7 @@ class Predictor:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "kind": self.kind, "classes": self.classes,
-                "input_size": self.input_size, "temperature": self.temperature}
+                "input_size": self.input_size, "crop": self.crop, "temperature": self.temperature}
 
 
 class OnnxPredictor(Predictor):
@@ -48,13 +50,15 @@ class OnnxPredictor(Predictor):
         self.name = name or self.clf.name
         self.classes = list(self.clf.classes)
         self.input_size = self.clf.input_size
+        self.crop = self.clf.crop
         self.temperature = self.clf.temperature
         self.metadata = self.clf.metadata
         # Evaluation works on uncalibrated outputs and applies T itself, after averaging augmented views.
         self.clf.temperature = 1.0
 
     def raw_proba(self, images: np.ndarray) -> np.ndarray:
-        return self.clf.predict_proba(images, batch=256)
+        return np.concatenate([self.clf.run(images[i : i + 256]) for i in range(0, len(images), 256)]
+                              or [np.zeros((0, len(self.classes)), np.float32)])
 
 
 class TorchPredictor(Predictor):
@@ -73,6 +77,7 @@ class TorchPredictor(Predictor):
         self.name = name or path.stem
         self.classes = list(meta["classes"])
         self.input_size = int(meta["input_size"])
+        self.crop = int(meta["crop"])
 
     def raw_proba(self, images: np.ndarray) -> np.ndarray:
         import torch
@@ -156,7 +161,6 @@ class Ensemble:
     def predict(self, images: np.ndarray, tta: str = "none", batch: int = 1024,
                 progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(calibrated, uncalibrated) N x C probabilities, averaged over models and augmented views."""
-        from ferkit.inference.model import apply_temperature
 
         n = len(images)
         cal = np.zeros((n, len(self.classes)), np.float64)
@@ -164,7 +168,7 @@ class Ensemble:
         for i in range(0, n, batch):
             chunk = images[i : i + batch]
             for m, order in zip(self.members, self.orders, strict=True):
-                views = tta_views(_resize(chunk, m.input_size), tta_mode(tta))
+                views = tta_views(_resize(chunk, m.input_size), tta_mode(tta), m.crop)
                 p = np.mean([m.raw_proba(v) for v in views], axis=0)[:, order]
                 raw[i : i + len(chunk)] += p
                 cal[i : i + len(chunk)] += apply_temperature(p, m.temperature)

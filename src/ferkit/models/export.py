@@ -1,7 +1,8 @@
 """Export to ferkit's self-describing ONNX format; load safetensors weights (never unpickling) to evaluate or fine-tune.
 
 The ONNX graph takes N x 1 x H x W float32 gray pixels in 0..255 and returns class probabilities; its
-metadata holds `classes` (JSON list, output order), `input_size`, `name`, `version`, `arch` and `temperature`.
+metadata holds `classes` (JSON list, output order), `input_size` (the side a face is preprocessed to), `crop` (the
+side of the window the network sees, ferkit.views), `name`, `version`, `arch` and `temperature`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise FerkitError(f"{path}: not a safetensors file ({e})") from None
     if "arch" not in meta or "classes" not in meta:
         raise FerkitError(f"{path}: safetensors file without ferkit metadata (arch, classes)")
-    info = {"arch": meta["arch"], "classes": json.loads(meta["classes"]), "input_size": int(meta.get("input_size", 48))}
+    size = int(meta.get("input_size", 48))
+    info = {"arch": meta["arch"], "classes": json.loads(meta["classes"]), "input_size": size,
+            "crop": int(meta.get("crop", size))}
     return state, info
 
 
@@ -100,6 +103,7 @@ def export_onnx(
     path: str | Path,
     classes: list[str],
     input_size: int = 48,
+    crop: int | None = None,
     name: str = "ferkit-model",
     version: str = "1",
     extra: dict[str, Any] | None = None,
@@ -110,7 +114,8 @@ def export_onnx(
 
     path = Path(path)
     model = WithSoftmax(model.float().eval().to(memory_format=torch.contiguous_format))
-    dummy = torch.zeros(1, 1, input_size, input_size)
+    crop = crop or input_size
+    dummy = torch.zeros(1, 1, crop, crop)
 
     def write(tmp: str) -> None:
         torch.onnx.export(
@@ -121,6 +126,7 @@ def export_onnx(
         meta = {
             "classes": json.dumps(classes),
             "input_size": str(input_size),
+            "crop": str(crop),
             "name": name,
             "version": version,
             "arch": getattr(model.model, "arch", type(model.model).__name__),

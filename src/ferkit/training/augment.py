@@ -6,8 +6,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ferkit.views import cut
 
 
 @dataclass
@@ -23,8 +26,9 @@ class AugmentConfig:
     cutmix: float = 0.0  # Beta(alpha, alpha) for cutmix; 0 switches it off
 
 
-def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """x: N x 1 x H x W float in 0..255. Returns an augmented batch of the same shape."""
+def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, crop: int = 0) -> torch.Tensor:
+    """x: N x 1 x H x W float in 0..255 on the generator's device. Returns an augmented batch of the same shape,
+    or of random crop x crop windows (cut after the warp, by the same function evaluation and inference use)."""
     n, dev = x.shape[0], x.device
 
     def u(lo: float, hi: float) -> torch.Tensor:
@@ -59,6 +63,11 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
         on = (torch.rand(n, generator=gen, device=dev) < cfg.erase).view(n, 1, 1)
         noise = torch.rand(x.shape, generator=gen, device=dev) * 255
         x = torch.where((box & on).unsqueeze(1), noise, x)
+    if crop and crop < x.shape[-1]:
+        m = x.shape[-1] - crop + 1
+        ys = torch.randint(m, (n,), generator=gen, device=dev)
+        xs = torch.randint(m, (n,), generator=gen, device=dev)
+        x = cut(x[:, 0], ys, xs, crop).unsqueeze(1)
     return x
 
 
@@ -69,15 +78,18 @@ def mix(
     modes = [m for m, a in (("mixup", cfg.mixup), ("cutmix", cfg.cutmix)) if a > 0]
     if not modes:
         return x, y
-    mode = modes[int(torch.randint(len(modes), (1,), generator=gen))]
+    dev = x.device
+    mode = modes[int(torch.randint(len(modes), (1,), generator=gen, device=dev))]
     alpha = cfg.mixup if mode == "mixup" else cfg.cutmix
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    # Drawn from the batch generator (torch's Beta sampler takes none), so a resumed run mixes the same way.
+    seed = int(torch.randint(2**31 - 1, (1,), generator=gen, device=dev))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
     perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
     if mode == "mixup":
         return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
     h, w = x.shape[-2:]
     rh, rw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-    cy, cx = int(torch.randint(h, (1,), generator=gen)), int(torch.randint(w, (1,), generator=gen))
+    cy, cx = (int(torch.randint(h, (1,), generator=gen, device=dev)), int(torch.randint(w, (1,), generator=gen, device=dev)))
     y0, y1, x0, x1 = max(cy - rh // 2, 0), min(cy + rh // 2, h), max(cx - rw // 2, 0), min(cx + rw // 2, w)
     x = x.clone()
     x[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]

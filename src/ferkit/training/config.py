@@ -20,6 +20,7 @@ class TrainConfig:
     out: str = "runs/default"
     model: str = "vgg_s"
     dropout: float | None = None
+    crop: int = 0  # train on random crop x crop windows of the face (e.g. 40 of 48) and test on the centre; 0: whole face
     init: str | None = None  # fine-tune: start from these safetensors weights ("default": the shipped model's)
     freeze: bool = False  # fine-tune only the output layer
     epochs: int = 30

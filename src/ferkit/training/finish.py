@@ -27,7 +27,7 @@ def finish_run(out: Path, summary: dict[str, Any], name: str | None = None) -> d
 
     plot_curves(out)
     model, info = load_weights(out / "best.safetensors")
-    export_onnx(model, out / "model.onnx", info["classes"], info["input_size"], name=name or out.name)
+    export_onnx(model, out / "model.onnx", info["classes"], info["input_size"], info["crop"], name=name or out.name)
     rows = read_training_log(out)
     best = next((r for r in rows if r["epoch"] == summary.get("best_epoch")), {})
     summary = {**summary, "classes": info["classes"], "arch": info["arch"],

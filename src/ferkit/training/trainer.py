@@ -26,6 +26,7 @@ from ferkit.models.export import classifier_name, init_from
 from ferkit.training.augment import augment, mix
 from ferkit.training.config import TrainConfig, to_toml
 from ferkit.utils import atomic_write
+from ferkit.views import tta_views
 
 log = logging.getLogger("ferkit.train")
 
@@ -91,17 +92,15 @@ def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch:
 
 @torch.no_grad()
 def predict_proba(
-    model: nn.Module, images: np.ndarray, device: torch.device, batch: int = 512, tta: bool = False
+    model: nn.Module, images: np.ndarray, device: torch.device, batch: int = 512, tta: str = "none", crop: int = 0
 ) -> np.ndarray:
-    """Class probabilities for N x H x W uint8 images (optionally averaged with the mirrored image)."""
+    """Class probabilities for N x S x S uint8 faces, averaged over the TTA views (ferkit.views) of a crop model."""
     model.eval()
     out = []
     for i in range(0, len(images), batch):
-        x = torch.from_numpy(images[i : i + batch]).to(device).float().unsqueeze(1)
-        p = F.softmax(model(x).float(), 1)
-        if tta:
-            p = (p + F.softmax(model(x.flip(3)).float(), 1)) / 2
-        out.append(p.cpu())
+        views = tta_views(images[i : i + batch], tta, crop or None)
+        p = sum(F.softmax(model(torch.from_numpy(v).to(device).float().unsqueeze(1)).float(), 1) for v in views)
+        out.append((p / len(views)).cpu())
     return torch.cat(out).numpy()
 
 
@@ -145,6 +144,9 @@ class Trainer:
                 raise FerkitError(f"{cfg.data}: has no {split} split; training needs train and val")
         self.classes = self.ds.classes
         self.input_size = int(self.ds["train"].images.shape[-1])
+        if not 0 <= cfg.crop <= self.input_size:
+            raise FerkitError(f"crop: {cfg.crop} must lie between 0 (whole face) and the face size {self.input_size}")
+        self.crop = cfg.crop or self.input_size
         kw = {} if cfg.dropout is None else {"dropout": cfg.dropout}
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.model, len(self.classes), **kw)
@@ -160,18 +162,21 @@ class Trainer:
         self.model = self.model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.x_train = torch.from_numpy(self.ds["train"].images)
-        self.y_train = _targets(self.ds, "train", cfg)
+        # The dataset lives on the training device once; batches are cut and augmented there.
+        self.x_train = torch.from_numpy(self.ds["train"].images).to(self.device)
+        self.y_train = _targets(self.ds, "train", cfg).to(self.device)
         self.steps_per_epoch = math.ceil(len(self.x_train) / cfg.batch_size)
         self.opt = make_optimizer(cfg, self.model)
         self.sched = make_schedule(cfg, self.opt, self.steps_per_epoch)
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         counts = np.bincount(self.ds["train"].labels, minlength=len(self.classes)).astype(np.float64)
-        self.class_weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+        self.class_weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32,
+                                          device=self.device)
         self.epoch = 0
         self.best: float | None = None
         self.best_epoch = 0
+        self.last_row: dict[str, Any] | None = None
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self._load_state()
@@ -191,6 +196,7 @@ class Trainer:
             "epoch": self.epoch,
             "best": self.best,
             "best_epoch": self.best_epoch,
+            "row": self.last_row,
         }
 
     def _load_state(self) -> None:
@@ -213,9 +219,19 @@ class Trainer:
             self.sched.step()
         if self.ema is not None and st["ema"] is not None:
             self.ema.shadow, self.ema.steps = st["ema"]["shadow"], st["ema"]["steps"]
-        self.gen.set_state(st["gen"])
+        self.gen.set_state(st["gen"].cpu())
         torch.set_rng_state(st["torch_rng"])
         self.epoch, self.best, self.best_epoch = st["epoch"], st["best"], st["best_epoch"]
+        # Rows of epochs after the checkpoint (a kill between the log and the save) are trained again.
+        logf = self.out / "log.jsonl"
+        if logf.exists():
+            rows = [r for r in logf.read_text().splitlines() if r.strip() and json.loads(r)["epoch"] <= self.epoch]
+        else:
+            rows = []
+        # ...and the row of the checkpoint's own epoch comes back if a kill fell between the save and the log.
+        if st.get("row") and (not rows or json.loads(rows[-1])["epoch"] < self.epoch):
+            rows.append(json.dumps(st["row"]))
+        atomic_write(logf, lambda p: Path(p).write_text("".join(r + "\n" for r in rows)))
         log.info("resumed %s at epoch %d", self.out, self.epoch)
 
     def eval_model(self) -> nn.Module:
@@ -229,15 +245,15 @@ class Trainer:
     def _order(self) -> torch.Tensor:
         n = len(self.x_train)
         if self.cfg.balance == "sampler":
-            labels = torch.from_numpy(self.ds["train"].labels)
+            labels = torch.from_numpy(self.ds["train"].labels).to(self.device)
             w = self.class_weights[labels]
             return torch.multinomial(w, n, replacement=True, generator=self.gen)
-        return torch.randperm(n, generator=self.gen)
+        return torch.randperm(n, generator=self.gen, device=self.device)
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # Each image is weighted by its own (possibly soft) label, before smoothing: weighting the smoothed
         # target per class would push every image towards the rare classes.
-        weight = target @ self.class_weights.to(target.device) if self.cfg.balance == "weights" else 1.0
+        weight = target @ self.class_weights if self.cfg.balance == "weights" else 1.0
         ls = self.cfg.label_smoothing
         if ls:
             target = target * (1 - ls) + ls / target.shape[1]
@@ -255,9 +271,9 @@ class Trainer:
         bar = _Bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.progress)
         for step in range(self.steps_per_epoch):
             idx = order[step * self.cfg.batch_size : (step + 1) * self.cfg.batch_size]
-            x = self.x_train[idx].to(self.device).float().unsqueeze(1)
-            y = self.y_train[idx].to(self.device)
-            x = augment(x, self.cfg.augment, self.gen) if self.device.type == "cpu" else x
+            x = self.x_train[idx].float().unsqueeze(1)
+            y = self.y_train[idx]
+            x = augment(x, self.cfg.augment, self.gen, self.cfg.crop)
             x, y = mix(x, y, self.cfg.augment, self.gen)
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -282,7 +298,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         val = self.ds["val"]
-        prob = predict_proba(self.eval_model(), val.images, self.device)
+        prob = predict_proba(self.eval_model(), val.images, self.device, crop=self.crop)
         return {f"val_{k}": v for k, v in _metrics(prob, val.labels, len(self.classes)).items()}
 
     def _better(self, value: float) -> bool:
@@ -311,9 +327,11 @@ class Trainer:
                 self.save_weights(self.out / "best.safetensors")
             else:
                 stale += 1
+            # The log row follows its checkpoint: a resume drops rows newer than the state it restarts from.
+            self.last_row = row
+            atomic_write(self.out / "state.pt", lambda p: torch.save(self._state(), p))
             with open(self.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-            atomic_write(self.out / "state.pt", lambda p: torch.save(self._state(), p))
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f macro-F1 %.4f  %.0f img/s  %.0fs",
                 self.epoch, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
@@ -332,7 +350,8 @@ class Trainer:
             "arch": self.cfg.model,
             "classes": json.dumps(self.classes),
             "input_size": str(self.input_size),
-            "epoch": str(self.epoch + 1),
+            "crop": str(self.crop),
+            "epoch": str(self.epoch),
         }
         atomic_write(path, lambda p: save_file(state, p, metadata=meta))
 

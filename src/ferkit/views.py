@@ -1,0 +1,92 @@
+"""The views a network sees of a face, shared by training, evaluation and inference (no train/serve skew).
+
+A face is preprocessed to `input_size` x `input_size` (48). A model trained on crops sees a `crop` x `crop`
+window of it (e.g. 40): random windows while training, the centre window at test time, and the four corners
+and centre, each also mirrored, for ten-crop TTA. A model trained on full frames (crop == input_size) keeps its
+old TTA views (five crops of 7/8 of the side, resized back). Works on NumPy arrays and, for training, on torch
+tensors; torch is never imported here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ferkit.errors import FerkitError
+
+TTA_MODES = ("none", "flip", "crops", "flip+crops", "ten_crop")
+
+
+def tta_mode(tta: bool | str | None) -> str:
+    """A TTA option as one of TTA_MODES (True means "flip"; "ten_crop" is "flip+crops")."""
+    if tta is True:
+        return "flip"
+    if tta is False or tta is None:
+        return "none"
+    if tta not in TTA_MODES:
+        raise FerkitError(f"tta {tta!r}: unknown; choose one of {', '.join(TTA_MODES)}")
+    return "flip+crops" if tta == "ten_crop" else tta
+
+
+def cut(images: Any, ys: Any, xs: Any, crop: int) -> Any:
+    """Per-image windows: images N x S x S (NumPy or torch), ys / xs N top-left offsets -> N x crop x crop."""
+    if isinstance(images, np.ndarray):
+        ar = np.arange
+    else:
+        import torch
+
+        def ar(n: int) -> Any:
+            return torch.arange(n, device=images.device)
+
+    rows = ys[:, None] + ar(crop)[None]
+    cols = xs[:, None] + ar(crop)[None]
+    return images[ar(len(images))[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def corner_offsets(size: int, crop: int) -> list[tuple[int, int]]:
+    """Top-left offsets of the centre and four corner windows."""
+    m = size - crop
+    return [(m // 2, m // 2), (0, 0), (0, m), (m, 0), (m, m)]
+
+
+def _window(images: np.ndarray, y: int, x: int, crop: int) -> np.ndarray:
+    return np.ascontiguousarray(images[:, y : y + crop, x : x + crop])
+
+
+def _resized_five_crops(images: np.ndarray, fraction: float = 0.875) -> list[np.ndarray]:
+    import cv2
+
+    s = images.shape[1]
+    c = max(1, int(round(s * fraction)))
+    return [np.stack([cv2.resize(im, (s, s), interpolation=cv2.INTER_LINEAR) for im in _window(images, y, x, c)])
+            if len(images) else np.zeros((0, s, s), images.dtype)
+            for y, x in corner_offsets(s, c)]
+
+
+def tta_views(images: np.ndarray, tta: str, crop: int | None = None) -> list[np.ndarray]:
+    """The views of a batch of N x S x S faces for a TTA mode, each N x crop x crop (crop defaults to S)."""
+    tta = tta_mode(tta)
+    s = images.shape[1]
+    crop = crop or s
+    if crop > s:
+        raise FerkitError(f"crop {crop} is larger than the {s}x{s} face")
+    if "crops" in tta:
+        views = ([_window(images, y, x, crop) for y, x in corner_offsets(s, crop)] if crop < s
+                 else _resized_five_crops(images))
+    else:
+        y, x = corner_offsets(s, crop)[0]
+        views = [_window(images, y, x, crop)]
+    if "flip" in tta:
+        views = views + [np.ascontiguousarray(v[:, :, ::-1]) for v in views]
+    return views
+
+
+def apply_temperature(prob: np.ndarray, t: float) -> np.ndarray:
+    """softmax(logits / t) from probabilities: log-probabilities differ from logits by a per-row constant."""
+    if t == 1.0 or len(prob) == 0:
+        return prob.astype(np.float32)
+    z = np.log(np.clip(prob, 1e-12, 1.0)) / t
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
