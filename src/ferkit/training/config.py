@@ -35,6 +35,11 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 switches it off
     balance: str = "none"  # none | weights (class-weighted loss) | sampler (balanced sampling)
     soft_labels: bool = False  # train on vote distributions (FER+)
+    # Distillation: teacher models (run folders or safetensors, probabilities averaged) or a teacher file they wrote.
+    teacher: list[str] | str | None = None
+    teacher_views: int = 8  # augmented views per training image whose teacher probabilities are computed once
+    distill_alpha: float = 0.5  # weight of the KL term to the teachers; 1 - alpha weights the label's cross-entropy
+    distill_temperature: float = 2.0
     precision: str = "auto"  # auto | fp32 | bf16 (CPU autocast) ; CUDA always uses bf16 autocast
     channels_last: bool = True
     device: str = "cpu"
