@@ -334,7 +334,7 @@ def test_corrupt_and_truncated_images_are_skipped_and_listed(tmp_path):
     skipped = {s.name: s.reason for s in ds.skipped}
     assert set(skipped) == {"train/happy/Training_trunc.png", "train/sad/Training_junk.jpg",
                             "test/sad/PrivateTest_empty.png"}
-    assert "unreadable" in skipped["train/sad/Training_junk.jpg"]
+    assert "not a readable image" in skipped["train/sad/Training_junk.jpg"]
     assert load_dataset(tmp_path / "fer").skipped == ds.skipped  # the cache keeps the load report
     # The same damage inside a zip.
     zds = load_dataset(zip_dir(tmp_path / "fer", tmp_path / "fer.zip"))

@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import cv2
@@ -187,6 +188,7 @@ def test_huge_image_is_downscaled_for_detection(rec: EmotionRecognizer, astronau
 def test_decompression_bomb_is_refused(rec: EmotionRecognizer) -> None:
     png = bytearray(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())
     png[16:24] = struct.pack(">II", 60_000, 60_000)  # the header claims 3.6 gigapixels
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))  # with a valid checksum
     with pytest.raises(FerkitError, match="over the limit"):
         rec.predict(bytes(png), source="bomb.png")
 

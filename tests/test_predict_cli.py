@@ -44,7 +44,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> P
     cv2.imwrite(str(root / "wall.png"), np.full((240, 320, 3), 90, np.uint8))
     (root / "sub" / "notes.jpg").write_text("this is not an image")
     (root / "sub" / "cut.jpg").write_bytes(cv2.imencode(".jpg", astronaut)[1].tobytes()[:300])
-    (root / "readme.txt").write_text("ignored: not an image suffix")
+    (root / "readme.txt").write_text("not an image suffix: listed as skipped, not read")
     return root
 
 
@@ -69,7 +69,8 @@ def invoke(args: list[str]):
 
 
 def test_single_image_table(photos: Path, model_args: list[str]) -> None:
-    r = invoke(["predict", str(photos / "astronaut.jpg"), *model_args])
+    r = runner.invoke(app, ["predict", str(photos / "astronaut.jpg"), *model_args], env={"COLUMNS": "300"},
+                      catch_exceptions=False)  # wide enough that the long temporary path is not folded
     assert r.exit_code == 0, r.output
     assert "astronaut" in r.output and "1 face(s)" in r.output
 
@@ -84,8 +85,10 @@ def test_folder_json_skips_and_lists_bad_files(photos: Path, model_args: list[st
     assert set(by_source) == {"astronaut.jpg", "astronaut_gray.png", "wall.png"}
     assert len(by_source["astronaut.jpg"]) == 1 and by_source["astronaut.jpg"][0]["label"] is not None
     assert by_source["wall.png"][0]["face"] is None  # reported as "no face", not an error
-    assert sorted(Path(s["source"]).name for s in out["skipped"]) == ["cut.jpg", "notes.jpg"]
-    assert out["summary"]["skipped"] == 2 and out["summary"]["faces"] == 2 and out["summary"]["without_face"] == 1
+    assert sorted(Path(s["source"]).name for s in out["skipped"]) == ["cut.jpg", "notes.jpg", "readme.txt"]
+    why = {Path(s["source"]).name: s["error"] for s in out["skipped"]}
+    assert "not an image file (.txt)" in why["readme.txt"] and "not a readable image" in why["cut.jpg"]
+    assert out["summary"]["skipped"] == 3 and out["summary"]["faces"] == 2 and out["summary"]["without_face"] == 1
 
 
 def test_glob_csv_one_row_per_face(photos: Path, model_args: list[str]) -> None:

@@ -216,9 +216,13 @@ def test_batch_json_and_limits(recognizer, face_jpeg):
 
 # -- bad input --------------------------------------------------------------------------------------------------
 def _png_header(w: int, h: int) -> bytes:
+    """A well-formed PNG that claims w x h pixels and holds (almost) none: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + b"\0" * 64
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize(
@@ -250,15 +254,18 @@ def test_truncated_jpeg(client, face_jpeg):
         assert "truncated" in err["message"]
 
 
-def test_bomb_refused_from_library_limit_too(recognizer, monkeypatch):
-    # The service's own header check is off (huge max_pixels): the library's limit still answers 413.
-    import importlib
+def test_bomb_refused_by_the_decoder_too(recognizer):
+    # The worker's decode holds the same limit as the header check before it (one guarded path, ferkit.images).
+    from ferkit.service.engine import Engine
+    from ferkit.service.metrics import Metrics
 
-    pp = importlib.import_module("ferkit.data.preprocess")  # the package re-exports a function of the same name
-    monkeypatch.setattr(pp, "MAX_PIXELS", 1000)
+    engine = Engine(recognizer, Metrics(), max_pixels=1000)
     img = cv2.imencode(".png", np.zeros((100, 100), np.uint8))[1].tobytes()
-    with make_client(recognizer, max_pixels=10**12) as c:
-        assert_error(c.post("/v1/predict", content=img, headers={"content-type": "image/png"}), 413, "too_many_pixels")
+    with pytest.raises(ApiError) as e:
+        engine.predict_bytes(img, "big.png", None, False, None)
+    assert (e.value.status, e.value.code) == (413, "too_many_pixels") and "big.png" in e.value.message
+    with pytest.raises(FerkitError, match="max pixels"):  # the setting may lower ferkit's one limit, not raise it
+        ServiceConfig(max_pixels=10**8).validate()
 
 
 def test_upload_over_size_limit(recognizer, face_jpeg):
@@ -304,14 +311,15 @@ def test_internal_error_has_no_traceback(recognizer, face_jpeg):
 
 
 def test_check_image_bytes_units(face_jpeg):
-    assert check_image_bytes(face_jpeg, "a", 10**7, 10**7) == "jpeg"
+    assert check_image_bytes(face_jpeg, "a", 10**7, 10**7).format == "JPEG"
     with pytest.raises(ApiError) as e:
         check_image_bytes(face_jpeg, "a", 10**7, 1000)
     assert e.value.status == 413
     webp = cv2.imencode(".webp", np.zeros((30, 40, 3), np.uint8))[1].tobytes()
     bmp = cv2.imencode(".bmp", np.zeros((30, 40, 3), np.uint8))[1].tobytes()
-    assert check_image_bytes(webp, "w", 10**7, 10**7) == "webp"
-    assert check_image_bytes(bmp, "b", 10**7, 10**7) == "bmp"
+    assert check_image_bytes(webp, "w", 10**7, 10**7).format == "WEBP"
+    info = check_image_bytes(bmp, "b", 10**7, 10**7)
+    assert (info.format, info.width, info.height) == ("BMP", 40, 30)
     with pytest.raises(ApiError):
         check_image_bytes(webp, "w", 10**7, 1199)
     with pytest.raises(ApiError):

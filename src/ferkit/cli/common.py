@@ -11,12 +11,15 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ferkit.errors import FerkitError
 from ferkit.utils import json_default
 
-console = Console()
-err_console = Console(stderr=True)
+# File names, labels and messages come from users: rich must never read them as markup ("[/x]" raises) or emoji
+# codes. Styles are given as arguments (style=..., Text) instead of inline tags.
+console = Console(markup=False, emoji=False)
+err_console = Console(stderr=True, markup=False, emoji=False)
 _verbosity = {"level": 0}
 
 
@@ -42,14 +45,15 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except FerkitError as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            err_console.print(Text.assemble(("error:", "red"), f" {e}"), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as e:
             if _verbosity["level"] > 0:
                 raise
-            err_console.print(f"[red]internal error:[/red] {type(e).__name__}: {e} (run with -v for details)",
+            err_console.print(Text.assemble(("internal error:", "red"),
+                                            f" {type(e).__name__}: {e} (run with -v for details)"),
                               highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 

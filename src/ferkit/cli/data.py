@@ -37,7 +37,7 @@ def _print_skipped(skipped: list, limit: int = 20) -> None:
     if not skipped:
         console.print("Load report: every item was read.")
         return
-    console.print(f"[yellow]Load report: {len(skipped)} item(s) skipped[/yellow]")
+    console.print(f"Load report: {len(skipped)} item(s) skipped", style="yellow")
     for s in skipped[:limit]:
         console.print(f"  {s.name}: {s.reason}", highlight=False)
     if len(skipped) > limit:
@@ -86,7 +86,7 @@ def info(
         console.print(f"Imbalance ratio ({facts['imbalance_split']}, largest / smallest class): "
                       f"{facts['imbalance_ratio']:.1f}")
     for s, empty in facts["empty_classes"].items():
-        console.print(f"[yellow]{s}: no images of {', '.join(empty)}[/yellow]")
+        console.print(f"{s}: no images of {', '.join(empty)}", style="yellow")
     for s, p in facts["pixels"].items():
         console.print(f"Pixels {s}: mean {p['mean']:.1f}, std {p['std']:.1f}")
     _print_skipped(ds.skipped)
@@ -126,11 +126,13 @@ def audit(
         tree = Tree(Path(ds.source))
 
         def read(name: str):
-            import cv2
-            import numpy as np
+            from ferkit.images import decode_image
 
             raw = tree.try_read(name)
-            img = None if not raw else cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_GRAYSCALE)
+            try:
+                img = None if not raw else decode_image(raw, name, gray=True)
+            except FerkitError:
+                return None  # the contact sheet shows what can be read; the loader's report lists the rest
             return img if img is not None and img.shape == ds[next(iter(ds.splits))].images.shape[1:] else None
 
     _status("Auditing ...", json_out)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import logging
 import os
@@ -18,7 +17,6 @@ from ferkit.errors import FerkitError
 
 log = logging.getLogger("ferkit")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".jp2", ".gif"}
 TABLE_ROWS = 40
 
 
@@ -75,29 +73,28 @@ def predict(
         tracker = FaceTracker(window=smooth)
         run.video(source, tracker, vid_stride, detect_every, max_frames, no_detect)
     else:
-        files, single = _expand(source)
+        files, skipped, single = _expand(source)
+        run.skipped += skipped
         run.images(files, single, no_detect)
     run.finish()
 
 
-def _expand(source: str) -> tuple[list[tuple[Path, Path]], bool]:
-    """(file, path relative to the source root) for every image; single=True for one explicit file."""
+def _expand(source: str) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]], bool]:
+    """(file, path relative to the source root) for every image, (entry, reason) for what is left out, and
+    single=True for one explicit file."""
+    from ferkit.images import SUFFIXES, find_images
+
     p = Path(source)
-    if p.is_file():
-        return [(p, Path(p.name))], True
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FerkitError(f"{source}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return [(f, f.relative_to(p)) for f in files], False
-    if any(c in source for c in "*?["):
-        files = sorted(Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file())
-        if not files:
-            raise FerkitError(f"{source}: the pattern matches no files")
-        # Relative to the deepest common folder, so that 'a/x.jpg' and 'b/x.jpg' keep apart under --save.
-        common = Path(os.path.commonpath([str(f.parent.resolve()) for f in files]))
-        return [(f, f.resolve().relative_to(common)) for f in files], False
-    raise FerkitError(f"{source}: no such file, folder or camera")
+    if p.is_file() or (os.path.lexists(p) and not p.is_dir()):  # a FIFO or a broken link: load() says which
+        return [(p, Path(p.name))], [], True
+    if not p.is_dir() and not any(c in source for c in "*?["):
+        raise FerkitError(f"{source}: no such file, folder or camera")
+    files, skipped = find_images(source)
+    if not files and not skipped:
+        if p.is_dir():
+            raise FerkitError(f"{source}: no images in this folder ({', '.join(sorted(SUFFIXES))})")
+        raise FerkitError(f"{source}: the pattern matches no files")
+    return files, skipped, False
 
 
 class _Progress:
@@ -178,36 +175,42 @@ class _Run:
     def images(self, files: list[tuple[Path, Path]], single: bool, no_detect: bool) -> None:
         import cv2
 
-        from ferkit.data.preprocess import read_image
+        from ferkit.images import load
         from ferkit.utils import atomic_write
 
+        listed = len(self.skipped)  # entries of the folder that were no image files
         prog = _Progress(len(files), "images")
         try:
             for path, rel in files:
                 try:
-                    img = read_image(str(path))
-                    pred = self.rec.predict(img, detect=False if no_detect else None, source=str(path),
+                    decoded = load(path)
+                    pred = self.rec.predict(decoded.image, detect=False if no_detect else None, source=str(path),
                                             keep_crops=self.crops is not None)
-                except FerkitError as e:
+                except Exception as e:
+                    # One bad item never ends a batch: it is skipped, counted and listed with its reason.
                     if single:
                         raise
-                    self.skipped.append((str(path), str(e)))
+                    why = str(e) if isinstance(e, FerkitError) else f"{path}: internal error ({type(e).__name__}: {e})"
+                    self.skipped.append((str(path), why.splitlines()[0] if why else str(path)))
                     prog.step()
                     continue
-                self.add(pred, str(path))
+                self.add(pred.scaled_to(decoded.width, decoded.height), str(path))
                 stem = str(rel.with_suffix("")).replace("/", "__")
                 if self.save is not None:
                     out = self.save / rel.with_suffix(".jpg")
-                    ok, buf = cv2.imencode(".jpg", pred.draw(img), [cv2.IMWRITE_JPEG_QUALITY, 92])
+                    ok, buf = cv2.imencode(".jpg", pred.draw(decoded.image), [cv2.IMWRITE_JPEG_QUALITY, 92])
                     if ok:
                         atomic_write(out, lambda p, b=buf: Path(p).write_bytes(b.tobytes()))
                 if self.crops is not None:
                     self.save_crops(pred, stem)
+                del decoded, pred
                 prog.step()
         finally:
             self.rate = prog.close()
         if self.n_inputs == 0:
-            raise FerkitError(f"none of the {len(files)} files could be read as an image (first: {self.skipped[0][1]})")
+            total = len(files) + listed
+            first = self.skipped[0][1] if self.skipped else "nothing to read"
+            raise FerkitError(f"none of the {total} entries could be read as an image (first: {first})")
 
     # -- video --------------------------------------------------------------------------------------------------
     def video(self, source: str, tracker, stride: int, detect_every: int, max_frames: int, no_detect: bool) -> None:
@@ -284,7 +287,8 @@ class _Run:
         elif not quiet():
             self._table()
         if self.skipped and not self.json_out:
-            err_console.print(f"[yellow]skipped {len(self.skipped)} unreadable file(s):[/yellow]", highlight=False)
+            err_console.print(f"skipped {len(self.skipped)} entr{'y' if len(self.skipped) == 1 else 'ies'}:",
+                              style="yellow", highlight=False)
             for _src, e in self.skipped:
                 err_console.print(f"  {e}", highlight=False, soft_wrap=True)
         if self.written and not quiet():
@@ -292,6 +296,7 @@ class _Run:
 
     def _table(self) -> None:
         from rich.table import Table
+        from rich.text import Text
 
         if self.track_summary:
             t = Table(title=f"{self.n_inputs} frames, {len(self.track_summary)} tracked face(s), "
@@ -310,7 +315,7 @@ class _Run:
             t.add_column(c, overflow="fold")
         for r in self.rows[:TABLE_ROWS]:
             if r["face"] is None:
-                t.add_row(r["source"], "-", "-", "[dim]no face[/dim]", "-", "-")
+                t.add_row(r["source"], "-", "-", Text("no face", style="dim"), "-", "-")
                 continue
             probs = sorted(((r[c], c) for c in self.rec.classes), reverse=True)
             runner = f"{probs[1][1]} {probs[1][0]:.0%}" if len(probs) > 1 else "-"

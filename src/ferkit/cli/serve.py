@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import typer
+from rich.text import Text
 
 from ferkit.cli.common import err_console, handle_errors, quiet
 from ferkit.errors import FerkitError
@@ -63,8 +64,8 @@ def serve(
     )
     if not config.is_loopback and config.api_key is None:
         err_console.print(
-            f"[yellow]warning:[/yellow] serving on {config.host} without an API key: anyone who can reach "
-            "this port can use it (set FERKIT_API_KEY)", highlight=False,
+            Text.assemble(("warning:", "yellow"), f" serving on {config.host} without an API key: anyone who can "
+                          "reach this port can use it (set FERKIT_API_KEY)"), highlight=False,
         )
     app = create_app(config)
     server = uvicorn.Server(uvicorn_config(app, config, log_level="warning" if quiet() else "info"))

@@ -16,9 +16,9 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-import cv2
 import numpy as np
 
+from ferkit import images
 from ferkit.data.dataset import (
     FER2013_CLASSES,
     FERPLUS_CLASSES,
@@ -30,7 +30,7 @@ from ferkit.data.dataset import (
     save_cache,
     source_key,
 )
-from ferkit.data.preprocess import MAX_PIXELS, _header_size, preprocess
+from ferkit.data.preprocess import preprocess
 from ferkit.errors import FerkitError
 
 FORMATS = ("csv", "folders", "ferplus", "manifest")
@@ -109,7 +109,7 @@ def load_dataset(
         ds = _load_manifest(path, size)
     else:
         fmt = format or detect_format(path)
-        key = source_key(path, f"{fmt}|{size}|{val_fraction}|{test_fraction}|{seed}|v2")
+        key = source_key(path, f"{fmt}|{size}|{val_fraction}|{test_fraction}|{seed}|v3")
         ds = load_cache(key, str(path)) if use_cache else None
         if ds is None:
             loader = {"csv": _load_csv, "folders": _load_folders, "ferplus": _load_ferplus}[fmt]
@@ -297,20 +297,11 @@ def _decode_item(tree: Tree, rel: str) -> tuple[np.ndarray | None, str]:
     data = tree.try_read(rel)
     if data is None:
         return None, "cannot read the file (damaged archive member or unreadable file)"
-    ok, w, h = _header_size(data[:65536])
-    if ok and w * h > MAX_PIXELS:
-        return None, f"image is {w}x{h} pixels, over the limit of {MAX_PIXELS:,}"
-    img = _decode_gray(data)
-    if img is None:
-        return None, "empty file" if not data else "unreadable image (corrupt, truncated or not an image)"
-    return img, ""
-
-
-def _decode_gray(data: bytes) -> np.ndarray | None:
-    if not data:
-        return None
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    return img if img is not None and img.size else None
+    try:
+        return images.decode_image(data, rel, gray=True), ""
+    except FerkitError as e:
+        why = str(e)
+        return None, why[len(rel) + 2 :] if why.startswith(f"{rel}: ") else why
 
 
 def _load_folders(path: Path, size: int, val_fraction: float, test_fraction: float, seed: int) -> Dataset:

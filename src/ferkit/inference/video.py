@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ferkit.errors import FerkitError
+from ferkit.images import MAX_PIXELS, ImageTooLarge
 from ferkit.inference.detect import Detection
 from ferkit.inference.recognizer import EmotionRecognizer, Prediction
 from ferkit.inference.tracking import FaceTracker
@@ -58,6 +59,11 @@ class FrameSource:
                 self.cap = cv2.VideoCapture(str(source), cv2.CAP_FFMPEG)
                 if not self.cap.isOpened():
                     self.cap = cv2.VideoCapture(str(source))
+            # The same pixel limit as for images, from the container's header, before a frame is decoded.
+            w, h = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+            if w * h > MAX_PIXELS:
+                self.cap.release()
+                raise ImageTooLarge(f"{source}: frames are {w}x{h} pixels, over the limit of {MAX_PIXELS:,}")
             ok, first = self.cap.read() if self.cap.isOpened() else (False, None)
         if not self.cap.isOpened():
             what = "camera" if self.is_camera else "video"

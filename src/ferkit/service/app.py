@@ -82,7 +82,7 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
         model: Any = list(config.model) if len(config.model) > 1 else (config.model[0] if config.model else None)
         recognizer = EmotionRecognizer(model, detector=config.detector, threads=threads)
     metrics = Metrics()
-    engine = Engine(recognizer, metrics)
+    engine = Engine(recognizer, metrics, max_pixels=config.max_pixels)
     pool = InferencePool(config.workers, config.queue)
     state: dict[str, Any] = {"ready": False}
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ferkit.errors import FerkitError
+from ferkit.images import MAX_PIXELS
 
 ENV_PREFIX = "FERKIT_"
 
@@ -29,7 +30,7 @@ class ServiceConfig:
     queue: int = 32  # requests allowed to wait for a worker; beyond that: 503 + Retry-After
     max_upload_mb: float = 10.0  # per image
     max_batch: int = 16  # images per /v1/predict/batch request
-    max_pixels: int = 50_000_000  # per image, checked from the header before decoding
+    max_pixels: int = MAX_PIXELS  # per image, read from the header before decoding; at most ferkit.images' limit
     cors_origins: tuple[str, ...] = ()
     api_key: str | None = None
     graceful_timeout: float = 10.0  # seconds to finish in-flight requests on shutdown
@@ -55,7 +56,7 @@ class ServiceConfig:
             (self.queue >= 0, f"queue {self.queue}: must be >= 0"),
             (self.max_upload_mb > 0, f"max upload {self.max_upload_mb} MB: must be > 0"),
             (self.max_batch >= 1, f"max batch {self.max_batch}: must be >= 1"),
-            (self.max_pixels >= 1, f"max pixels {self.max_pixels}: must be >= 1"),
+            (1 <= self.max_pixels <= MAX_PIXELS, f"max pixels {self.max_pixels}: must be 1..{MAX_PIXELS}"),
             (self.graceful_timeout >= 0, f"graceful timeout {self.graceful_timeout}: must be >= 0"),
             (self.stream_window >= 1, f"stream window {self.stream_window}: must be >= 1"),
             (self.api_key != "", "api key: empty; leave it unset for an open service"),

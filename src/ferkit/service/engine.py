@@ -10,17 +10,19 @@ from typing import Any
 
 import numpy as np
 
-from ferkit.data.preprocess import decode_image
+from ferkit import images
 from ferkit.errors import FerkitError
 from ferkit.service.errors import ApiError, from_ferkit_error
+from ferkit.service.limits import FORMATS
 from ferkit.service.metrics import Metrics
 
 
 class Engine:
     """Wraps an EmotionRecognizer (or anything with its predict/classes/model_names) for the service."""
 
-    def __init__(self, recognizer: Any, metrics: Metrics):
+    def __init__(self, recognizer: Any, metrics: Metrics, max_pixels: int = images.MAX_PIXELS):
         self.rec = recognizer
+        self.max_pixels = max_pixels
         # TTA is a per-request option but a recognizer setting: a shallow copy shares the ONNX sessions
         # and the detector, so the TTA twin costs nothing and requests never mutate shared state.
         self.rec_tta = copy.copy(recognizer)
@@ -47,8 +49,7 @@ class Engine:
     def predict_bytes(self, data: bytes, name: str, detect: bool | None, tta: bool, top_k: int | None) -> dict:
         start = time.perf_counter()
         try:
-            image = decode_image(data, name)
-            pred = self._predict(image, name, detect, tta)
+            pred = self._predict(self._decode(data, name), name, detect, tta)
         except FerkitError as e:
             self.metrics.images.labels("bad").inc()
             raise from_ferkit_error(e) from None
@@ -61,14 +62,18 @@ class Engine:
         """One video frame of a stream: like predict_bytes, then the stream's tracker smooths each face."""
         start = time.perf_counter()
         try:
-            image = decode_image(data, "frame")
-            pred = self._predict(image, None, detect, tta)
+            pred = self._predict(self._decode(data, "frame"), None, detect, tta)
         except FerkitError as e:
             raise from_ferkit_error(e) from None
         tracker.update(pred.faces)
         return self._answer(pred, top_k, start)
 
-    def _predict(self, image: np.ndarray, name: str | None, detect: bool | None, tta: bool) -> Any:
+    def _decode(self, data: bytes, name: str) -> images.Decoded:
+        return images.load(data, name, formats=FORMATS, max_pixels=self.max_pixels)
+
+    def _predict(self, decoded: images.Decoded, name: str | None, detect: bool | None, tta: bool) -> Any:
+        """Boxes in the pixels of the full image, also when a very large one was decoded reduced."""
+        image = decoded.image
         h, w = image.shape[:2]
         wants_detection = detect if detect is not None else (h, w) != (self.input_size, self.input_size)
         if wants_detection and self.detector is None:
@@ -77,7 +82,8 @@ class Engine:
             )
         rec = self.rec_tta if tta else self.rec
         with self._lock:
-            return rec.predict(image, detect=detect, source=name)
+            pred = rec.predict(image, detect=detect, source=name)
+        return pred.scaled_to(decoded.width, decoded.height)
 
     def _answer(self, pred: Any, top_k: int | None, start: float) -> dict:
         d = pred.to_dict()

@@ -42,11 +42,15 @@ class ApiError(Exception):
 
 
 def from_ferkit_error(e: FerkitError) -> ApiError:
-    """Map the library's one-line user errors to HTTP: over-limit images are 413, the rest 400."""
+    """Map the library's one-line user errors to HTTP: over a limit 413, not an image format 415, the rest 400."""
+    from ferkit.images import ImageTooLarge, UnknownFormat
+
     msg = str(e)
-    if "over the limit" in msg:
-        return ApiError(413, "too_many_pixels", msg)
-    if "empty file" in msg:
+    if isinstance(e, ImageTooLarge):
+        return ApiError(413, "too_large" if e.limit == "bytes" else "too_many_pixels", msg)
+    if isinstance(e, UnknownFormat):
+        return ApiError(415, "unsupported_media_type", msg)
+    if msg.endswith(": empty file"):
         return ApiError(400, "empty_body", msg)
     return ApiError(400, "bad_image", msg)
 

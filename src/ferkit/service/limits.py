@@ -1,105 +1,27 @@
-"""Cheap checks on uploaded bytes before decoding: size, format (magic bytes), pixel count, truncation."""
+"""Cheap checks on uploaded bytes before decoding (size, format, pixel count from the header) and on request bodies."""
 
 from __future__ import annotations
 
-import struct
+from ferkit.errors import FerkitError
+from ferkit.images import ImageInfo, probe
+from ferkit.service.errors import ApiError, from_ferkit_error
 
-from ferkit.service.errors import ApiError
-
-# Formats OpenCV decodes everywhere; each one's size can be read from its header (decompression bombs).
-FORMATS = ("jpeg", "png", "webp", "bmp")
-IMAGE_TYPES = {f"image/{f}" for f in FORMATS} | {"image/jpg", "image/x-ms-bmp", "application/octet-stream"}
-
-
-def sniff(data: bytes) -> str | None:
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:2] == b"BM":
-        return "bmp"
-    return None
+# Pillow's names of what the service decodes (ferkit.images): the common web formats only, the smallest surface.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp", "image/bmp", "image/jpg", "image/x-ms-bmp",
+               "application/octet-stream"}
 
 
-def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
-    """(width, height) from the header, or None when the header is unreadable."""
-    try:
-        if fmt == "png":
-            return struct.unpack(">II", data[16:24])
-        if fmt == "bmp":
-            w, h = struct.unpack("<ii", data[18:26])
-            return abs(w), abs(h)
-        if fmt == "webp":
-            chunk = data[12:16]
-            if chunk == b"VP8X":
-                w = int.from_bytes(data[24:27], "little") + 1
-                h = int.from_bytes(data[27:30], "little") + 1
-                return w, h
-            if chunk == b"VP8L":
-                b = int.from_bytes(data[21:25], "little")
-                return (b & 0x3FFF) + 1, ((b >> 14) & 0x3FFF) + 1
-            if chunk == b"VP8 ":
-                w, h = struct.unpack("<HH", data[26:30])
-                return w & 0x3FFF, h & 0x3FFF
-            return None
-        if fmt == "jpeg":
-            return _jpeg_size(data)[0]
-    except struct.error:
-        return None
-    return None
-
-
-def _jpeg_size(data: bytes) -> tuple[tuple[int, int] | None, int]:
-    """((w, h) or None, offset of the first start-of-scan or -1), walking the top-level segments."""
-    size = None
-    i = 2
-    n = len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return size, -1
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        (seglen,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF) and i + 9 <= n:
-            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-            size = (w, h)
-        if marker == 0xDA:
-            return size, i
-        i += 2 + seglen
-    return size, -1
-
-
-def check_image_bytes(data: bytes, name: str, max_bytes: int, max_pixels: int) -> str:
-    """Raise ApiError for bytes the service will not decode; return the format."""
+def check_image_bytes(data: bytes, name: str, max_bytes: int, max_pixels: int) -> ImageInfo:
+    """Raise ApiError for bytes the service will not decode (read from the header only); return format and size."""
     if not data:
         raise ApiError(400, "empty_body", f"{name}: empty upload")
     if len(data) > max_bytes:
         raise ApiError(413, "too_large", f"{name}: {len(data):,} bytes, over the limit of {max_bytes:,}")
-    fmt = sniff(data)
-    if fmt is None:
-        raise ApiError(415, "unsupported_media_type", f"{name}: not a JPEG, PNG, WebP or BMP image")
-    size = header_size(data, fmt)
-    if size is None:
-        raise ApiError(400, "bad_image", f"{name}: {fmt.upper()} header is unreadable (corrupt or truncated)")
-    w, h = size
-    if w * h > max_pixels:
-        raise ApiError(413, "too_many_pixels", f"{name}: image is {w}x{h} pixels, over the limit of {max_pixels:,}")
-    if w == 0 or h == 0:
-        raise ApiError(400, "bad_image", f"{name}: image is {w}x{h} pixels")
-    # OpenCV decodes a truncated JPEG into a half-grey image without complaint; the end-of-image marker
-    # after the first scan tells a complete file (entropy-coded data never holds FF D9).
-    if fmt == "jpeg":
-        _, sos = _jpeg_size(data)
-        if sos < 0 or data.find(b"\xff\xd9", sos) < 0:
-            raise ApiError(400, "bad_image", f"{name}: truncated JPEG (no end-of-image marker)")
-    return fmt
+    try:
+        return probe(data, name, formats=FORMATS, max_pixels=max_pixels, max_bytes=max_bytes)
+    except FerkitError as e:
+        raise from_ferkit_error(e) from None
 
 
 class BodyLimitMiddleware:
