@@ -103,6 +103,54 @@ def test_convert_refuses_to_overwrite_and_unknown_target(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("bad", ["..", ".", "", "...."])
+def test_convert_refuses_class_names_that_leave_no_folder(tmp_path, bad):
+    # Before: a class named '..', '.' or '' wrote its PNGs into '/' (the class folder vanished from the path).
+    ds = Dataset([bad, "happy"], {"train": Split(np.stack([face(1), face(2)]), np.array([0, 1]), ["a", "b"])},
+                 source="labels.csv")
+    with pytest.raises(FerkitError, match="no usable folder name"):
+        convert(ds, tmp_path / "out", "folders")
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_convert_sanitises_names_and_keeps_every_file_inside(tmp_path):
+    names = ["../../escape", "/abs/olute", "a/../../b", "..", "", "x\\..\\y"]
+    ds = Dataset(["../up", "/root", "ok"],
+                 {"train": Split(np.stack([face(i) for i in range(6)]), np.array([0, 1, 2, 0, 1, 2]), names)},
+                 source="weird.csv")
+    convert(ds, tmp_path / "out", "folders")
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) == 6 and all(p.resolve().is_relative_to((tmp_path / "out").resolve()) for p in written)
+    assert sorted({p.parent.name for p in written}) == ["_root", "_up", "ok"]
+    back = load_dataset(tmp_path / "out")
+    assert sorted(back.classes) == ["_root", "_up", "ok"] and len(back["train"]) == 6
+
+
+def test_convert_refuses_two_classes_sharing_a_folder(tmp_path):
+    ds = Dataset(["a/b", "a_b"], {"train": Split(np.stack([face(1), face(2)]), np.array([0, 1]), ["x", "y"])})
+    with pytest.raises(FerkitError, match="'a/b' and 'a_b' would share the folder 'a_b'"):
+        convert(ds, tmp_path / "out", "folders")
+
+
+@pytest.mark.parametrize("member", ["train/../x.png", "../x.png", "/x.png", "train/happy/../../../x.png",
+                                    "train/./happy/x.png", "C:x.png", "train\\..\\x.png"])
+def test_zip_with_traversal_names_is_refused(tmp_path, member):
+    import zipfile
+
+    z = tmp_path / "evil.zip"
+    png = cv2.imencode(".png", face(3))[1].tobytes()
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("train/happy/ok.png", png)
+        f.writestr("train/sad/ok.png", png)
+        f.writestr(zipfile.ZipInfo(member), png)  # ZipInfo keeps the name as given (writestr(name) would too)
+    with pytest.raises(FerkitError, match="unsafe path") as e:
+        load_dataset(z)
+    assert "evil.zip" in str(e.value) and "\n" not in str(e.value)
+    r = runner.invoke(app, ["data", "convert", str(z), str(tmp_path / "out"), "--to", "folders"])
+    assert r.exit_code == 2 and "unsafe path" in r.output and not (tmp_path / "out").exists()
+    assert not (tmp_path / "x.png").exists() and not Path("/x.png").exists()
+
+
 # ---------------------------------------------------------------- info
 
 

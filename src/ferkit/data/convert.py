@@ -48,6 +48,7 @@ def _inside(child: Path, parent: Path) -> bool:
 def write_folders(ds: Dataset, out: Path, progress: Progress | None = None) -> dict[str, int]:
     """train/val/test/<class>/<name>.png, lossless, so loading the folders gives back identical arrays."""
     total = sum(len(sp) for sp in ds.splits.values())
+    folders = _class_folders(ds)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     written: dict[str, int] = {}
@@ -57,11 +58,11 @@ def write_folders(ds: Dataset, out: Path, progress: Progress | None = None) -> d
             if split not in ds.splits:
                 continue
             sp = ds.splits[split]
-            for c in ds.classes:
-                (tmp / split / _safe(c)).mkdir(parents=True, exist_ok=True)
+            for c in folders:
+                _checked(tmp, split, c).mkdir(parents=True, exist_ok=True)
             used: set[str] = set()
             for i in range(len(sp)):
-                cls = _safe(ds.classes[int(sp.labels[i])])
+                cls = folders[int(sp.labels[i])]
                 stem = _safe(PurePosixPath(sp.names[i]).stem) or f"item{i}"
                 rel = f"{cls}/{stem}"
                 if rel in used:  # two sources with one stem (a.jpg and a.png) must not overwrite each other
@@ -73,7 +74,7 @@ def write_folders(ds: Dataset, out: Path, progress: Progress | None = None) -> d
                 ok, buf = cv2.imencode(".png", sp.images[i])
                 if not ok:
                     raise RuntimeError(f"PNG encoding failed for {sp.names[i]}")
-                (tmp / split / f"{rel}.png").write_bytes(buf.tobytes())
+                _checked(tmp, split, cls, f"{rel.split('/', 1)[1]}.png").write_bytes(buf.tobytes())
                 done += 1
                 if progress is not None and (done % 500 == 0 or done == total):
                     progress(done, total)
@@ -88,9 +89,33 @@ def write_folders(ds: Dataset, out: Path, progress: Progress | None = None) -> d
 
 
 def _safe(name: str) -> str:
-    """A file-name-safe version of a class or item name."""
+    """A file-name-safe version of a class or item name: letters, digits, '-', '_' and inner dots only, so never
+    '..', '.', a separator or an absolute path ('' when nothing is left)."""
     keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip(".")
     return keep
+
+
+def _class_folders(ds: Dataset) -> list[str]:
+    """One folder name per class; a class whose name leaves nothing usable, or two that would share a folder,
+    are refused (loading the folders back would merge them)."""
+    folders = [_safe(c) for c in ds.classes]
+    for c, f in zip(ds.classes, folders, strict=True):
+        if not f:
+            raise FerkitError(f"{ds.source}: class {c!r} has no usable folder name; rename it with --classes {c}=NAME")
+    if len(set(folders)) < len(folders):
+        a, b = next((a, b) for i, a in enumerate(ds.classes) for b in ds.classes[i + 1 :] if _safe(a) == _safe(b))
+        raise FerkitError(f"{ds.source}: classes {a!r} and {b!r} would share the folder {_safe(a)!r}; "
+                          f"rename one with --classes")
+    return folders
+
+
+def _checked(root: Path, *parts: str) -> Path:
+    """root/parts..., refused unless it lies inside root (names are sanitised already; this is the last guard)."""
+    path = root.joinpath(*parts)
+    if any(p in ("", ".", "..") or "/" in p or "\\" in p for p in parts) or not path.resolve().is_relative_to(
+            root.resolve()):
+        raise FerkitError(f"{'/'.join(parts)}: would be written outside {root}; refused")
+    return path
 
 
 def write_csv(ds: Dataset, out: Path, progress: Progress | None = None) -> dict[str, int]:

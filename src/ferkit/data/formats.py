@@ -56,6 +56,10 @@ class Tree:
                 raise FerkitError(f"{path}: not a folder or a readable .zip archive ({e})") from None
         if self.zip is not None:
             files = [n for n in self.zip.namelist() if not n.endswith("/") and "__MACOSX" not in n]
+            bad = next((n for n in files if _unsafe_member(n)), None)
+            if bad is not None:
+                raise FerkitError(f"{path}: member {bad!r} has an unsafe path (absolute, '..', '.', empty or '\\' "
+                                  "parts); refusing the archive")
         else:
             files = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
         files = [f for f in files if not PurePosixPath(f).name.startswith(".")]
@@ -84,6 +88,13 @@ class Tree:
             return self.read(rel)
         except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error):
             return None
+
+
+def _unsafe_member(name: str) -> bool:
+    """A zip member name that could point outside a folder it is unpacked or converted into."""
+    parts = name.split("/")
+    return (name.startswith("/") or "\\" in name or "\0" in name or re.match(r"[A-Za-z]:", name) is not None
+            or any(p in ("", ".", "..") for p in parts))
 
 
 def load_dataset(
