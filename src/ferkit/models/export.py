@@ -61,6 +61,46 @@ def load_weights(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, info
 
 
+class WeightedEnsemble(nn.Module):
+    """Members' probabilities averaged with weights, in the first member's class order, returned as
+    log-probabilities so the export's softmax gives back the average: one ONNX file that loads like any model."""
+
+    def __init__(self, members: list[nn.Module], orders: list[list[int]], weights: list[float]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.orders = [None if o == sorted(o) else o for o in orders]
+        total = float(sum(weights))
+        self.weights = [float(w) / total for w in weights]
+        self.arch = "ensemble(" + "+".join(getattr(m, "arch", "?") for m in members) + ")"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = 0
+        for m, order, w in zip(self.members, self.orders, self.weights, strict=True):
+            q = torch.softmax(m(x), 1)
+            p = p + w * (q if order is None else q[:, order])
+        return torch.log(p.clamp_min(1e-12))
+
+
+def load_ensemble(paths: list[str | Path], weights: list[float] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A WeightedEnsemble of ferkit safetensors files (same classes in any order, same input size and crop)."""
+    members, orders, infos = [], [], []
+    for p in paths:
+        model, info = load_weights(p)
+        first = infos[0] if infos else info
+        if sorted(info["classes"]) != sorted(first["classes"]) or (info["input_size"], info["crop"]) != (
+                first["input_size"], first["crop"]):
+            raise FerkitError(f"{p}: classes/input size/crop {info['classes']}/{info['input_size']}/{info['crop']} "
+                              f"differ from {paths[0]}'s; an ensemble needs the same ones")
+        members.append(model)
+        orders.append([info["classes"].index(c) for c in first["classes"]])
+        infos.append(info)
+    weights = weights or [1.0] * len(members)
+    if len(weights) != len(members) or min(weights) < 0 or sum(weights) <= 0:
+        raise FerkitError(f"ensemble weights {weights}: give one non-negative weight per member")
+    ens = WeightedEnsemble(members, orders, weights).eval()
+    return ens, {**infos[0], "arch": ens.arch, "members": [str(p) for p in paths], "weights": ens.weights}
+
+
 def classifier_name(model: nn.Module) -> str:
     """The module name of the output layer (the last Linear), the only part that depends on the class set."""
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]

@@ -25,6 +25,7 @@ from ferkit.models import create_model
 from ferkit.models.export import classifier_name, init_from
 from ferkit.training.augment import augment, mix
 from ferkit.training.config import TrainConfig, to_toml
+from ferkit.training.distill import Teacher, compute_teacher, distill_loss, teacher_specs
 from ferkit.utils import atomic_write
 from ferkit.views import tta_views
 
@@ -165,6 +166,7 @@ class Trainer:
         # The dataset lives on the training device once; batches are cut and augmented there.
         self.x_train = torch.from_numpy(self.ds["train"].images).to(self.device)
         self.y_train = _targets(self.ds, "train", cfg).to(self.device)
+        self.teacher = self._teacher() if cfg.teacher else None
         self.steps_per_epoch = math.ceil(len(self.x_train) / cfg.batch_size)
         self.opt = make_optimizer(cfg, self.model)
         self.sched = make_schedule(cfg, self.opt, self.steps_per_epoch)
@@ -183,6 +185,21 @@ class Trainer:
         else:
             (self.out / "log.jsonl").unlink(missing_ok=True)
         atomic_write(self.out / "config.toml", lambda p: Path(p).write_text(to_toml(cfg)))
+
+    def _teacher(self) -> Teacher:
+        cfg = self.cfg
+        if cfg.augment.mixup or cfg.augment.cutmix:
+            raise FerkitError("teacher: mixup and cutmix can't be used with distillation (the views are stored)")
+        if not 0 <= cfg.distill_alpha <= 1 or cfg.distill_temperature <= 0 or cfg.teacher_views < 1:
+            raise FerkitError("distill_alpha must lie in 0..1, distill_temperature be > 0 and teacher_views >= 1")
+        specs = teacher_specs(cfg.teacher)
+        if len(specs) == 1 and specs[0].endswith(".npz"):
+            path = Path(specs[0])
+        else:
+            path = compute_teacher(specs, self.ds["train"].images, self.ds["train"].labels, self.classes, cfg.augment,
+                                   self.crop, cfg.teacher_views, cfg.seed, self.device, self.out / "teacher.npz")
+        return Teacher(path, self.classes, len(self.x_train), self.crop, cfg.distill_temperature, self.device,
+                       cfg.augment.flip)
 
     # -- state -------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -204,10 +221,14 @@ class Trainer:
         if not path.exists():
             raise FerkitError(f"--resume: {path} not found; nothing to resume")
         # weights_only: the resumable state holds tensors and plain values only, nothing to unpickle.
-        st = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(st["model"])
-        self.opt.load_state_dict(st["opt"])
-        self.sched.load_state_dict(st["sched"])
+        try:
+            st = torch.load(path, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(st["model"])
+            self.opt.load_state_dict(st["opt"])
+            self.sched.load_state_dict(st["sched"])
+        except Exception as e:  # truncated, foreign or tampered: torch raises many types, none of them a user error
+            raise FerkitError(f"--resume: {path} is not a resumable state of this run ({str(e).splitlines()[0][:160]})"
+                              ) from None
         total = self.cfg.epochs * self.steps_per_epoch
         if self.cfg.schedule == "onecycle" and self.sched.total_steps != total:
             # The run was resumed with another length: continue the same one-cycle curve stretched to it.
@@ -271,15 +292,20 @@ class Trainer:
         bar = _Bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.progress)
         for step in range(self.steps_per_epoch):
             idx = order[step * self.cfg.batch_size : (step + 1) * self.cfg.batch_size]
-            x = self.x_train[idx].float().unsqueeze(1)
             y = self.y_train[idx]
-            x = augment(x, self.cfg.augment, self.gen, self.cfg.crop)
-            x, y = mix(x, y, self.cfg.augment, self.gen)
+            if self.teacher is not None:
+                x, soft = self.teacher.batch(idx, self.gen)
+            else:
+                x = augment(self.x_train[idx].float().unsqueeze(1), self.cfg.augment, self.gen, self.cfg.crop)
+                x, y = mix(x, y, self.cfg.augment, self.gen)
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 logits = self.model(x)
             loss = self._loss(logits, y)
+            if self.teacher is not None:
+                a = self.cfg.distill_alpha
+                loss = (1 - a) * loss + a * distill_loss(logits, soft, self.cfg.distill_temperature)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.grad_clip:

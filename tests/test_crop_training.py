@@ -1,0 +1,125 @@
+"""Crop training as a property of the model, augmentation on the training device, distillation, crash-safe runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from test_training import small_cfg  # noqa: E402
+
+from ferkit.errors import FerkitError  # noqa: E402
+from ferkit.training import Trainer, train  # noqa: E402
+from ferkit.training.augment import AugmentConfig, augment  # noqa: E402
+from ferkit.training.distill import distill_loss  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_augmentation_changes_the_batch_on_every_device(device: str) -> None:
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(16, 1, 48, 48, device=device) * 255
+    for crop in (0, 40):
+        y = augment(x, AugmentConfig(), gen, crop)
+        side = crop or 48
+        assert y.device.type == device and y.shape == (16, 1, side, side)
+        assert not torch.allclose(x[..., :side, :side], y)
+        # Two batches from the same state are the same: the generator's state is all a resume needs.
+        state = gen.get_state()
+        a = augment(x, AugmentConfig(), gen, crop)
+        gen.set_state(state)
+        torch.testing.assert_close(a, augment(x, AugmentConfig(), gen, crop))
+
+
+def test_random_crops_cover_every_window_position() -> None:
+    gen = torch.Generator().manual_seed(0)
+    # A ramp image: each crop's top-left pixel tells where the window was cut.
+    ramp = (torch.arange(48).view(1, 48) * 48 + torch.arange(48).view(48, 1)).float()
+    off = AugmentConfig(flip=False, scale=0, rotate=0, translate=0, brightness=0, contrast=0, erase=0)
+    seen = set()
+    for _ in range(20):
+        y = augment(ramp.expand(64, 1, 48, 48) / 9.1, off, gen, 40) * 9.1
+        seen |= {round(float(v)) for v in y[:, 0, 0, 0]}
+    assert len(seen) == 81  # 9 x 9 offsets of a 40-pixel window in 48
+
+
+def test_crop_run_exports_its_contract_and_every_consumer_follows_it(tiny_folders: Path, tmp_path: Path) -> None:
+    from ferkit.evaluation.predictors import load_ensemble
+    from ferkit.inference.model import OnnxClassifier
+    from ferkit.models.export import read_weights
+
+    out = tmp_path / "run"
+    summary = train(small_cfg(tiny_folders, out, "epochs=5", "crop=40"))
+    assert summary["val_acc"] > 0.55
+    _, info = read_weights(out / "best.safetensors")
+    assert (info["input_size"], info["crop"]) == (48, 40)
+    clf = OnnxClassifier(out / "model.onnx")
+    assert (clf.input_size, clf.crop) == (48, 40)
+    assert clf.session.get_inputs()[0].shape[2:] == [40, 40]
+    faces = np.stack([cv2.imread(str(p), 0) for p in sorted((tiny_folders / "test").rglob("*.png"))])
+    plain, ten = clf.predict_proba(faces), clf.predict_proba(faces, tta="ten_crop")
+    assert plain.shape == ten.shape == (len(faces), 3) and not np.allclose(plain, ten)
+    # Evaluation (ONNX and safetensors) sees exactly what inference sees.
+    for spec in (out / "model.onnx", out / "best.safetensors"):
+        for tta, ref in (("none", plain), ("ten_crop", ten)):
+            np.testing.assert_allclose(load_ensemble(str(spec)).proba(faces, tta), ref, atol=1e-4)
+    with pytest.raises(FerkitError, match="crop: 50"):
+        Trainer(small_cfg(tiny_folders, tmp_path / "big", "crop=50"), progress=False)
+
+
+def test_distillation_learns_from_stored_teacher_views(tiny_folders: Path, tmp_path: Path) -> None:
+    # The synthetic classes are blob positions: a mirror changes the class, so no flips here.
+    train(small_cfg(tiny_folders, tmp_path / "teacher", "epochs=6", "crop=40", "augment.flip=false"))
+    cfg = small_cfg(tiny_folders, tmp_path / "student", "epochs=4", "crop=40", f"teacher={tmp_path / 'teacher'}",
+                    "teacher_views=3", "distill_alpha=0.7", "augment.flip=false")
+    t = Trainer(cfg, progress=False)
+    z = np.load(tmp_path / "student" / "teacher.npz")
+    n = len(t.x_train)
+    assert z["views"].shape == (n, 3, 40, 40) and z["probs"].shape == (n, 3, 3)
+    np.testing.assert_allclose(z["probs"].astype(np.float32).sum(-1), 1, atol=1e-2)
+    assert len({z["views"][0, k].tobytes() for k in range(3)}) == 3  # three different views
+    summary = t.fit()
+    assert summary["val_acc"] > 0.55
+    # A resumed or repeated run reuses the stored views instead of running the teachers again.
+    stamp = (tmp_path / "student" / "teacher.npz").stat().st_mtime_ns
+    Trainer(cfg, resume=True, progress=False)
+    assert (tmp_path / "student" / "teacher.npz").stat().st_mtime_ns == stamp
+    # Another run can point at the teacher file itself.
+    other = small_cfg(tiny_folders, tmp_path / "s2", "epochs=1", "crop=40", f"teacher={tmp_path / 'student' / 'teacher.npz'}")
+    assert Trainer(other, progress=False).teacher.k == 3
+    with pytest.raises(FerkitError, match="mixup"):
+        Trainer(small_cfg(tiny_folders, tmp_path / "s3", f"teacher={tmp_path / 'teacher'}", "augment.mixup=0.2"))
+    with pytest.raises(FerkitError, match="made for"):
+        Trainer(small_cfg(tiny_folders, tmp_path / "s4", f"teacher={tmp_path / 'student' / 'teacher.npz'}"))
+
+
+def test_distill_loss_is_zero_only_when_the_student_matches() -> None:
+    logits = torch.randn(8, 5)
+    t = 2.0
+    same = torch.softmax(logits / t, 1)
+    assert float(distill_loss(logits, same, t)) == pytest.approx(0, abs=1e-5)
+    assert float(distill_loss(logits, torch.softmax(torch.randn(8, 5), 1), t)) > 0.01
+
+
+def test_resume_repairs_the_log_and_refuses_a_bad_state(tiny_folders: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    Trainer(small_cfg(tiny_folders, out, "epochs=2"), progress=False).fit()
+    log = out / "log.jsonl"
+    rows = log.read_text().splitlines()
+    # A kill after the epoch-3 row was written but before its checkpoint: the row goes, epoch 3 is trained again.
+    log.write_text("\n".join(rows + [json.dumps({**json.loads(rows[-1]), "epoch": 3})]) + "\n")
+    Trainer(small_cfg(tiny_folders, out, "epochs=3"), resume=True, progress=False)
+    assert [json.loads(r)["epoch"] for r in log.read_text().splitlines()] == [1, 2]
+    # A kill between the checkpoint and its row: the row comes back from the checkpoint.
+    log.write_text(rows[0] + "\n")
+    Trainer(small_cfg(tiny_folders, out, "epochs=3"), resume=True, progress=False)
+    assert [json.loads(r)["epoch"] for r in log.read_text().splitlines()] == [1, 2]
+    (out / "state.pt").write_bytes((out / "state.pt").read_bytes()[:1000])
+    with pytest.raises(FerkitError, match="not a resumable state"):
+        Trainer(small_cfg(tiny_folders, out, "epochs=3"), resume=True, progress=False)
