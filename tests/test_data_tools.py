@@ -332,3 +332,21 @@ def test_cli_help_has_examples():
     for cmd in ("info", "audit", "convert"):
         r = runner.invoke(app, ["data", cmd, "--help"])
         assert r.exit_code == 0 and "Example: ferkit data" in r.stdout
+
+
+@pytest.mark.parametrize("label", ["[/x]", "[red]angry[/red]", "[bold", ":smile:", "[link=file:///etc]x[/link]"])
+def test_cli_prints_user_text_as_plain_text(tmp_path, label):
+    # Rich markup in a label or a path is shown as written: before, '[/x]' raised a MarkupError traceback.
+    root = tmp_path / "data[x]"
+    root.mkdir()
+    csv_path = root / "labels.csv"
+    px = " ".join(["7"] * 16)
+    csv_path.write_text(f"emotion,pixels\n{label},{px}\n{label},{px}\nplain,{px}\nplain,{px}\n")
+    r = runner.invoke(app, ["data", "info", str(csv_path)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert label in r.stdout and "data[x]" in r.stdout + r.stderr
+    r = runner.invoke(app, ["data", "audit", str(csv_path)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    bad = root / "[bad]" / "x.csv"
+    r = runner.invoke(app, ["data", "info", str(bad)], env={"COLUMNS": "200"})
+    assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == f"error: {bad}: no such file or folder"

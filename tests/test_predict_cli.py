@@ -199,3 +199,19 @@ def test_bad_input_is_one_line_error(case: str, tmp_path: Path, astronaut: np.nd
 def test_predict_help_has_example() -> None:
     r = invoke(["predict", "--help"])
     assert r.exit_code == 0 and "Example: ferkit predict" in r.output
+
+
+def test_file_names_with_markup_are_printed_as_written(tmp_path: Path, astronaut: np.ndarray,
+                                                       model_args: list[str]) -> None:
+    # A rich MarkupError ('[/x]' closes nothing) used to kill the whole table; errors name such files plainly too.
+    d = tmp_path / "markup["
+    d.mkdir()
+    cv2.imwrite(str(d / "x].jpg"), astronaut)  # the path reads 'markup[/x].jpg'
+    (d / "[red]bad[").mkdir()
+    (d / "[red]bad[" / "x].png").write_bytes(b"not an image")  # ... '[red]bad[/x].png'
+    r = runner.invoke(app, ["predict", str(tmp_path), *model_args], env={"COLUMNS": "300"})
+    assert r.exit_code == 0, r.output
+    assert "markup[/x].jpg" in r.stdout and "[red]bad[/x].png: not a readable image" in r.stderr
+    r = runner.invoke(app, ["predict", str(d / "[red]bad[" / "x].png"), *model_args], env={"COLUMNS": "300"})
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and "[red]bad[/x].png" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
