@@ -106,3 +106,42 @@ def register(app: typer.Typer) -> None:
         model, info = load_weights(weights)
         export_onnx(model, out, info["classes"], info["input_size"], info["crop"], name=name, version=version)
         console.print(f"wrote {out}")
+
+    @app.command()
+    @handle_errors
+    def quantize(
+        model: str = typer.Argument(..., help="A ferkit .onnx model, or 'default' for the shipped one."),
+        out: Path = typer.Argument(..., help="The int8 ONNX file to write."),
+        data: Path = typer.Option(..., "--data", help="Dataset (any format `ferkit data info` reads) whose training split calibrates the activations; its val and test splits are never used."),
+        images: int = typer.Option(2000, "--images", min=1, help="Training images to calibrate on (drawn at random, fixed seed)."),
+        method: str = typer.Option("minmax", "--method", help="Activation ranges: minmax, percentile or entropy."),
+        reduce_range: bool = typer.Option(False, "--reduce-range", help="7-bit weights, for x86 CPUs without VNNI."),
+        seed: int = typer.Option(0, "--seed", help="Seed for drawing the calibration images."),
+        force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
+        json_out: bool = typer.Option(False, "--json", help="Print the written model's summary as JSON."),
+    ) -> None:
+        """Static int8 quantisation (ONNX Runtime, QDQ, per-channel weights) of a ferkit ONNX model.
+
+        Example: ferkit quantize default default-int8.onnx --data ../shared/datasets/fer2013.zip
+        """
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise FerkitError("quantize needs onnx: pip install 'ferkit[train]'") from None
+        from ferkit.inference.model import default_model_path
+        from ferkit.models.quantize import quantize_int8
+
+        src = default_model_path() if model == "default" else Path(model)
+        if not src.is_file():
+            raise FerkitError(f"{model}: no such model; give 'default' or a .onnx file")
+        if out.exists() and not force:
+            raise FerkitError(f"{out}: already exists; pass --force to overwrite it")
+        info = quantize_int8(src, out, data, images=images, seed=seed, method=method, reduce_range=reduce_range)
+        summary = {"model": str(src), "out": str(out), **info, "size_bytes": out.stat().st_size,
+                   "source_size_bytes": src.stat().st_size}
+        if json_out:
+            print_json(summary)
+        else:
+            console.print(f"wrote {out} ({summary['size_bytes'] / 1e6:.1f} MB, from "
+                          f"{summary['source_size_bytes'] / 1e6:.1f} MB); calibrated on "
+                          f"{info['calibration_images']} training images ({method})")

@@ -1,0 +1,172 @@
+"""Static int8 quantisation of a ferkit ONNX model with ONNX Runtime's tools: QDQ format, per-channel weights.
+
+Activations are calibrated on images of a dataset's *training* split only (never validation or test, which measure
+the result). The quantised file keeps every metadata entry of the source (classes, input_size, crop, name,
+version, temperature, ...) and adds ``precision = "int8"`` and ``quantization`` (how it was made), so it loads
+through ``ferkit.inference.model.OnnxClassifier`` like any ferkit model.
+
+Needs ``onnx`` and ``onnxruntime`` (``pip install 'ferkit[train]'``), not PyTorch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ferkit.data.preprocess import preprocess
+from ferkit.errors import FerkitError
+from ferkit.utils import atomic_write
+from ferkit.views import tta_views
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def calibration_images(data: str | Path, n: int = 1000, seed: int = 0, size: int = 48) -> np.ndarray:
+    """Up to `n` faces drawn at random (fixed seed) from the training split of any dataset ferkit reads."""
+    from ferkit.data import load_dataset
+
+    ds = load_dataset(data, size=size)
+    train = ds.splits.get("train")
+    if train is None or len(train) == 0:
+        raise FerkitError(f"{data}: no training images to calibrate on (int8 calibration never uses val or test)")
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(train), size=min(n, len(train)), replace=False))
+    return train.images[idx]
+
+
+def _read_meta(model: str | Path):
+    import onnx
+
+    path = Path(model)
+    if not path.is_file():
+        raise FerkitError(f"{path}: no such model file")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # onnx raises protobuf's untyped errors for a file that is not a model
+        raise FerkitError(f"{path}: not an ONNX model ({str(e).splitlines()[0][:200]})") from None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if "classes" not in meta:
+        raise FerkitError(f"{path}: ONNX model without ferkit metadata (classes, input_size)")
+    if meta.get("precision") == "int8":
+        raise FerkitError(f"{path}: already quantised to int8")
+    return proto, meta
+
+
+def _reader(views: np.ndarray, input_name: str, batch: int):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Batches(CalibrationDataReader):
+        """The calibration views in batches, as the model's only input."""
+
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self) -> dict | None:
+            if self.i >= len(views):
+                return None
+            x = views[self.i : self.i + batch]
+            self.i += batch
+            return {input_name: x}
+
+        def rewind(self) -> None:
+            self.i = 0
+
+    return Batches()
+
+
+def quantize_int8(
+    model: str | Path,
+    out: str | Path,
+    calibration: np.ndarray | str | Path,
+    *,
+    images: int = 2000,
+    seed: int = 0,
+    method: str = "minmax",
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    batch: int = 64,
+) -> dict:
+    """Write an int8 (QDQ) copy of the ferkit ONNX `model` to `out`; returns how it was made (also in its metadata).
+
+    calibration: a dataset path (`images` faces drawn with `seed` from its training split, see calibration_images),
+    or N x H x W uint8 training faces of any size. Either way the faces are preprocessed to the model's input_size,
+    then cut to its centre crop, exactly as the network sees them at test time. method: how activation ranges are
+    set from the calibration outputs (minmax, percentile at 99.999%, or entropy). reduce_range: 7-bit weights, for
+    x86 CPUs without VNNI where 8-bit products can saturate. The final softmax stays in float (it is cheap, and 8-bit
+    probabilities would be too coarse for the temperature and the confidence thresholds).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in CALIBRATION_METHODS:
+        raise FerkitError(f"calibration method {method!r}: unknown; choose one of {', '.join(CALIBRATION_METHODS)}")
+    proto, meta = _read_meta(model)
+    out = Path(out)
+    if out.resolve() == Path(model).resolve():
+        raise FerkitError(f"{out}: the output would overwrite the model being quantised")
+    size = int(meta.get("input_size", 48))
+    crop = int(meta.get("crop", size))
+    if isinstance(calibration, str | Path):
+        calibration = calibration_images(calibration, n=images, seed=seed, size=size)
+    faces = np.asarray(calibration)
+    if len(faces) == 0:
+        raise FerkitError("int8 calibration: no images")
+    if not (faces.ndim == 3 and faces.shape[1:] == (size, size) and faces.dtype == np.uint8):
+        faces = np.stack([preprocess(im, size) for im in faces])
+    views = tta_views(faces, "none", crop)[0][:, None].astype(np.float32)
+    # Whole batches only: ORT's histogram calibrators (percentile, entropy) cannot stack a shorter last batch.
+    batch = max(1, min(batch, len(views)))
+    views = views[: len(views) // batch * batch]
+    input_name = proto.graph.input[0].name
+    cal = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+           "entropy": CalibrationMethod.Entropy}[method]
+    info = {
+        "format": "QDQ", "activations": "uint8", "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
+        "reduce_range": reduce_range, "calibration": method, "calibration_images": len(views),
+        "tool": f"onnxruntime {_ort_version()}",
+    }
+
+    # The logits stay float too: the output layer is tiny, and 8-bit logits shift every probability.
+    extra: dict = {"OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"]}
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+
+    def write(tmp: str) -> None:
+        import onnx
+
+        with tempfile.TemporaryDirectory(prefix="ferkit-int8-") as work:
+            # ORT's graph clean-up first (constant folding, shape inference), as its quantisation guide advises.
+            pre = str(Path(work) / "pre.onnx")
+            try:
+                from onnxruntime.quantization.shape_inference import quant_pre_process
+
+                quant_pre_process(str(model), pre, skip_symbolic_shape=True)
+            except Exception:  # pre-processing is an optimisation; quantise the model as it is if it fails
+                pre = str(model)
+            softmax = [n.name for n in onnx.load(pre).graph.node if n.op_type == "Softmax"]
+            # ORT's calibrators print progress on stdout, which belongs to the caller (e.g. `--json` output).
+            with contextlib.redirect_stdout(sys.stderr):
+                quantize_static(
+                    pre, tmp, _reader(views, input_name, batch), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=softmax, calibrate_method=cal,
+                    extra_options=extra,
+                )
+        q = onnx.load(tmp)
+        del q.metadata_props[:]
+        for k, v in {**meta, "precision": "int8", "quantization": json.dumps(info)}.items():
+            q.metadata_props.add(key=k, value=v)
+        onnx.save(q, tmp)
+
+    atomic_write(out, write)
+    return info
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
