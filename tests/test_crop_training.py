@@ -123,3 +123,21 @@ def test_resume_repairs_the_log_and_refuses_a_bad_state(tiny_folders: Path, tmp_
     (out / "state.pt").write_bytes((out / "state.pt").read_bytes()[:1000])
     with pytest.raises(FerkitError, match="not a resumable state"):
         Trainer(small_cfg(tiny_folders, out, "epochs=3"), resume=True, progress=False)
+
+
+def test_member_script_trains_scores_and_keeps_finished_members(tiny_folders: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_members.py"
+    cmd = [sys.executable, str(script), "--device", "cpu", "--epochs", "1", "--members", "vgg_s:1", "--data",
+           str(tiny_folders), "--out", str(tmp_path / "m"), "-s", "batch_size=16", "-s", "threads=1"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "m" / "vgg_s_s1"
+    z = np.load(run / "val_probs.npz")
+    assert z["probs"].shape == (len(z["labels"]), 3) and (run / "best.safetensors").is_file()
+    assert json.loads((run / "member.json").read_text())["epochs_run"] == 1
+    stamp = (run / "best.safetensors").stat().st_mtime_ns
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert (run / "best.safetensors").stat().st_mtime_ns == stamp
