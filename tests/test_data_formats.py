@@ -381,3 +381,81 @@ def test_csv_blank_lines_keep_row_numbers(tmp_path):
     p.write_text("emotion,pixels,Usage\n\n0,1 2 3 4,Training\n\n1,5 6 7 8,Holdout\n")
     with pytest.raises(FerkitError, match="row 5: unknown Usage"):
         load_dataset(p, size=2)
+
+
+# ---------------------------------------------------------------- hostile files (more kinds in test_hostile.py)
+@pytest.mark.parametrize(("body", "expect"), [
+    ("emotion,pixels\n0,1 2 3 4\n\u00b2,1 2 3 4\n", "row 3: emotion '\u00b2' is not an integer"),
+    ("emotion,pixels\n0,1 2 3 4\n99999999999,1 2 3 4\n", "row 3: emotion 99999999999: integer labels must be"),
+    ("emotion,pixels\n0,1 2 3 4\n,1 2 3 4\n", "row 3: empty 'emotion'"),
+    ("emotion,pixels\n0,1 2 3 4\n1," + "1 " * 100_000 + "\n", "row 3: field larger than field limit"),
+])
+def test_csv_rows_that_used_to_crash(tmp_path, body, expect):
+    p = tmp_path / "bad.csv"
+    p.write_text(body, encoding="utf-8")
+    with pytest.raises(FerkitError) as e:
+        load_dataset(p, size=2)
+    assert "bad.csv" in one_line(e) and expect in one_line(e)
+
+
+def test_csv_encoding_and_damaged_gzip(tmp_path):
+    p = tmp_path / "latin1.csv"
+    p.write_bytes("emotion,pixels\nhappy,1 2 3 4\ncaf\u00e9,1 2 3 4\n".encode("latin-1"))
+    with pytest.raises(FerkitError, match=r"latin1.csv: not UTF-8 text .*byte 0xe9"):
+        load_dataset(p, size=2)
+    text = ("emotion,pixels,Usage\n" + "0,1 2 3 4,Training\n" * 20000).encode()
+    gz = tmp_path / "cut.csv.gz"
+    gz.write_bytes(gzip.compress(text)[:-200])
+    with pytest.raises(FerkitError, match=r"cut.csv.gz: truncated or damaged gzip"):
+        load_dataset(gz, size=2)
+
+
+def test_gzip_and_zip_bombs_are_refused_while_inflating(tmp_path):
+    # 64 MiB of one repeated row deflate about 1000 times: refused once the inflated text passes the ratio.
+    row = b"0," + b"1 " * 3 + b"1,Training\n"
+    text = b"emotion,pixels,Usage\n" + row * (64 * 2**20 // len(row))
+    gz = tmp_path / "bomb.csv.gz"
+    gz.write_bytes(gzip.compress(text, 6))
+    with pytest.raises(FerkitError, match=r"bomb.csv.gz: inflates more than 50 times"):
+        load_dataset(gz)
+    z = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as f:
+        f.writestr("fer2013.csv", text)
+    with pytest.raises(FerkitError, match=r"bomb.zip:fer2013.csv: inflates \d[\d,]* times"):
+        load_dataset(z)
+    # An image member that inflates like a bomb is skipped and listed; the others load.
+    make_kaggle(tmp_path / "fer", per_class=1)
+    zdir = zip_dir(tmp_path / "fer", tmp_path / "imgs.zip")
+    with zipfile.ZipFile(zdir, "a", zipfile.ZIP_DEFLATED) as f:
+        f.writestr("train/happy/Training_bomb.png", b"\0" * (32 * 2**20))
+    ds = load_dataset(zdir)
+    why = {s.name: s.reason for s in ds.skipped}
+    assert "inflates" in why["train/happy/Training_bomb.png"] and len(ds["train"]) == 7
+
+
+@pytest.mark.parametrize("vote", ["nan", "inf", "-inf", "-1", "1e300"])
+def test_ferplus_votes_must_be_counts(tmp_path, vote):
+    # Before: nan votes became an all-nan soft label and trained silently.
+    make_ferplus(tmp_path / "fp")
+    label = tmp_path / "fp" / "FER2013Train" / "label.csv"
+    rows = label.read_text().splitlines()
+    rows[1] = rows[1].replace('",1,6,', f'",1,{vote},')
+    label.write_text("\n".join(rows) + "\n")
+    with pytest.raises(FerkitError, match=r"FER2013Train/label.csv: row 2: votes must be counts"):
+        load_dataset(tmp_path / "fp")
+
+
+@pytest.mark.parametrize("text", ['{"source": 5, "keep": {}}', '{"source": "x", "keep": []}', "[1, 2]",
+                                  '{"source": "x", "keep": {"train": [1]}}', "[" * 100_000, "\xff\xfe"])
+def test_malformed_manifest(tmp_path, text):
+    p = tmp_path / "m.json"
+    p.write_bytes(text.encode("utf-8", errors="surrogateescape") if text != "\xff\xfe" else b"\xff\xfe{")
+    with pytest.raises(FerkitError, match="m.json: not a ferkit manifest"):
+        load_dataset(p)
+
+
+def test_manifest_of_a_manifest_is_refused(tmp_path):
+    p = tmp_path / "m.json"
+    p.write_text('{"source": "m.json", "keep": {}}')
+    with pytest.raises(FerkitError, match="source must be a dataset"):
+        load_dataset(p)

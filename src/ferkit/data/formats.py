@@ -10,10 +10,10 @@ import csv
 import gzip
 import io
 import json
+import os
 import re
 import zipfile
 import zlib
-from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -76,18 +76,92 @@ class Tree:
             files = [f.split("/", 1)[1] for f in files]
         self.files = sorted(files)
 
-    def read(self, rel: str) -> bytes:
+    def open(self, rel: str, limit: int) -> io.BufferedIOBase:
+        """A file or member as a binary stream; refused before reading when it is over `limit` bytes, or (a zip
+        member) inflates more than MAX_RATIO times. zipfile never gives more than a member's declared size."""
         full = self.prefix + rel
+        where = self._where(rel)
         if self.zip is not None:
-            return self.zip.read(full)
-        return (self.path / full).read_bytes()
+            info = self.zip.getinfo(full)
+            _check_inflation(where, info.file_size, info.compress_size, limit)
+            return self.zip.open(info)
+        f = open(self.path / full, "rb")  # noqa: SIM115 - the caller closes it
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            f.close()
+            raise FerkitError(f"{where}: {size:,} bytes, over the limit of {limit:,}")
+        return f
+
+    def read(self, rel: str, limit: int = images.MAX_BYTES) -> bytes:
+        with self.open(rel, limit) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:  # a file that grew since it was measured
+            raise FerkitError(f"{self._where(rel)}: over the limit of {limit:,} bytes")
+        return data
+
+    def _where(self, rel: str) -> str:
+        full = self.prefix + rel
+        return f"{self.path}:{full}" if self.zip is not None else str(self.path / full)
 
     def try_read(self, rel: str) -> bytes | None:
-        """The file's bytes, or None when it cannot be read (a damaged archive member, a vanished file)."""
+        """The file's bytes, or None when it cannot be read (a damaged archive member, a vanished file, a bomb)."""
+        return self.read_or_why(rel)[0]
+
+    def read_or_why(self, rel: str) -> tuple[bytes | None, str]:
+        """(bytes, "") or (None, why it cannot be read)."""
         try:
-            return self.read(rel)
-        except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error):
-            return None
+            return self.read(rel), ""
+        except FerkitError as e:
+            return None, str(e).removeprefix(f"{self._where(rel)}: ")
+        except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError):
+            # RuntimeError: an encrypted member; NotImplementedError: a compression zipfile does not know.
+            return None, "cannot read the file (damaged archive member or unreadable file)"
+
+
+# Text files (a CSV, a label.csv) uncompressed: fer2013.csv is 287 MB. Archives that inflate past the ratio are bombs:
+# a CSV deflates about 3x, a PNG or JPEG not at all.
+MAX_TEXT_BYTES = 512 * 1024 * 1024
+MAX_ROWS = 1_000_000
+MAX_RATIO = 50
+MAX_INT_LABEL = 1000  # integer labels index a class list of that length
+RATIO_FLOOR = 8 * 1024 * 1024  # small files may compress as well as they like
+
+
+def _check_inflation(where: str, size: int, packed: int, limit: int) -> None:
+    if size > limit:
+        raise FerkitError(f"{where}: inflates to {size:,} bytes, over the limit of {limit:,}")
+    if size > RATIO_FLOOR and size > MAX_RATIO * max(packed, 1):
+        raise FerkitError(f"{where}: inflates {size / max(packed, 1):,.0f} times ({packed:,} to {size:,} bytes), "
+                          f"over the limit of {MAX_RATIO} (a decompression bomb?)")
+
+
+class _Capped(io.RawIOBase):
+    """A decompressing stream that fails (FerkitError) once it has given more than `limit` bytes, or more than
+    MAX_RATIO times the `packed` size it came from: gzip has no trustworthy uncompressed size to check first."""
+
+    def __init__(self, raw: io.BufferedIOBase, where: str, packed: int, limit: int = MAX_TEXT_BYTES,
+                 under: io.IOBase | None = None):
+        self.raw, self.where, self.packed, self.limit, self.count = raw, where, packed, limit, 0
+        self.under = under  # what `raw` reads from, when closing raw does not close it (gzip over a file)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        n = self.raw.readinto(b)
+        self.count += n or 0
+        if self.count > self.limit:
+            raise FerkitError(f"{self.where}: inflates to more than {self.limit:,} bytes; refused")
+        if self.count > RATIO_FLOOR and self.count > MAX_RATIO * max(self.packed, 1):
+            raise FerkitError(f"{self.where}: inflates more than {MAX_RATIO} times ({self.packed:,} bytes to over "
+                              f"{self.count:,}); refused (a decompression bomb?)")
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        if self.under is not None:
+            self.under.close()
+        super().close()
 
 
 def _unsafe_member(name: str) -> bool:
@@ -156,52 +230,87 @@ def detect_format(path: Path) -> str:
     )
 
 
-def _csv_text(path: Path) -> tuple[str, Iterable[str]]:
-    """The CSV's name and lines, from a .csv, a .csv.gz, or the first CSV inside a .zip."""
+def _csv_text(path: Path) -> tuple[str, io.TextIOBase]:
+    """The CSV's name and text stream, from a .csv, a .csv.gz, or the first CSV inside a .zip or a folder.
+    Compressed text is inflated while it is read, under a cap on its size and on the inflation ratio."""
     if path.is_dir() or zipfile.is_zipfile(path):
         tree = Tree(path)
         inner = next((f for f in tree.files if f.lower().endswith((".csv", ".csv.gz"))), None)
         if inner is None:
             raise FerkitError(f"{path}: no .csv file inside")
+        name = f"{path}:{inner}"
         try:
-            data = tree.read(inner)
-            if inner.lower().endswith(".gz"):
-                data = gzip.decompress(data)
-            text = data.decode("utf-8-sig")
-        except (OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile, zlib.error) as e:
-            raise FerkitError(f"{path}:{inner}: cannot read as CSV ({e})") from None
-        return f"{path}:{inner}", io.StringIO(text, newline="")
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+            raw = tree.open(inner, MAX_TEXT_BYTES)
+        except (OSError, KeyError, zipfile.BadZipFile, RuntimeError, NotImplementedError) as e:
+            raise FerkitError(f"{name}: cannot read ({e})") from None
+        packed = tree.zip.getinfo(tree.prefix + inner).compress_size if tree.zip is not None else _size(raw)
+    else:
+        name = str(path)
+        try:
+            raw = open(path, "rb")  # noqa: SIM115 - returned inside the text stream, closed by the caller
+        except OSError as e:
+            raise FerkitError(f"{name}: cannot read ({e.strerror})") from None
+        packed = _size(raw)
+    under = None
+    if name.lower().endswith(".gz"):
+        raw, under = gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    stream = _Capped(raw, name, packed, under=under)
+    return name, io.TextIOWrapper(io.BufferedReader(stream), encoding="utf-8-sig", newline="")
+
+
+def _size(f: io.BufferedIOBase) -> int:
     try:
-        f = opener(path, "rt", encoding="utf-8-sig", newline="")
-        f.read(1)
-        f.seek(0)
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise FerkitError(f"{path}: cannot read as CSV ({e})") from None
-    return str(path), f
+        return os.fstat(f.fileno()).st_size
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return 0
+
+
+def _read_rows(name: str, lines: io.TextIOBase) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (row number, fields) of every non-empty row; any damage is one line naming the file and row."""
+    reader = csv.reader(lines)
+    rows: list[tuple[int, list[str]]] = []
+    rowno = 1
+    try:
+        with lines:
+            header = next(reader, [])
+            for rowno, row in enumerate(reader, start=2):
+                if row:
+                    rows.append((rowno, row))
+                    if len(rows) > MAX_ROWS:
+                        raise FerkitError(f"{name}: more than {MAX_ROWS:,} rows; refused")
+    except csv.Error as e:
+        raise FerkitError(f"{name}: row {rowno + 1}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise FerkitError(f"{name}: not UTF-8 text after row {rowno} (byte {e.object[e.start]:#04x})") from None
+    except (EOFError, OSError, zlib.error) as e:
+        what = "truncated or damaged" + (" gzip" if name.lower().endswith(".gz") else "")
+        raise FerkitError(f"{name}: {what} ({type(e).__name__}: {str(e)[:120]})") from None
+    return header, rows
 
 
 def _load_csv(path: Path, size: int, val_fraction: float, test_fraction: float, seed: int) -> Dataset:
     name, lines = _csv_text(path)
-    reader = csv.reader(lines)
-    header = [h.strip().lower() for h in next(reader, [])]
+    header_row, rows = _read_rows(name, lines)
+    header = [h.strip().lower() for h in header_row]
     if "pixels" not in header or "emotion" not in header:
-        raise FerkitError(f"{name}: header must have columns 'emotion' and 'pixels' (got {','.join(header)})")
+        raise FerkitError(f"{name}: header must have columns 'emotion' and 'pixels' (got {','.join(header)[:200]})")
     ie, ip = header.index("emotion"), header.index("pixels")
     iu = header.index("usage") if "usage" in header else None
     raw_labels: list[str] = []
     usages: list[str] = []
     pixels: list[str] = []
     rownos: list[int] = []
-    for rowno, row in enumerate(reader, start=2):
-        if not row:
-            continue
+    for rowno, row in rows:
         if len(row) < len(header):
             raise FerkitError(f"{name}: row {rowno}: expected {len(header)} columns, got {len(row)}")
+        label = row[ie].strip()
+        if not label:
+            raise FerkitError(f"{name}: row {rowno}: empty 'emotion'")
         pixels.append(row[ip])
-        raw_labels.append(row[ie].strip())
+        raw_labels.append(label)
         usages.append(row[iu].strip() if iu is not None else "")
         rownos.append(rowno)
+    del rows
     if not pixels:
         raise FerkitError(f"{name}: no data rows")
     grid = _parse_pixels_fast(pixels)
@@ -211,8 +320,17 @@ def _load_csv(path: Path, size: int, val_fraction: float, test_fraction: float, 
         arr = grid
     else:
         arr = np.stack([preprocess(g, size) for g in grid])
-    if all(lbl.isdigit() for lbl in raw_labels):
+    digits = [lbl.isascii() and lbl.isdigit() for lbl in raw_labels]  # '²'.isdigit() is true too
+    if any(digits) and not all(digits):
+        bad = digits.index(False)
+        raise FerkitError(f"{name}: row {rownos[bad]}: emotion {raw_labels[bad][:80]!r} is not an integer like "
+                          f"row {rownos[digits.index(True)]}'s; use integers or class names, not both")
+    if all(digits):
         ints = np.array([int(x) for x in raw_labels])
+        if ints.max() >= MAX_INT_LABEL:
+            bad = int(np.argmax(ints))
+            raise FerkitError(f"{name}: row {rownos[bad]}: emotion {raw_labels[bad]}: integer labels must be "
+                              f"0..{MAX_INT_LABEL - 1} (use class names)")
         classes = FER2013_CLASSES if ints.max() < len(FER2013_CLASSES) else [str(i) for i in range(ints.max() + 1)]
         labels = ints
     else:
@@ -224,7 +342,7 @@ def _load_csv(path: Path, size: int, val_fraction: float, test_fraction: float, 
         split_of = [SPLIT_ALIASES.get(u.lower()) for u in usages]
         bad = next((i for i, s in enumerate(split_of) if s is None), None)
         if bad is not None:
-            raise FerkitError(f"{name}: row {rownos[bad]}: unknown Usage {usages[bad]!r}")
+            raise FerkitError(f"{name}: row {rownos[bad]}: unknown Usage {usages[bad][:80]!r}")
         splits = {
             s: Split(arr[m], labels[m], [names[i] for i in np.flatnonzero(m)])
             for s in SPLITS
@@ -305,9 +423,9 @@ def _decode_all(
 
 def _decode_item(tree: Tree, rel: str) -> tuple[np.ndarray | None, str]:
     """One dataset image as gray, or None and why (the caller skips it and lists it in the load report)."""
-    data = tree.try_read(rel)
+    data, why = tree.read_or_why(rel)
     if data is None:
-        return None, "cannot read the file (damaged archive member or unreadable file)"
+        return None, why
     try:
         return images.decode_image(data, rel, gray=True), ""
     except FerkitError as e:
@@ -356,7 +474,40 @@ _BAD_VOTES = "expected a file name, a face box and 10 vote counts"
 
 
 def ferplus_votes(row: list[str]) -> np.ndarray:
-    return np.array([float(x) for x in row[2:12]], dtype=np.float32)
+    return np.array([float(x) for x in row[2:12]], dtype=np.float64)  # float32 after the range check
+
+
+def _vote_rows(tree: Tree, label_file: str, path: Path) -> list[tuple[int, list[str], np.ndarray]]:
+    """(row number, fields, 10 votes) of every row of a FER+ label.csv; a malformed row is one error naming it."""
+    where = f"{path}:{label_file}"
+    try:
+        data = tree.read(label_file, MAX_TEXT_BYTES)
+    except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error, RuntimeError, NotImplementedError) as e:
+        raise FerkitError(f"{where}: cannot read ({type(e).__name__}: {str(e)[:120]})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise FerkitError(f"{where}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    out = []
+    rowno = 0
+    try:
+        for rowno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+            if not row:
+                continue
+            if len(out) >= MAX_ROWS:
+                raise FerkitError(f"{where}: more than {MAX_ROWS:,} rows; refused")
+            try:
+                v = ferplus_votes(row)
+                if len(v) != 10:
+                    raise ValueError
+            except (ValueError, IndexError):
+                raise FerkitError(f"{where}: row {rowno}: {_BAD_VOTES}") from None
+            if not np.isfinite(v).all() or (v < 0).any() or (v > 1e6).any():  # nan votes made an all-nan soft label
+                raise FerkitError(f"{where}: row {rowno}: votes must be counts 0..1e6 (got {', '.join(row[2:12])[:120]})")
+            out.append((rowno, row, v.astype(np.float32)))
+    except csv.Error as e:
+        raise FerkitError(f"{where}: row {rowno + 1}: {e}") from None
+    return out
 
 
 def ferplus_majority(votes: np.ndarray) -> int:
@@ -387,15 +538,7 @@ def ferplus_vote_table(path: str | Path) -> dict[str, tuple[list[str], np.ndarra
         if label_file not in files:
             continue
         names, votes = [], []
-        for rowno, row in enumerate(csv.reader(io.StringIO(tree.read(label_file).decode("utf-8-sig"))), start=1):
-            if not row:
-                continue
-            try:
-                v = ferplus_votes(row)
-                if len(v) != 10:
-                    raise ValueError
-            except (ValueError, IndexError):
-                raise FerkitError(f"{path}:{label_file}: row {rowno}: {_BAD_VOTES}") from None
+        for _rowno, row, v in _vote_rows(tree, label_file, path):
             names.append(f"{folder}/{row[0]}")
             votes.append(v)
         out[split] = (names, np.array(votes, dtype=np.float32).reshape(-1, 10))
@@ -413,17 +556,8 @@ def _load_ferplus(path: Path, size: int, val_fraction: float, test_fraction: flo
         label_file = f"{folder}/label.csv"
         if label_file not in files:
             continue
-        rows = list(csv.reader(io.StringIO(tree.read(label_file).decode("utf-8-sig"))))
         imgs, labels, soft, names = [], [], [], []
-        for rowno, row in enumerate(rows, start=1):
-            if not row:
-                continue
-            try:
-                votes = ferplus_votes(row)
-                if len(votes) != 10:
-                    raise ValueError
-            except (ValueError, IndexError):
-                raise FerkitError(f"{path}:{label_file}: row {rowno}: {_BAD_VOTES}") from None
+        for _rowno, row, votes in _vote_rows(tree, label_file, path):
             label = ferplus_majority(votes)
             rel = f"{folder}/{row[0]}"
             if label < 0:
@@ -498,13 +632,21 @@ def select_classes(ds: Dataset, spec: str | list[str]) -> Dataset:
 def _load_manifest(path: Path, size: int) -> Dataset:
     """A cleaned manifest written by `ferkit data audit --write-clean`: the source, and the items kept."""
     try:
-        m = json.loads(path.read_text())
+        if path.stat().st_size > MAX_TEXT_BYTES:
+            raise ValueError(f"over {MAX_TEXT_BYTES:,} bytes")
+        m = json.loads(path.read_text(encoding="utf-8"))
         source, fmt, keep = m["source"], m.get("format"), m["keep"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise FerkitError(f"{path}: not a ferkit manifest ({e})") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise FerkitError(f"{path}: not a ferkit manifest ({type(e).__name__}: {str(e)[:120]})") from None
+    if not (isinstance(source, str) and source and (fmt is None or isinstance(fmt, str)) and isinstance(keep, dict)
+            and all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in keep.values())):
+        raise FerkitError(f"{path}: not a ferkit manifest ('source' must be a path, 'format' a name, "
+                          "'keep' split -> list of item names)")
     base = Path(source)
     if not base.is_absolute():
         base = (path.parent / base).resolve()
+    if base.suffix == ".json" or fmt == "manifest":
+        raise FerkitError(f"{path}: a manifest's source must be a dataset, not a manifest ({source})")
     ds = load_dataset(base, format=fmt, size=size)
     splits = {}
     for name, sp in ds.splits.items():
