@@ -1,10 +1,11 @@
 """Training speed of every registered model on this machine: images/s for fp32 and bf16 autocast, and the time
 of one FER2013 epoch (28,709 images), measured side by side in one run.
 
-    python benchmarks/train_speed.py [--threads 2] [--batch 128] [--steps 4] [--models vgg_s,resnet_s]
+    python benchmarks/train_speed.py [--threads 2] [--batch 128] [--steps 4] [--models vgg_s,resnet_s] [--crops 48,40,32]
 
-The figures use random 48x48 inputs and the full training step (augmentation, forward, backward, SGD step); the
-first step of each configuration is a warm-up and is not counted.
+The figures use random 48x48 faces and the full training step (augmentation and the random crop the network sees,
+forward, backward, SGD step), per crop size (48: the whole face); the first step of each configuration is a warm-up
+and is not counted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ferkit.training.augment import AugmentConfig, augment
 FER2013_TRAIN = 28_709
 
 
-def bench(name: str, bf16: bool, batch: int, steps: int) -> float:
+def bench(name: str, bf16: bool, batch: int, steps: int, crop: int) -> float:
     torch.manual_seed(0)
     model = create_model(name, 7).to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
@@ -32,7 +33,7 @@ def bench(name: str, bf16: bool, batch: int, steps: int) -> float:
     times = []
     for _ in range(steps + 1):
         t0 = time.perf_counter()
-        x = augment(x8.float(), AugmentConfig(), gen).contiguous(memory_format=torch.channels_last)
+        x = augment(x8.float(), AugmentConfig(), gen, crop).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad()
@@ -48,19 +49,26 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--models", default=",".join(list_models()))
+    ap.add_argument("--crops", default="48,40", help="Crop sizes of the 48x48 face the network sees.")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
           f"batch {args.batch}, native bf16: {native}")
-    print(f"{'model':<10} {'params':>9} {'fp32 img/s':>11} {'bf16 img/s':>11} {'fp32 epoch':>11} {'bf16 epoch':>11}")
+    print(f"{'model':<10} {'crop':>4} {'params':>9} {'fp32 img/s':>11} {'bf16 img/s':>11} {'fp32 epoch':>11} "
+          f"{'bf16 epoch':>11}")
     for name in args.models.split(","):
-        params = sum(p.numel() for p in create_model(name, 7).parameters() if not isinstance(p, torch.nn.UninitializedParameter))
-        fp32 = bench(name, False, args.batch, args.steps)
-        # Emulated bf16 is ten times slower on CPUs without native bf16: one timed step is enough to show it.
-        bf16 = bench(name, True, args.batch, 1 if not native else args.steps)
-        print(f"{name:<10} {params:>9,} {fp32:>11.0f} {bf16:>11.0f} {FER2013_TRAIN / fp32:>10.0f}s {FER2013_TRAIN / bf16:>10.0f}s",
-              flush=True)
+        params = sum(p.numel() for p in create_model(name, 7).parameters())
+        for crop in (int(c) for c in args.crops.split(",")):
+            try:
+                fp32 = bench(name, False, args.batch, args.steps, crop)
+            except RuntimeError:  # the seeds' baseline has dense layers sized for 48x48
+                print(f"{name:<10} {crop:>4} {params:>9,} {'n/a: fixed input size':>23}")
+                continue
+            # Emulated bf16 is ten times slower on CPUs without native bf16: one timed step is enough to show it.
+            bf16 = bench(name, True, args.batch, 1 if not native else args.steps, crop)
+            print(f"{name:<10} {crop:>4} {params:>9,} {fp32:>11.0f} {bf16:>11.0f} {FER2013_TRAIN / fp32:>10.0f}s "
+                  f"{FER2013_TRAIN / bf16:>10.0f}s", flush=True)
 
 
 if __name__ == "__main__":
