@@ -141,3 +141,36 @@ def test_member_script_trains_scores_and_keeps_finished_members(tiny_folders: Pa
     stamp = (run / "best.safetensors").stat().st_mtime_ns
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert (run / "best.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow  # trains two runs and writes five evaluation reports: a few minutes
+def test_ship_script_makes_one_onnx_ensemble_with_its_card(tiny_folders: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from ferkit.inference.model import OnnxClassifier
+    from ferkit.views import tta_views
+
+    runs = []
+    for seed in (1, 2):
+        runs.append(tmp_path / f"r{seed}")
+        train(small_cfg(tiny_folders, runs[-1], "epochs=2", "crop=40", f"seed={seed}"))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ship_model.py"
+    assets, docs = tmp_path / "assets", tmp_path / "docs"
+    docs.mkdir()
+    cmd = [sys.executable, str(script), "accurate", *map(str, runs), "--version", "0.1", "--data", str(tiny_folders),
+           "--assets", str(assets), "--docs", str(docs), "--reports", str(tmp_path / "reports")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = json.loads((assets / "ferkit_accurate.json").read_text())
+    w = [m["weight"] for m in card["members"]]
+    assert len(w) == 2 and abs(sum(w) - 1) < 1e-3 and min(w) >= 0
+    assert card["tta"] in ("none", "flip", "ten_crop") and card["crop"] == 40
+    assert "ensemble of 2 networks" in (docs / "model_card_accurate.md").read_text()
+    # The one ONNX file is the weighted average of its members' probabilities.
+    ens = OnnxClassifier(assets / "ferkit_accurate.onnx")
+    assert (ens.crop, ens.name) == (40, "ferkit-accurate") and ens.metadata["tta"] == card["tta"]
+    faces = np.random.default_rng(0).integers(0, 255, (5, 48, 48), dtype=np.uint8)
+    view = tta_views(faces, "none", 40)[0]
+    members = [OnnxClassifier(r / "model.onnx").run(view) for r in runs]
+    np.testing.assert_allclose(ens.run(view), w[0] * members[0] + w[1] * members[1], atol=2e-3)

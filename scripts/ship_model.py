@@ -1,0 +1,251 @@
+"""Make finished training runs a built-in model (`default`, `accurate`, ...) and write its model card from measured
+figures.
+
+    python scripts/ship_model.py default runs/m_vgg_s_s1 --version 2.0.0
+    python scripts/ship_model.py accurate runs/m_vgg_s_s1 runs/m_vgg_m_s2 ... --version 1.0.0
+    python scripts/ship_model.py default --card-only            # re-render the card from the stored figures
+
+Steps, in the order the protocol allows, all choices on PublicTest (val): with several runs, the ensemble's weights
+(minimum log-loss of the members' ten-crop probabilities); export to src/ferkit/assets/ferkit_<name>.onnx (one file,
+the ensemble inside), with a single network's weights beside it for fine-tuning; the temperature; the test-time
+augmentation. Then PrivateTest (test) is touched once, with and without that augmentation. The figures go into the
+ONNX metadata (served by `GET /v1/models`), src/ferkit/assets/ferkit_<name>.json and docs/model_card[_<name>].md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def card_path(docs: Path, name: str) -> Path:
+    return docs / ("model_card.md" if name == "default" else f"model_card_{name}.md")
+
+
+def machine() -> str:
+    import os
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or platform.machine())
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()}-core {cpu}, {mem:.0f} GiB, no GPU"
+
+
+def member_val_probs(run: Path, data: str) -> tuple[np.ndarray, np.ndarray]:
+    """A run's PublicTest probabilities with ten-crop TTA (scripts/train_members.py stores them; else computed)."""
+    f = run / "val_probs.npz"
+    if not f.is_file():
+        from ferkit.data import load_dataset
+        from ferkit.evaluation.predictors import load_ensemble
+
+        ens = load_ensemble(str(run / "best.safetensors"))
+        val = load_dataset(data)["val"]
+        np.savez(f, probs=ens.predict(val.images, tta="ten_crop")[1], labels=val.labels,
+                 classes=np.array(ens.classes))
+    z = np.load(f)
+    return z["probs"].astype(np.float64), z["labels"]
+
+
+def choose_weights(probs: list[np.ndarray], labels: np.ndarray) -> list[float]:
+    """Non-negative weights summing to 1 that minimise the ensemble's log-loss on PublicTest."""
+    from scipy.optimize import minimize
+
+    def nll(z: np.ndarray) -> float:
+        w = np.exp(z) / np.exp(z).sum()
+        p = sum(wi * pi for wi, pi in zip(w, probs, strict=True))
+        return float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, 1)).mean())
+
+    z = minimize(nll, np.zeros(len(probs)), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7}).x
+    return [round(float(w), 4) for w in np.exp(z) / np.exp(z).sum()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("name", help="Built-in name: default, accurate, fast, ...")
+    ap.add_argument("runs", type=Path, nargs="*", help="One run folder, or several for an ensemble.")
+    ap.add_argument("--version", default="1.0.0")
+    ap.add_argument("--data", default="../shared/datasets/fer2013.zip")
+    ap.add_argument("--note", help="A sentence for the model card about how the runs went (kept for --card-only).")
+    ap.add_argument("--card-only", action="store_true", help="Re-write the model card from the stored figures.")
+    ap.add_argument("--assets", type=Path, default=ROOT / "src" / "ferkit" / "assets", help=argparse.SUPPRESS)
+    ap.add_argument("--docs", type=Path, default=ROOT / "docs", help=argparse.SUPPRESS)
+    ap.add_argument("--reports", type=Path, default=ROOT / "runs" / "ship", help="Where the evaluation reports go.")
+    args = ap.parse_args()
+    asset = args.assets / f"ferkit_{args.name}.onnx"
+    if args.card_only:
+        card = json.loads(asset.with_suffix(".json").read_text())
+        card["note"] = card.get("note", "") if args.note is None else args.note
+        card_path(args.docs, args.name).write_text(render(card))
+        return
+    if not args.runs:
+        ap.error("give one run folder, or several for an ensemble")
+
+    from ferkit.evaluation.core import calibrate, evaluate
+    from ferkit.evaluation.predictors import read_training_log
+    from ferkit.models.export import export_onnx, load_ensemble, load_weights, set_onnx_metadata
+    from ferkit.utils import atomic_write
+
+    members = []
+    for run in args.runs:
+        log = read_training_log(run)
+        members.append({"run": str(run), "config": tomllib.loads((run / "config.toml").read_text()),
+                        "epochs": len(log), "best_epoch": max(log, key=lambda r: r["val_acc"])["epoch"],
+                        "train_minutes": round(sum(r["seconds"] for r in log) / 60, 1),
+                        "val_accuracy_ten_crop": None, "weight": 1.0})
+    weights = None
+    if len(args.runs) > 1:
+        probs, labels = zip(*(member_val_probs(r, args.data) for r in args.runs), strict=True)
+        weights = choose_weights(list(probs), labels[0])
+        for m, p, w in zip(members, probs, weights, strict=True):
+            m["weight"], m["val_accuracy_ten_crop"] = w, float((p.argmax(1) == labels[0]).mean())
+        model, info = load_ensemble([r / "best.safetensors" for r in args.runs], weights)
+    else:
+        model, info = load_weights(args.runs[0] / "best.safetensors")
+        # The weights ship too, so that `init = "default"` fine-tunes from the shipped model.
+        atomic_write(asset.with_suffix(".safetensors"),
+                     lambda tmp: shutil.copyfile(args.runs[0] / "best.safetensors", tmp))
+    export_onnx(model, asset, info["classes"], info["input_size"], info["crop"], name=f"ferkit-{args.name}",
+                version=args.version)
+    cal = calibrate(str(asset), args.data, split="val", write=True)
+
+    options = ["none", "flip", "ten_crop" if info["crop"] < info["input_size"] else "flip+crops"]
+    work = args.reports / args.name
+    val = {t: evaluate(str(asset), args.data, split="val", tta=t, report=False, out=work / f"val-{t}")
+           for t in options}
+    val_acc = {t: e.metrics["metrics"]["accuracy"] for t, e in val.items()}
+    tta = max(val_acc, key=lambda t: (val_acc[t], -options.index(t)))  # ties go to the cheaper option
+
+    test_plain = evaluate(str(asset), args.data, split="test", tta="none", out=work / "test-none")
+    test_tta = test_plain if tta == "none" else evaluate(str(asset), args.data, split="test", tta=tta,
+                                                         out=work / f"test-{tta}")
+    m0, m1 = test_plain.metrics["metrics"], test_tta.metrics["metrics"]
+    card = {
+        "name": f"ferkit-{args.name}", "builtin": args.name, "version": args.version, "arch": info["arch"],
+        "classes": info["classes"], "input_size": info["input_size"], "crop": info["crop"],
+        "train_data": "FER2013 Training (28,709 images)", "selection": "PublicTest (val)",
+        "members": members, "machine": machine(),
+        "train_minutes": round(sum(m["train_minutes"] for m in members), 1),
+        "temperature": cal["temperature"], "tta": tta, "val_accuracy": val_acc,
+        "test_accuracy": m0["accuracy"], "test_accuracy_ci95": m0["ci95"]["accuracy"],
+        "test_accuracy_tta": m1["accuracy"], "test_accuracy_tta_ci95": m1["ci95"]["accuracy"],
+        "test_macro_f1": m0["macro_f1"], "test_macro_f1_tta": m1["macro_f1"],
+        "test_accuracy_without_train_copies": m0["train_copies"]["accuracy_without"],
+        "test_accuracy_tta_without_train_copies": m1["train_copies"]["accuracy_without"],
+        "test_train_copies": m0["train_copies"]["n_copies"],
+        "test_ece": {"before": cal["test"]["before"]["ece"], "after": cal["test"]["after"]["ece"]},
+        "per_class": m1["per_class"],
+        "data": args.data,
+        "note": args.note or "",
+    }
+    summary = {k: card[k] for k in ("test_accuracy", "test_accuracy_tta", "tta", "test_macro_f1", "val_accuracy")}
+    set_onnx_metadata(asset, {"metrics": json.dumps(summary), "tta": tta})
+    card["size_bytes"] = asset.stat().st_size
+    asset.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    card_path(args.docs, args.name).write_text(render(card))
+    print(json.dumps(summary, indent=2))
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def recipe(r: dict) -> str:
+    a = r["augment"]
+    opt = {"sgd": "SGD with Nesterov momentum", "adamw": "AdamW", "adam": "Adam"}[r["optimizer"]]
+    sched = {"onecycle": "one-cycle", "plateau": "reduce-on-plateau"}.get(r["schedule"], r["schedule"])
+    crop = r.get("crop", 0)
+    aug = [f"scale {a['scale']:.0%}", f"rotation {a['rotate']:g} degrees", f"translation {a['translate']:.0%}"]
+    aug += ["horizontal flip"] * a["flip"] + [f"brightness {a['brightness']:g}", f"contrast {a['contrast']:g}"]
+    aug += [f"random erasing with probability {a['erase']:g}"] * (a["erase"] > 0)
+    aug += [f"mixup {a['mixup']:g}"] * (a["mixup"] > 0) + [f"cutmix {a['cutmix']:g}"] * (a["cutmix"] > 0)
+    aug += [f"then a random {crop}x{crop} crop"] * bool(crop)
+    teacher = f"; distilled from {r['teacher']} (alpha {r['distill_alpha']:g}, T {r['distill_temperature']:g})" \
+        if r.get("teacher") else ""
+    return (f"`{r['model']}`, seed {r['seed']}, {r['epochs']} epochs, batch {r['batch_size']}, {opt}, {sched} "
+            f"learning rate (peak {r['lr']:g}), weight decay {r['weight_decay']:g}, label smoothing "
+            f"{r['label_smoothing']:g}, weight EMA {r['ema']:g}, class balance `{r['balance']}`{teacher}; "
+            f"augmentation on whole batches: {', '.join(aug)}")
+
+
+def render(c: dict) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    lo, hi = c["test_accuracy_ci95"]
+    lo2, hi2 = c["test_accuracy_tta_ci95"]
+    runs = " ".join(m["run"] for m in c["members"])
+    rows = "\n".join(f"| {k} | {pct(v['precision'])} | {pct(v['recall'])} | {pct(v['f1'])} | {v['support']} |"
+                     for k, v in c["per_class"].items())
+    single = len(c["members"]) == 1
+    if single:
+        what = f"- Architecture: `{c['arch']}` from the ferkit registry (`ferkit train --list-models`)."
+    else:
+        what = "- An ensemble of {} networks in one ONNX graph; their probabilities are averaged with weights chosen " \
+               "on PublicTest (minimum log-loss):\n".format(len(c["members"])) + "\n".join(
+                   f"  - `{m['config']['model']}` seed {m['config']['seed']}, weight {m['weight']:.3f} "
+                   f"(PublicTest accuracy alone, ten crops: {pct(m['val_accuracy_ten_crop'])})" for m in c["members"])
+    crop = (f"the network sees a {c['crop']}x{c['crop']} window of it (the centre one, or ten with TTA `ten_crop`)"
+            if c["crop"] < c["input_size"] else "the network sees the whole face")
+    recipes = "\n".join(f"- `{m['run']}`: {recipe(m['config'])}; best epoch {m['best_epoch']} of {m['epochs']}, "
+                        f"{m['train_minutes']} minutes." for m in c["members"])
+    return f"""# Model card: {c['name']} {c['version']}
+
+The built-in model `{c['builtin']}` (`EmotionRecognizer("{c['builtin']}")`, `--model {c['builtin']}`), shipped inside
+the `ferkit` package as `src/ferkit/assets/ferkit_{c['builtin']}.onnx` ({c['size_bytes'] / 1e6:.1f} MB).
+Generated by `python scripts/ship_model.py {c['builtin']} {runs} --version {c['version']}` (commit {commit},
+Python {platform.python_version()}); every figure below comes from that command, which you can re-run.
+
+## What it is
+{what}
+- Input: a face preprocessed to {c['input_size']}x{c['input_size']} gray pixels 0..255; {crop}. Normalisation is
+  inside the graph. Output: probabilities over {', '.join(c['classes'])}.
+- Calibrated: temperature {c['temperature']} fitted on PublicTest (`ferkit calibrate`), stored in the model's metadata
+  and applied by inference.
+
+## Data and protocol
+- Trained on {c['train_data']}, labels as published; nothing else.
+- Every choice on {c['selection']}: each network's checkpoint (best validation accuracy){'' if single else ', the ensemble weights'},
+  the temperature and the test-time augmentation. PrivateTest (test) was touched once, after those choices.
+
+## Recipe and cost
+{recipes}
+- Training time in total, across resumed runs: {c['train_minutes']} minutes ({c['train_minutes'] / 60:.1f} CPU-hours of
+  wall-clock) on {c['machine']}.
+- Reproduce: `ferkit train CONFIG -s model=... -s seed=...` with each run's `config.toml`, then the command above.
+
+## Results on FER2013 PrivateTest (3,589 images)
+{c['note']}
+
+| figure | value |
+|---|---|
+| PrivateTest accuracy, no TTA | {pct(c['test_accuracy'])} (95% CI {pct(lo)} to {pct(hi)}) |
+| PrivateTest accuracy, TTA `{c['tta']}` (chosen on PublicTest) | {pct(c['test_accuracy_tta'])} (95% CI {pct(lo2)} to {pct(hi2)}) |
+| macro-F1, no TTA / with TTA | {pct(c['test_macro_f1'])} / {pct(c['test_macro_f1_tta'])} |
+| accuracy without the {c['test_train_copies']} test images that have an exact pixel copy in Training, no TTA / TTA | {pct(c['test_accuracy_without_train_copies'])} / {pct(c['test_accuracy_tta_without_train_copies'])} |
+| expected calibration error, before / after temperature | {c['test_ece']['before']:.3f} / {c['test_ece']['after']:.3f} |
+| PublicTest accuracy by TTA option (used to choose) | {', '.join(f"{k}: {pct(v)}" for k, v in c['val_accuracy'].items())} |
+
+Per class, with TTA `{c['tta']}`:
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{rows}
+
+The full reports (confusion matrix, reliability diagram, examples, saliency) are written by
+`ferkit evaluate {c['builtin']} {c['data']} --tta {c['tta']}`.
+
+## Limits
+FER2013 faces are small, gray, mostly frontal web images; expect lower accuracy on real photos with other crops,
+lighting or poses. Disgust has 436 training images and the weakest recall. The labels are noisy (see `ferkit data audit`).
+"""
+
+
+if __name__ == "__main__":
+    main()
