@@ -45,7 +45,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except FerkitError as e:
-            err_console.print(Text.assemble(("error:", "red"), f" {e}"), highlight=False, soft_wrap=True)
+            err_console.print(Text.assemble(("error:", "red"), f" {one_line(str(e))}"), highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(2) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
@@ -58,6 +59,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def one_line(text: str) -> str:
+    """User text inside a message shown on one line: control characters (newlines, escapes, ...) as \\x.. codes."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def print_json(obj: Any) -> None:

@@ -293,7 +293,7 @@ def _load_csv(path: Path, size: int, val_fraction: float, test_fraction: float, 
     header_row, rows = _read_rows(name, lines)
     header = [h.strip().lower() for h in header_row]
     if "pixels" not in header or "emotion" not in header:
-        raise FerkitError(f"{name}: header must have columns 'emotion' and 'pixels' (got {','.join(header)[:200]})")
+        raise FerkitError(f"{name}: header must have columns 'emotion' and 'pixels' (got {','.join(header)[:120]!r})")
     ie, ip = header.index("emotion"), header.index("pixels")
     iu = header.index("usage") if "usage" in header else None
     raw_labels: list[str] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -11,7 +12,41 @@ import numpy as np
 
 from ferkit.data.preprocess import preprocess
 from ferkit.errors import FerkitError
-from ferkit.views import apply_temperature, tta_mode, tta_views
+from ferkit.views import TTA_MODES, apply_temperature, tta_mode, tta_views
+
+MAX_INPUT_SIZE = 1024  # a face is preprocessed to input_size x input_size; larger is a broken or hostile file
+
+
+def _classes(path: Path, raw: str) -> list[str]:
+    try:
+        classes = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise FerkitError(f"{path}: metadata 'classes' is not JSON ({raw[:40]!r})") from None
+    if (not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes)
+            or len(set(classes)) != len(classes)):
+        raise FerkitError(f"{path}: metadata 'classes' must be a JSON list of at least two different names "
+                          f"(got {raw[:60]!r})")
+    return classes
+
+
+def _int(path: Path, key: str, raw: str, lo: int, hi: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise FerkitError(f"{path}: metadata {key!r} is {raw[:40]!r}, not an integer") from None
+    if not lo <= value <= hi:
+        raise FerkitError(f"{path}: metadata {key!r} is {value}; it must be {lo}..{hi}")
+    return value
+
+
+def _positive(path: Path, key: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise FerkitError(f"{path}: metadata {key!r} is {raw[:40]!r}, not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise FerkitError(f"{path}: metadata {key!r} is {raw[:40]}; it must be a number > 0")
+    return value
 
 
 def default_model_path() -> Path:
@@ -41,13 +76,43 @@ class OnnxClassifier:
         if "classes" not in meta:
             raise FerkitError(f"{self.path}: ONNX model without ferkit metadata (classes, input_size)")
         self.metadata = dict(meta)
-        self.classes: list[str] = json.loads(meta["classes"])
-        self.input_size = int(meta.get("input_size", 48))
-        self.crop = int(meta.get("crop", self.input_size))
+        self.classes: list[str] = _classes(self.path, meta["classes"])
+        self.input_size = _int(self.path, "input_size", meta.get("input_size", "48"), 1, MAX_INPUT_SIZE)
+        self.crop = _int(self.path, "crop", meta.get("crop", str(self.input_size)), 1, self.input_size)
         self.name = meta.get("name", self.path.stem)
         self.version = meta.get("version", "")
-        self.temperature = float(meta.get("temperature", "1.0"))
-        self.input_name = self.session.get_inputs()[0].name
+        self.temperature = _positive(self.path, "temperature", meta.get("temperature", "1.0"))
+        if "tta" in meta:
+            try:
+                tta_mode(meta["tta"])
+            except FerkitError:
+                raise FerkitError(f"{self.path}: metadata 'tta' {meta['tta'][:40]!r}: not one of "
+                                  f"{', '.join(TTA_MODES)}") from None
+        self.input_name = self._check_graph()
+
+    def _check_graph(self) -> str:
+        """The input's name, once the graph is known to take N x 1 x crop x crop floats and give N x classes."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        c, n = self.crop, len(self.classes)
+        if len(inputs) != 1 or not outputs:
+            raise FerkitError(f"{self.path}: the graph has {len(inputs)} inputs and {len(outputs)} outputs; "
+                              "ferkit models take one input and give probabilities")
+        shape, out = inputs[0].shape, outputs[0].shape
+        if inputs[0].type != "tensor(float)" or len(shape) != 4 or any(
+                isinstance(d, int) and d != want for d, want in zip(shape[1:], (1, c, c), strict=True)):
+            raise FerkitError(f"{self.path}: graph input {inputs[0].type} {shape} does not take N x 1 x {c} x {c} "
+                              f"floats (metadata 'crop' {c})")
+        if len(out) != 2 or (isinstance(out[1], int) and out[1] != n):
+            raise FerkitError(f"{self.path}: graph output {out} is not N x {n} for the {n} classes in its metadata")
+        try:  # symbolic sizes are only known by running it once
+            probe = self.session.run(None, {inputs[0].name: np.zeros((1, 1, c, c), np.float32)})[0]
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise FerkitError(f"{self.path}: does not run on a 1 x 1 x {c} x {c} input "
+                              f"({str(e).splitlines()[0][:160]})") from None
+        if np.shape(probe) != (1, n):
+            raise FerkitError(f"{self.path}: gives {np.shape(probe)} for one face; the metadata's {n} classes "
+                              f"need (1, {n})")
+        return inputs[0].name
 
     def predict_proba(self, crops: np.ndarray | list[np.ndarray], batch: int = 256, tta: bool | str = False) -> np.ndarray:
         """N x C calibrated probabilities. crops: N x H x W uint8 array or a list of images of any size.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,24 +52,100 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-def _coerce(value: str, like: Any, key: str) -> Any:
-    if isinstance(like, bool):
+# The allowed values of every setting that is not free text: ranges (lo, hi, lo_open, hi_open) or choices.
+# Types come from the dataclass annotations; a setting without a rule here is only type-checked.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "format": ("csv", "folders", "ferplus", "manifest"),
+    "optimizer": ("sgd", "adamw", "adam"),
+    "schedule": ("onecycle", "cosine", "plateau"),
+    "balance": ("none", "weights", "sampler"),
+    "precision": ("auto", "fp32", "bf16"),
+    "select_metric": ("val_acc", "val_macro_f1", "val_loss"),
+}
+_INF = float("inf")
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "dropout": (0, 1, False, True),
+    "crop": (0, _INF, False, True),  # <= the face size: checked by the trainer, which knows the face size
+    "epochs": (1, 100_000, False, False),
+    "batch_size": (1, 1_000_000, False, False),
+    "lr": (0, 10, True, False),
+    "weight_decay": (0, 1, False, False),
+    "warmup": (0, 1, True, True),
+    "label_smoothing": (0, 1, False, True),
+    "ema": (0, 1, False, True),
+    "grad_clip": (0, _INF, False, True),
+    "teacher_views": (1, 10_000, False, False),
+    "distill_alpha": (0, 1, False, False),
+    "distill_temperature": (0, 100, True, False),
+    "threads": (0, 4096, False, False),
+    "seed": (0, 2**32 - 1, False, False),
+    "patience": (0, 100_000, False, False),
+    "augment.scale": (0, 1, False, True),
+    "augment.rotate": (0, 180, False, False),
+    "augment.translate": (0, 1, False, True),
+    "augment.brightness": (0, 1, False, False),
+    "augment.contrast": (0, 1, False, True),
+    "augment.erase": (0, 1, False, False),
+    "augment.mixup": (0, 100, False, False),
+    "augment.cutmix": (0, 100, False, False),
+}
+_DEVICE = re.compile(r"cpu|cuda(:\d{1,3})?|mps")
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def _kinds(annotation: str) -> set[str]:
+    """'float | None' -> {'float', 'None'}; 'list[str] | str | None' -> {'list', 'str', 'None'}."""
+    return {part.strip().split("[")[0] for part in str(annotation).split("|")}
+
+
+def _coerce(value: str, kinds: set[str], key: str) -> Any:
+    """A `-s key=value` string as the setting's type ('none' for a setting that may be unset)."""
+    if "None" in kinds and value.lower() == "none":
+        return None
+    if "bool" in kinds:
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
         raise FerkitError(f"{key}: expected true or false, got {value!r}")
     try:
-        if isinstance(like, int):
+        if "int" in kinds:
             return int(value)
-        if isinstance(like, float):
+        if "float" in kinds:
             return float(value)
     except ValueError:
-        raise FerkitError(f"{key}: expected a number, got {value!r}") from None
-    return None if value.lower() == "none" else value
+        what = "a number without decimals" if "int" in kinds else "a number"
+        raise FerkitError(f"{key}: expected {what}, got {value!r}") from None
+    return value
 
 
-def _apply(obj: Any, key: str, value: Any, path: str) -> None:
+_WORDS = {"int": "a number without decimals", "float": "a number", "str": "text", "bool": "true or false",
+          "list": "a list of text", "None": "none"}
+
+
+def _typed(value: Any, kinds: set[str], key: str) -> Any:
+    """The value if it has the setting's type (an int is a float too); else one line naming the key."""
+    if value is None and "None" in kinds:
+        return None
+    if isinstance(value, bool):
+        if "bool" in kinds:
+            return value
+    elif isinstance(value, int) and "int" in kinds:
+        return value
+    elif isinstance(value, int | float) and "float" in kinds:
+        return float(value)
+    elif isinstance(value, str) and "str" in kinds:
+        return value
+    elif isinstance(value, list) and "list" in kinds and all(isinstance(v, str) for v in value):
+        return list(value)
+    if not kinds <= set(_WORDS):  # a type this check does not know: the trainer's own checks apply
+        return value
+    want = " or ".join(sorted(_WORDS[k] for k in kinds))
+    raise FerkitError(f"{key}: expected {want}, got {value!r}"[:300])
+
+
+def _apply(obj: Any, key: str, value: Any, path: str, text: bool = False) -> None:
+    """Set one setting from TOML (typed values) or, with text=True, from a `-s key=value` string."""
     names = {f.name: f for f in dataclasses.fields(obj)}
     if key not in names:
         raise FerkitError(f"{path}: unknown setting {key!r}; known: {', '.join(names)}")
@@ -78,11 +156,58 @@ def _apply(obj: Any, key: str, value: Any, path: str) -> None:
         for k, v in value.items():
             _apply(current, k, v, f"{path}.{k}")
         return
-    if isinstance(value, str) and not isinstance(current, str) and current is not None:
-        value = _coerce(value, current, path)
-    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    setattr(obj, key, value)
+    kinds = _kinds(names[key].type)
+    if text:
+        value = _coerce(value, kinds, path)
+    setattr(obj, key, _typed(value, kinds, path))
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Every setting's range and choices, up front: one line naming the first bad key."""
+    for key, value in _settings(cfg):
+        if key in _CHOICES and value is not None and value not in _CHOICES[key]:
+            raise FerkitError(f"{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+        if key in _RANGES and isinstance(value, int | float) and not isinstance(value, bool):
+            lo, hi, lo_open, hi_open = _RANGES[key]
+            ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and (
+                value < hi if hi_open else value <= hi)
+            if not ok:
+                left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+                raise FerkitError(f"{key}: {value!r} is outside {left}{_num(lo)}, {_num(hi)}{right}")
+        if isinstance(value, str) and "\0" in value:
+            raise FerkitError(f"{key}: contains a NUL character")
+    if not _DEVICE.fullmatch(cfg.device):
+        raise FerkitError(f"device: {cfg.device!r} is not cpu, cuda, cuda:N or mps")
+    for key in ("data", "out", "model"):
+        if not getattr(cfg, key).strip():
+            raise FerkitError(f"{key}: empty")
+    if isinstance(cfg.teacher, list) and not all(t.strip() for t in cfg.teacher):
+        raise FerkitError("teacher: an empty path in the list")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise FerkitError(f"out: {cfg.out} is a file; a run is written into a folder")
+    try:
+        from ferkit.models.registry import list_models
+    except ImportError:  # the registry needs PyTorch; without it nothing trains anyway
+        return cfg
+    if cfg.model not in list_models():
+        raise FerkitError(f"model: {cfg.model!r} is unknown; choose one of {', '.join(list_models())}")
+    return cfg
+
+
+def _num(v: float) -> str:
+    return "inf" if v == _INF else f"{int(v):,}" if v == int(v) else f"{v:g}"
+
+
+def _settings(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out += _settings(v, f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, v))
+    return out
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -90,11 +215,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = Path(path)
         try:
-            raw = tomllib.loads(p.read_text())
+            if p.stat().st_size > MAX_CONFIG_BYTES:
+                raise FerkitError(f"{p}: {p.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FerkitError(f"{p}: no such config file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise FerkitError(f"{p}: not valid TOML ({e})") from None
+        except IsADirectoryError:
+            raise FerkitError(f"{p}: is a folder, not a config file") from None
+        except UnicodeDecodeError as e:
+            raise FerkitError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+        except OSError as e:
+            raise FerkitError(f"{p}: cannot read ({e.strerror})") from None
+        except (tomllib.TOMLDecodeError, RecursionError) as e:
+            raise FerkitError(f"{p}: not valid TOML ({str(e)[:160]})") from None
         for k, v in raw.items():
             _apply(cfg, k, v, k)
     for item in overrides or []:
@@ -107,8 +240,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             target = getattr(target, part, None)
             if not dataclasses.is_dataclass(target):
                 raise FerkitError(f"override {key!r}: {part!r} is not a section")
-        _apply(target, parts[-1], value.strip(), key)
-    return cfg
+        _apply(target, parts[-1], value.strip(), key.strip(), text=True)
+    return validate(cfg)
 
 
 def to_toml(cfg: Any, section: str = "") -> str:

@@ -1,0 +1,302 @@
+"""The hostile-input corpus (tests/hostile.py) through every entry point where each kind belongs: the library raises
+one FerkitError line naming the file or setting, the command line exits 2 with that one line, batches skip and list,
+the service answers 4xx, and bombs stay under 1 GB in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import hostile
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ferkit import images
+from ferkit.cli import app
+from ferkit.errors import FerkitError
+
+runner = CliRunner()
+GB = 1 << 30
+ids = {"ids": lambda k: k.name}
+
+
+def one_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def cli_error(args: list[str], expect: str) -> str:
+    """Exit code 2 and one error line (after any progress lines such as 'Loading ...'), holding `expect`."""
+    r = runner.invoke(app, args, env={"COLUMNS": "400"})
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in r.output, r.stderr
+    assert expect in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def face_jpg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from skimage import data
+
+    p = tmp_path_factory.mktemp("face") / "astronaut.jpg"
+    cv2.imwrite(str(p), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    return p
+
+
+@pytest.fixture(scope="module")
+def rec():
+    from ferkit.inference import EmotionRecognizer
+    from ferkit.inference.model import default_model_path
+
+    if not default_model_path().is_file():
+        pytest.skip("no shipped model")
+    return EmotionRecognizer(threads=1)
+
+
+IMAGE_KINDS = hostile.of("image")
+SINGLE_ENTRIES = [k for k in hostile.of("entry") if not k.extra.get("batch_only")]
+
+
+# -- images and file-system entries ------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", IMAGE_KINDS + SINGLE_ENTRIES, **ids)
+def test_image_library(k: hostile.Kind, tmp_path: Path, rec) -> None:
+    path = k.make(tmp_path)
+    for call in (lambda: images.load(path), lambda: rec.predict(path), lambda: rec.predict(str(path))):
+        if k.expect is None:
+            try:
+                call()
+            except FerkitError as e:
+                assert str(path) in str(e) and "\n" not in str(e)
+            continue
+        with pytest.raises(FerkitError) as e:
+            call()
+        assert str(path) in str(e.value) and k.expect in str(e.value) and "\n" not in str(e.value)
+    if k.status == 413:
+        assert isinstance(e.value, images.ImageTooLarge)
+
+
+@pytest.mark.parametrize("k", [k for k in IMAGE_KINDS + SINGLE_ENTRIES if k.expect], **ids)
+def test_image_cli_exit_2_one_line(k: hostile.Kind, tmp_path: Path) -> None:
+    path = k.make(tmp_path)
+    line = cli_error(["predict", str(path)], k.extra.get("cli", k.expect))
+    assert path.name in line
+
+
+@pytest.mark.parametrize("k", hostile.of("image_ok"), **ids)
+def test_awkward_legal_images_work(k: hostile.Kind, tmp_path: Path, rec) -> None:
+    path = k.make(tmp_path)
+    d = images.load(path)
+    assert d.image.dtype == np.uint8 and d.image.ndim in (2, 3) and min(d.image.shape[:2]) > 0
+    pred = rec.predict(path, detect=False)
+    assert len(pred.faces) == 1 and abs(sum(pred.faces[0].probabilities.values()) - 1) < 0.01
+    r = runner.invoke(app, ["predict", str(path), "--no-detect", "--json"])
+    assert r.exit_code == 0, r.output
+
+
+def _hostile_folder(root: Path, face: Path) -> tuple[Path, list[hostile.Kind]]:
+    folder = root / "photos"
+    kinds = IMAGE_KINDS + hostile.of("entry")
+    for k in kinds:
+        k.make(folder / k.name)
+    (folder / "good").mkdir()
+    (folder / "good" / face.name).write_bytes(face.read_bytes())
+    return folder, kinds
+
+
+def test_batch_cli_skips_and_lists_every_bad_item(tmp_path: Path, face_jpg: Path) -> None:
+    # Before: one bomb killed `ferkit predict images/ --json` after 2 of 49 images and lost every result.
+    folder, kinds = _hostile_folder(tmp_path, face_jpg)
+    r = runner.invoke(app, ["predict", str(folder), "--json"])
+    assert r.exit_code == 0, r.output[-2000:]
+    out = json.loads(r.stdout)
+    assert [Path(row["source"]).name for row in out["rows"] if row["face"] is not None] == [face_jpg.name]
+    skipped = {Path(s["source"]).parent.name: s["error"] for s in out["skipped"]}
+    for k in kinds:
+        if k.expect is not None:
+            assert k.name in skipped and k.expect in skipped[k.name], (k.name, skipped.get(k.name))
+    assert out["summary"]["skipped"] == len(out["skipped"]) >= len([k for k in kinds if k.expect])
+    # The table mode lists them on stderr and still prints the table.
+    r = runner.invoke(app, ["predict", str(folder)], env={"COLUMNS": "300"})
+    assert r.exit_code == 0 and face_jpg.name in r.stdout and "bomb_30000.gif" in r.stderr
+
+
+def test_batch_library_skips_and_lists_every_bad_item(tmp_path: Path, face_jpg: Path, rec) -> None:
+    folder, kinds = _hostile_folder(tmp_path, face_jpg)
+    batch = rec.predict_many(folder)
+    assert [Path(p.source).name for p in batch.predictions if p.faces] == [face_jpg.name]
+    listed = {Path(s).parent.name for s, _ in batch.skipped}
+    assert {k.name for k in kinds if k.expect} <= listed
+    assert all("\n" not in why for _, why in batch.skipped)
+
+
+def test_dataset_loader_skips_bad_images(tmp_path: Path) -> None:
+    from ferkit.data import load_dataset
+
+    root = tmp_path / "ds"
+    face = hostile.png_bytes(hostile.small_image(48, 48))
+    for cls in ("happy", "sad"):
+        for i in range(3):
+            hostile.write(root / cls, f"ok{i}.png", face)
+    expected = {}
+    for k in IMAGE_KINDS:
+        p = k.make(tmp_path / "kinds" / k.name)
+        if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}:
+            target = root / "happy" / f"{k.name}{p.suffix}"
+            if p.stat().st_size > 100 << 20:
+                target.symlink_to(p)  # the sparse 3 GiB file: linked, not copied
+            else:
+                target.write_bytes(p.read_bytes())
+            expected[f"happy/{target.name}"] = k
+    ds = load_dataset(root, use_cache=False)
+    assert sum(len(s) for s in ds.splits.values()) == 6 + sum(1 for k in expected.values() if k.expect is None)
+    why = {s.name: s.reason for s in ds.skipped}
+    for name, k in expected.items():
+        if k.expect is not None:
+            assert name in why and (k.expect in why[name] or "over the limit" in why[name]), (name, why.get(name))
+
+
+# -- dataset loaders -------------------------------------------------------------------------------------------
+LOADER_KINDS = hostile.of("csv") + hostile.of("archive") + hostile.of("ferplus") + hostile.of("manifest")
+
+
+@pytest.mark.parametrize("k", LOADER_KINDS, **ids)
+def test_loader_library_and_cli(k: hostile.Kind, tmp_path: Path) -> None:
+    from ferkit.data import load_dataset
+
+    path = k.make(tmp_path)
+    if k.expect is None:
+        ds = load_dataset(path, use_cache=False)
+        assert any(k.extra["skipped"] in s.reason for s in ds.skipped), ds.skipped
+        return
+    with pytest.raises(FerkitError) as e:
+        load_dataset(path, use_cache=False)
+    assert k.expect in str(e.value) and "\n" not in str(e.value) and path.name in str(e.value)
+    cli_error(["data", "info", str(path)], k.expect)
+
+
+@pytest.mark.parametrize("k", hostile.of("convert"), **ids)
+def test_convert_writes_nothing_outside(k: hostile.Kind, tmp_path: Path) -> None:
+    src = k.make(tmp_path / "src")
+    out = tmp_path / "work" / "out"
+    out.parent.mkdir()
+    before = {p for p in tmp_path.rglob("*")}
+    r = runner.invoke(app, ["data", "convert", str(src), str(out), "--to", "folders"])
+    written = {p for p in tmp_path.rglob("*")} - before
+    if k.expect is not None:
+        assert r.exit_code == 2 and k.expect in r.stderr.splitlines()[-1], r.output
+        assert not written
+    else:
+        assert r.exit_code == 0, r.output
+        assert written and all(p == out or p.is_relative_to(out) for p in written)
+    assert not any(p.name.endswith(".png") for p in Path("/").iterdir())
+
+
+# -- models and configs ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", hostile.of("model"), **ids)
+def test_model_library_cli_and_service(k: hostile.Kind, tmp_path: Path, face_jpg: Path) -> None:
+    pytest.importorskip("onnx")
+    from ferkit.inference import EmotionRecognizer, OnnxClassifier
+
+    path = k.make(tmp_path)
+    for make in (lambda: OnnxClassifier(path), lambda: EmotionRecognizer(path, detector="haar")):
+        with pytest.raises(FerkitError) as e:
+            make()
+        assert k.expect in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+    cli_error(["predict", str(face_jpg), "--model", str(path)], k.expect)
+    pytest.importorskip("fastapi")
+    from ferkit.service import ServiceConfig, create_app
+
+    with pytest.raises(FerkitError, match="^" + str(path).replace("\\", "\\\\").replace(".", r"\.")):
+        create_app(ServiceConfig(model=(str(path),)))
+
+
+@pytest.mark.parametrize("k", hostile.of("config"), **ids)
+def test_config_library_and_cli(k: hostile.Kind, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from ferkit.training import load_config
+
+    path, sets = k.make(tmp_path)
+    with pytest.raises(FerkitError) as e:
+        load_config(path, sets)
+    assert k.expect in str(e.value) and "\n" not in str(e.value)
+    args = ["train"] + ([str(path)] if path is not None else []) + [a for s in sets for a in ("-s", s)]
+    cli_error(args + ["-s", f"out={tmp_path / 'run'}"] if "out=" not in " ".join(sets) else args, k.expect)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_values_that_must_work() -> None:
+    pytest.importorskip("torch")
+    from ferkit.training import load_config
+
+    cfg = load_config(None, ["dropout=0.3", "init=none", "crop=40", "augment.mixup=0.2", "teacher=a", "lr=1e-3"])
+    assert (cfg.dropout, cfg.init, cfg.crop, cfg.augment.mixup, cfg.teacher, cfg.lr) == (0.3, None, 40, 0.2, "a", 1e-3)
+
+
+# -- memory: bombs in a fresh process ------------------------------------------------------------------------------
+def _run_measured(args: list[str], timeout: float = 600) -> tuple[int, str, str, int]:
+    """(exit code, stdout, stderr, peak RSS in bytes) of a child process (os.wait4 gives that child's own peak)."""
+    import threading
+
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    streams: dict[str, str] = {}
+    pumps = [threading.Thread(target=lambda n=n, s=s: streams.__setitem__(n, s.read()))
+             for n, s in (("out", p.stdout), ("err", p.stderr))]
+    for t in pumps:
+        t.start()
+    _, status, usage = os.wait4(p.pid, 0)
+    for t in pumps:
+        t.join(timeout)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return p.returncode, streams.get("out", ""), streams.get("err", ""), usage.ru_maxrss * 1024
+
+
+BOMB_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from ferkit import EmotionRecognizer, FerkitError
+    from ferkit.data import load_dataset
+    rec = EmotionRecognizer(threads=1)
+    out = {}
+    for kind, path in json.loads(sys.argv[1]):
+        try:
+            if kind == "image":
+                rec.predict(path)
+            else:
+                load_dataset(path, use_cache=False)
+            out[path] = "ok"
+        except FerkitError as e:
+            out[path] = str(e)
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="os.wait4")
+def test_bombs_stay_under_1_gb(tmp_path: Path, face_jpg: Path, rec) -> None:
+    bombs = [k for k in hostile.KINDS if k.bomb]
+    paths = [("image" if k.group == "image" else "data", str(k.make(tmp_path / k.name))) for k in bombs]
+    code, out, err, rss = _run_measured([sys.executable, "-c", BOMB_SCRIPT, json.dumps(paths)])
+    assert code == 0, err[-3000:]
+    answers = json.loads(out)
+    for k, (_, p) in zip(bombs, paths, strict=True):
+        assert answers[p] != "ok" or k.expect is None, (k.name, answers[p])
+    assert rss < GB, f"peak RSS {rss / 2**20:.0f} MiB over {len(bombs)} bombs"
+    # The command line over a folder of them: every bomb listed, the face predicted, still under 1 GB.
+    folder = tmp_path / "folder"
+    for k in bombs:
+        if k.group == "image":
+            k.make(folder / k.name)
+    (folder / face_jpg.name).write_bytes(face_jpg.read_bytes())
+    ferkit = str(Path(sys.executable).parent / "ferkit")
+    code, out, err, rss = _run_measured([ferkit, "predict", str(folder), "--json"])
+    assert code == 0, err[-3000:]
+    res = json.loads(out)
+    assert res["summary"]["inputs"] == 1 and res["summary"]["skipped"] == sum(k.group == "image" for k in bombs)
+    assert rss < GB, f"ferkit predict: peak RSS {rss / 2**20:.0f} MiB"
