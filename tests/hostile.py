@@ -134,12 +134,12 @@ def write(folder: Path, name: str, data: bytes | str) -> Path:
 
 
 # -- images: bombs ----------------------------------------------------------------------------------------------
-@kind("image", "over the limit", 413, bomb=True)
+@kind("image", "over the limit", 415, bomb=True)  # the service takes no GIF at all
 def _gif_30000(d: Path) -> Path:
     return write(d, "bomb_30000.gif", gif(30000, 30000))  # 35 bytes; 7.2 GB once, through OpenCV
 
 
-@kind("image", "over the limit", 413, bomb=True)
+@kind("image", "over the limit", 415, bomb=True)
 def _gif_65535(d: Path) -> Path:
     return write(d, "bomb_65535.gif", gif(65535, 65535))  # a raw cv2.error once
 

@@ -80,7 +80,7 @@ def test_image_library(k: hostile.Kind, tmp_path: Path, rec) -> None:
         with pytest.raises(FerkitError) as e:
             call()
         assert str(path) in str(e.value) and k.expect in str(e.value) and "\n" not in str(e.value)
-    if k.status == 413:
+    if k.expect == "over the limit":
         assert isinstance(e.value, images.ImageTooLarge)
 
 
@@ -300,3 +300,72 @@ def test_bombs_stay_under_1_gb(tmp_path: Path, face_jpg: Path, rec) -> None:
     res = json.loads(out)
     assert res["summary"]["inputs"] == 1 and res["summary"]["skipped"] == sum(k.group == "image" for k in bombs)
     assert rss < GB, f"ferkit predict: peak RSS {rss / 2**20:.0f} MiB"
+
+
+# -- the service -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def service(rec):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from starlette.testclient import TestClient
+
+    from ferkit.service import ServiceConfig, create_app
+
+    class Client(TestClient):  # as a local client sees the server (see test_service.Client)
+        def websocket_connect(self, url, *args, headers=None, **kw):
+            return super().websocket_connect(url, *args, headers={"host": "127.0.0.1:8000", **(headers or {})}, **kw)
+
+    with Client(create_app(ServiceConfig(workers=1), recognizer=rec), base_url="http://127.0.0.1:8000",
+                raise_server_exceptions=False) as c:
+        yield c
+
+
+def _error(r, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]["status"] == status and "Traceback" not in r.text
+    assert code is None or body["error"]["code"] == code, body
+    return body["error"]
+
+
+@pytest.mark.parametrize("k", [k for k in IMAGE_KINDS if k.status], **ids)
+def test_image_uploads_answer_4xx(k: hostile.Kind, tmp_path: Path, service) -> None:
+    data = k.make(tmp_path).read_bytes()
+    _error(service.post("/v1/predict", content=data, headers={"content-type": "application/octet-stream"}), k.status)
+    _error(service.post("/v1/predict", files={"file": ("upload", data, "image/png")}), k.status)
+    r = service.post("/v1/predict/batch", files=[("a", ("bad", data, "image/png")), ("b", ("ok.png",
+                                                 hostile.png_bytes(hostile.small_image(48, 48)), "image/png"))])
+    assert r.status_code == 200 and r.json()["results"][0]["error"]["status"] == k.status
+    assert "faces" in r.json()["results"][1]  # the batch goes on
+    with service.websocket_connect("/v1/stream") as ws:
+        ws.send_bytes(data)
+        assert ws.receive_json()["error"]["status"] == k.status
+        ws.send_text('{"type": "reset"}')
+        assert ws.receive_json() == {"type": "reset"}  # the stream goes on
+
+
+@pytest.mark.parametrize("k", hostile.of("http"), **ids)
+def test_http_requests_answer_4xx(k: hostile.Kind, service) -> None:
+    q: hostile.Request = k.make(Path("."))
+    r = service.request(q.method, q.url, headers=q.headers, content=q.content, json=q.json_body, files=q.files)
+    _error(r, q.status, q.code)
+
+
+@pytest.mark.parametrize("k", hostile.of("ws"), **ids)
+def test_websocket_messages(k: hostile.Kind, service) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    w = k.make(Path("."))
+    if "refused" in w:
+        with pytest.raises(WebSocketDisconnect) as e, service.websocket_connect(w["url"], headers=w["headers"]) as ws:
+            ws.receive_json()
+        assert e.value.code == 1008  # refused before the handshake: HTTP 403 over a real connection
+        return
+    with service.websocket_connect(w["url"]) as ws:
+        if "text" in w:
+            ws.send_text(w["text"])
+        else:
+            ws.send_bytes(w["bytes"])
+        assert ws.receive_json()["error"]["code"] == w["answer"]
+        ws.send_text('{"type": "reset"}')
+        assert ws.receive_json() == {"type": "reset"}

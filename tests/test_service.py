@@ -57,9 +57,20 @@ def crop_png() -> bytes:
     return cv2.imencode(".png", rng.integers(0, 255, (48, 48), dtype=np.uint8))[1].tobytes()
 
 
+class Client(TestClient):
+    """The test client as a local browser or script sees the server: Host 127.0.0.1:8000 (the service bound to
+    loopback answers no other Host), for WebSockets too (Starlette's client sends 'testserver' there)."""
+
+    def __init__(self, app, **kw):
+        super().__init__(app, base_url="http://127.0.0.1:8000", **kw)
+
+    def websocket_connect(self, url, *args, headers=None, **kw):
+        return super().websocket_connect(url, *args, headers={"host": "127.0.0.1:8000", **(headers or {})}, **kw)
+
+
 def make_client(recognizer, **config) -> TestClient:
     config.setdefault("workers", 1)
-    return TestClient(create_app(ServiceConfig(**config), recognizer=recognizer))
+    return Client(create_app(ServiceConfig(**config), recognizer=recognizer))
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +315,7 @@ def test_internal_error_has_no_traceback(recognizer, face_jpeg):
                 raise RuntimeError("secret internal detail")
             return recognizer.predict(image, **kw)
 
-    with TestClient(create_app(ServiceConfig(workers=1), recognizer=Broken()), raise_server_exceptions=False) as c:
+    with Client(create_app(ServiceConfig(workers=1), recognizer=Broken()), raise_server_exceptions=False) as c:
         r = c.post("/v1/predict", content=face_jpeg, headers={"content-type": "image/jpeg"})
     assert_error(r, 500, "internal_error")
     assert "secret" not in r.text
@@ -584,3 +595,271 @@ def test_cli_imports_no_server_stack():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- hostile clients (more kinds in test_hostile.py) -----------------------------------------------------------------
+def test_blank_api_key_is_refused_like_an_empty_flag():
+    for env in ({"FERKIT_API_KEY": ""}, {"FERKIT_API_KEY": "   "}):
+        with pytest.raises(FerkitError, match="api key: empty or blank"):
+            ServiceConfig.from_env(env)
+    with pytest.raises(FerkitError, match="api key"):
+        ServiceConfig.from_env({}, api_key=" ")
+    assert ServiceConfig.from_env({}).api_key is None
+
+
+def test_loopback_server_answers_only_loopback_hosts(recognizer):
+    with make_client(recognizer) as c:
+        for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "127.0.0.1"):
+            assert c.get("/healthz", headers={"host": host}).status_code == 200, host
+        for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost.", ""):
+            err = assert_error(c.get("/v1/models", headers={"host": host}), 400, "bad_host")
+            assert "not this server's address" in err["message"]
+        from starlette.testclient import WebSocketDenialResponse
+
+        with pytest.raises(WebSocketDenialResponse), c.websocket_connect("/v1/stream", headers={"host": "evil.example"}):
+            pass
+    with Client(create_app(ServiceConfig(host="0.0.0.0", workers=1), recognizer=recognizer)) as c:
+        assert c.get("/healthz", headers={"host": "anything.example"}).status_code == 200  # bound for the network
+
+
+def test_websocket_origin_must_be_this_server_or_a_cors_origin(recognizer, face_jpeg):
+    from starlette.websockets import WebSocketDisconnect
+
+    with make_client(recognizer, cors_origins=("https://app.example",)) as c:
+        for origin in ("http://evil.example", "http://127.0.0.1:9999", "null", "https://app.example.evil"):
+            with pytest.raises(WebSocketDisconnect) as e, c.websocket_connect("/v1/stream",
+                                                                              headers={"origin": origin}) as ws:
+                ws.receive_json()
+            assert e.value.code == 1008, origin  # before the handshake: HTTP 403 over a real connection
+        for origin in ("http://127.0.0.1:8000", "https://app.example", None):
+            with c.websocket_connect("/v1/stream", headers={"origin": origin} if origin else {}) as ws:
+                ws.send_bytes(face_jpeg)
+                assert ws.receive_json()["faces"], origin
+
+
+def test_security_headers(client):
+    for r in (client.get("/healthz"), client.get("/v1/nope"), client.post("/v1/predict", content=b"x"),
+              client.post("/v1/predict", headers={"content-type": "image/png", "content-length": "999999999"})):
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+    page = client.get("/")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "'unsafe-inline'" not in csp.split(
+        "style-src")[0]
+    import base64 as b64
+    import hashlib
+    import re
+
+    script = re.search(r"<script>(.*?)</script>", page.text, flags=re.S).group(1)
+    assert f"'sha256-{b64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}'" in csp
+    assert "content-security-policy" in client.get("/docs").headers
+
+
+async def asgi_post(app, path: str, parts: list, headers: dict | None = None) -> tuple[int, dict]:
+    """POST straight to the ASGI app, the body in `parts`: bytes are sent as chunks, a number is a pause in
+    seconds, an asyncio.Event is waited for (the test client would read a body whole before the app sees it)."""
+    import asyncio
+
+    queue = list(parts)
+    sent: list[dict] = []
+
+    async def receive():
+        while queue:
+            item = queue.pop(0)
+            if isinstance(item, int | float):
+                await asyncio.sleep(item)
+            elif isinstance(item, asyncio.Event):
+                await item.wait()
+            else:
+                return {"type": "http.request", "body": item, "more_body": any(isinstance(q, bytes) for q in queue)}
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    hdrs = [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")]
+    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": hdrs, "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 8000),
+             "client": ("127.0.0.1", 5), "root_path": "", "asgi": {"version": "3.0"}}
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(body)
+
+
+def test_upload_budget_refuses_past_it_with_503(recognizer):
+    import asyncio
+
+    cfg = ServiceConfig(workers=1, max_upload_mb=0.05, upload_budget_mb=0.2)  # one upload is 0.13 MB
+    app = create_app(cfg, recognizer=recognizer)
+    assert cfg.batch_limit == int(0.2 * 2**20)  # a batch body never exceeds the whole budget
+
+    async def scenario():
+        gate = asyncio.Event()
+        slow = asyncio.create_task(asgi_post(app, "/v1/predict", [b"{" + b" " * 100_000, gate, b"}"]))
+        await asyncio.sleep(0.2)  # it holds 0.1 MB of the 0.2 MB budget while its body trickles in
+        second = await asgi_post(app, "/v1/predict", [b" " * 60_000, b" " * 60_000])
+        declared = await asgi_post(app, "/v1/predict", [b"{}"], {"content-length": "130000"})
+        gate.set()
+        return second, declared, await slow
+
+    (s2, b2), (s3, b3), (s1, b1) = asyncio.run(scenario())
+    assert (s2, b2["error"]["code"]) == (503, "busy") and (s3, b3["error"]["code"]) == (503, "busy")
+    assert (s1, b1["error"]["code"]) == (400, "malformed_json")  # read in full, then found wanting
+    status, body = asyncio.run(asgi_post(app, "/v1/predict", [b"{}"], {"content-length": "130000"}))
+    assert status == 400  # the budget was given back
+
+
+def test_slow_body_times_out_with_408(recognizer):
+    import asyncio
+
+    app = create_app(ServiceConfig(workers=1, body_timeout=0.3), recognizer=recognizer)
+    status, body = asyncio.run(asgi_post(app, "/v1/predict", [b"{", 1.0, b"}"]))
+    assert (status, body["error"]["code"]) == (408, "timeout")
+
+
+def test_full_pool_refuses_before_reading_the_body(recognizer, face_jpeg):
+    gated = Gated(recognizer)
+    with make_client(gated, workers=1, queue=0) as c:
+        gated.gate.clear()
+        gated.entered.clear()
+        t = threading.Thread(target=lambda: c.post("/v1/predict", content=face_jpeg,
+                                                   headers={"content-type": "image/jpeg"}))
+        t.start()
+        assert gated.entered.wait(10)
+        received = []
+
+        def body():
+            received.append(1)
+            yield face_jpeg
+
+        r = c.post("/v1/predict", content=body(), headers={"content-type": "image/jpeg"})
+        gated.gate.set()
+        t.join(20)
+        assert_error(r, 503, "busy")
+
+
+def test_pixel_budget_serialises_large_decodes():
+    from ferkit.service.pool import PixelBudget
+
+    budget = PixelBudget(100)
+    inside, peak = [0], [0]
+    lock = threading.Lock()
+
+    def job(n):
+        with budget.hold(n):
+            with lock:
+                inside[0] += min(n, 100)  # an image over the whole budget is charged the whole budget
+                peak[0] = max(peak[0], inside[0])
+            time.sleep(0.05)
+            with lock:
+                inside[0] -= min(n, 100)
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in (60, 60, 30, 500)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert 60 <= peak[0] <= 100 and budget.used == 0 and inside[0] == 0
+
+
+def test_client_disconnect_mid_upload_is_not_an_internal_error(recognizer, caplog):
+    import asyncio
+
+    app = create_app(ServiceConfig(workers=1), recognizer=recognizer)
+    sent = []
+    messages = [{"type": "http.request", "body": b"\xff\xd8" + b"\0" * 1000, "more_body": True},
+                {"type": "http.disconnect"}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/predict", "raw_path": b"/v1/predict",
+             "query_string": b"", "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"image/jpeg")],
+             "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5),
+             "root_path": "", "asgi": {"version": "3.0"}}
+    with caplog.at_level("ERROR", logger="ferkit.service"):
+        asyncio.run(app(scope, receive, send))
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 400
+
+
+def test_metrics_labels_stay_bounded(recognizer):
+    with make_client(recognizer) as c:
+        for i in range(50):
+            c.request(f"M{i}X", "/v1/models")
+            c.get(f"/scan/{i}")
+        text = c.get("/metrics").text
+    assert 'method="other"' in text and "M1X" not in text and "/scan/" not in text
+    assert text.count("ferkit_http_requests_total{") < 20
+
+
+def test_stream_count_is_capped(recognizer, face_jpeg):
+    from starlette.websockets import WebSocketDisconnect
+
+    with make_client(recognizer, max_streams=1) as c, c.websocket_connect("/v1/stream") as first:
+        with pytest.raises(WebSocketDisconnect) as e, c.websocket_connect("/v1/stream") as second:
+            second.receive_json()
+        assert e.value.code == 1013
+        first.send_bytes(face_jpeg)
+        assert first.receive_json()["faces"]
+    with make_client(recognizer, max_streams=1) as c:  # the slot is free again once a stream ends
+        for _ in range(2):
+            with c.websocket_connect("/v1/stream") as ws:
+                ws.send_text('{"type": "reset"}')
+                assert ws.receive_json() == {"type": "reset"}
+
+
+def test_repeat_filter_rate_limits_a_flood():
+    import logging
+
+    from ferkit.service.limits import RepeatFilter
+
+    f = RepeatFilter(burst=3, window=60)
+    records = [logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "socket.accept() out of system resource",
+                                 None, None) for _ in range(1000)]
+    assert sum(f.filter(r) for r in records) == 3
+    other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "something else", None, None)
+    assert f.filter(other)
+
+
+def test_real_server_caps_connections_and_drops_idle_ones(recognizer):
+    """A real uvicorn server: idle sockets past max_connections get 503 and are closed at once; idle ones are
+    closed after header_timeout, and /healthz answers throughout."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    from ferkit.cli.serve import uvicorn_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(ServiceConfig(port=port, workers=1, max_connections=4, header_timeout=1.0), recognizer=recognizer)
+    server = uvicorn.Server(uvicorn_config(app, app.state.config, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+    time.sleep(0.2)
+    extra = socket.create_connection(("127.0.0.1", port))
+    extra.settimeout(5)
+    answer = extra.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 503") and b"too many connections" in answer
+    assert extra.recv(10) == b""  # closed
+    time.sleep(1.5)  # the idle ones are closed by now
+    for sock in idle:
+        sock.settimeout(2)
+        assert sock.recv(10) == b""
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    for sock in idle + [extra]:
+        sock.close()
+    server.should_exit = True
+    thread.join(20)

@@ -77,17 +77,24 @@ def serve(
 
 
 def uvicorn_config(app, config, log_level: str = "info"):
-    """The uvicorn settings the service runs under (shared with the load benchmark and the browser test)."""
+    """The uvicorn settings the service runs under (shared with the benchmarks and the browser test)."""
     import uvicorn
 
-    return uvicorn.Config(
+    from ferkit.service.limits import guarded_protocol, install_log_limits
+
+    settings = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
         log_level=log_level,
         timeout_graceful_shutdown=config.graceful_timeout,
-        # A frame on the WebSocket obeys the same size limit as an upload.
+        # Connections past the limit are answered 503 and closed at once; idle ones close after header_timeout.
+        http=guarded_protocol(config.connection_limit, config.header_timeout),
+        # A frame on the WebSocket obeys the same size limit as an upload, and at most 2 wait unread per stream.
         ws_max_size=config.max_upload_bytes + 65536,
+        ws_max_queue=2,
         server_header=False,
         access_log=log_level == "debug",
     )
+    install_log_limits()  # after uvicorn has configured its loggers
+    return settings

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 import logging
 import os
+import re
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
@@ -23,7 +25,14 @@ from ferkit import __version__
 from ferkit.service.config import ServiceConfig
 from ferkit.service.engine import Engine
 from ferkit.service.errors import ApiError, install_handlers
-from ferkit.service.limits import IMAGE_TYPES, BodyLimitMiddleware, check_image_bytes
+from ferkit.service.limits import (
+    IMAGE_TYPES,
+    BodyLimitMiddleware,
+    HostCheck,
+    SecurityHeaders,
+    UploadBudget,
+    check_image_bytes,
+)
 from ferkit.service.metrics import Metrics, MetricsMiddleware
 from ferkit.service.pool import InferencePool
 from ferkit.service.schemas import (
@@ -71,6 +80,21 @@ def _static(name: str) -> str:
     return (resources.files("ferkit.service") / "static" / name).read_text(encoding="utf-8")
 
 
+def loopback_hosts(host: str) -> list[str]:
+    """Host headers a loopback-bound server answers: its own address and the loopback names."""
+    own = f"[{host}]" if ":" in host else host
+    return sorted({"127.0.0.1", "localhost", "[::1]", own.lower()})
+
+
+def page_headers(html: str) -> dict[str, str]:
+    """Content-Security-Policy of a page: its own inline script (by hash) and this server only; no framing."""
+    scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts)
+    csp = (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; img-src 'self' data: blob:; "
+           "media-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return {"Content-Security-Policy": csp, "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+
+
 def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> FastAPI:
     """The service as an ASGI app. `recognizer`: an EmotionRecognizer to use (default: built from `config`)."""
     config = (config or ServiceConfig()).validate()
@@ -82,9 +106,9 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
         model: Any = list(config.model) if len(config.model) > 1 else (config.model[0] if config.model else None)
         recognizer = EmotionRecognizer(model, detector=config.detector, threads=threads)
     metrics = Metrics()
-    engine = Engine(recognizer, metrics, max_pixels=config.max_pixels)
+    engine = Engine(recognizer, metrics, max_pixels=config.max_pixels, pixel_budget=config.pixel_budget)
     pool = InferencePool(config.workers, config.queue)
-    state: dict[str, Any] = {"ready": False}
+    state: dict[str, Any] = {"ready": False, "streams": 0}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -112,18 +136,21 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
     app.state.metrics = metrics
     install_handlers(app)
 
-    request_limit = config.max_upload_bytes * 4 // 3 + 65536  # base64 in JSON is 4/3 of the bytes
-
     def limit_for(path: str) -> int:
         if path == "/v1/predict":
-            return request_limit
+            return config.request_limit
         if path == "/v1/predict/batch":
-            return request_limit * config.max_batch
-        return 1024 * 1024
+            return config.batch_limit
+        return 64 * 1024
 
-    # Added innermost first: CORS is outermost so that even 401/413 answers carry its headers.
-    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    # Added innermost first: CORS is outermost so that even 401/413 answers carry its headers; the Host check
+    # comes before everything else the app does.
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for, budget=UploadBudget(config.upload_budget_bytes),
+                       timeout=config.body_timeout)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
+    if config.is_loopback:
+        app.add_middleware(HostCheck, allowed_hosts=loopback_hosts(config.host))
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -155,6 +182,15 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
                 metrics.rejected.inc()
             raise
 
+    def refuse_if_full() -> None:
+        """The pool's answer before the body is read: a full pool never makes the server buffer an upload."""
+        if pool.full:
+            metrics.rejected.inc()
+            if pool.closed:
+                raise ApiError(503, "shutting_down", "the service is shutting down", {"Retry-After": "5"})
+            raise ApiError(503, "busy", f"all {pool.workers} workers busy and the queue full; retry later",
+                           {"Retry-After": str(pool.retry_after())})
+
     def check_top_k(top_k: int | None) -> None:
         if top_k is not None and top_k > len(engine.classes):
             raise ApiError(422, "invalid_parameter", f"top_k: {top_k} is more than the {len(engine.classes)} classes")
@@ -162,14 +198,15 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
     # -- pages ---------------------------------------------------------------------------------------------------
     index_html = _static("index.html")
     docs_html = _static("docs.html")
+    index_headers, docs_headers = page_headers(index_html), page_headers(docs_html)
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
-        return HTMLResponse(index_html)
+        return HTMLResponse(index_html, headers=index_headers)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return HTMLResponse(docs_html)
+        return HTMLResponse(docs_html, headers=docs_headers)
 
     # -- health --------------------------------------------------------------------------------------------------
     @app.get("/healthz", response_model=HealthOut, tags=["health"], summary="Liveness: the process answers")
@@ -215,6 +252,7 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
     async def predict(request: Request, detect: DetectQ = None, top_k: TopKQ = None, tta: TtaQ = False) -> Any:
         check_key(request.headers)
         check_top_k(top_k)
+        refuse_if_full()
         items = await read_images(request, single=True)
         name, data = items[0]
         if isinstance(data, ApiError):
@@ -228,6 +266,7 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
     async def predict_batch(request: Request, detect: DetectQ = None, top_k: TopKQ = None, tta: TtaQ = False) -> Any:
         check_key(request.headers)
         check_top_k(top_k)
+        refuse_if_full()
         items = await read_images(request, single=False)
         if not items:
             raise ApiError(400, "no_file", "no images in the request")
@@ -288,6 +327,8 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, "malformed_json", f"malformed JSON: {str(e).splitlines()[0][:120]}") from None
+        except RecursionError:
+            raise ApiError(400, "malformed_json", "malformed JSON: nested too deeply") from None
         key = "image" if single else "images"
         if not isinstance(doc, dict) or key not in doc:
             raise ApiError(400, "malformed_json", f"JSON body needs a field {key!r}")
@@ -321,14 +362,49 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
         window: int | None = None,
         api_key: str | None = None,
     ) -> None:
-        from ferkit.inference.tracking import FaceTracker
 
+        # Refused before the handshake completes: the client sees HTTP 403 (a browser's WebSocket only an error).
+        origin = ws.headers.get("origin")
+        if origin is not None and not origin_allowed(origin, ws.headers.get("host", "")):
+            log.info("WebSocket from origin %r refused (not this server, not in cors_origins)", origin[:100])
+            await ws.close(code=1008, reason="origin not allowed")
+            return
         try:
             check_key(ws.headers, api_key)
         except ApiError as e:
             await ws.close(code=1008, reason=e.message)
             return
-        await ws.accept()
+        if state["streams"] >= config.max_streams:
+            await ws.close(code=1013, reason=f"{config.max_streams} streams open (the limit); retry later")
+            return
+        state["streams"] += 1
+        try:
+            await ws.accept()
+        except BaseException:
+            state["streams"] -= 1
+            raise
+        try:
+            await serve_stream(ws, detect, tta, top_k, window)
+        finally:
+            state["streams"] -= 1
+
+    def origin_allowed(origin: str, host: str) -> bool:
+        """A page may open the stream from this server itself or from a CORS origin; anything else is a foreign page
+        driving the visitor's browser (the API key, if any, would not be asked for: the page has it in localStorage)."""
+        from urllib.parse import urlsplit
+
+        if origin in config.cors_origins:
+            return True
+        try:
+            netloc = urlsplit(origin).netloc.lower()
+        except ValueError:
+            return False
+        return bool(netloc) and netloc == host.lower()
+
+    async def serve_stream(ws: WebSocket, detect: bool | None, tta: bool, top_k: int | None,
+                           window: int | None) -> None:
+        from ferkit.inference.tracking import FaceTracker
+
         if (top_k is not None and not 1 <= top_k <= len(engine.classes)) or (window is not None and window < 1):
             await ws.close(code=1008, reason="top_k must be 1..number of classes and window >= 1")
             return
@@ -345,7 +421,7 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
                     text = message.get("text") or ""
                     try:
                         doc = json.loads(text)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         await ws.send_json({"error": {"status": 400, "code": "malformed_json",
                                                       "message": "text messages must be JSON, e.g. {\"type\": \"reset\"}"}})
                         continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -35,6 +36,40 @@ class ServiceConfig:
     api_key: str | None = None
     graceful_timeout: float = 10.0  # seconds to finish in-flight requests on shutdown
     stream_window: int = 5  # EMA span in frames for the smoothed emotions of /v1/stream tracks (1 = none)
+    # Bounds on what clients can make the server hold (docs/service.md: worst-case memory from these).
+    max_connections: int = 256  # open connections; kept below the process's file-descriptor limit
+    max_streams: int = 8  # open /v1/stream WebSockets
+    upload_budget_mb: float = 64.0  # request bodies being received or waiting for a worker, all requests together
+    pixel_budget: int = 50_000_000  # image pixels (as their headers declare) being decoded at once, all workers
+    header_timeout: float = 10.0  # seconds a new connection has to send its request line and headers
+    body_timeout: float = 60.0  # seconds a client has to send a request body
+
+    @property
+    def upload_budget_bytes(self) -> int:
+        return int(self.upload_budget_mb * 1024 * 1024)
+
+    @property
+    def request_limit(self) -> int:
+        """Largest body of a one-image request: base64 in JSON is 4/3 of the bytes, plus room for the rest."""
+        return self.max_upload_bytes * 4 // 3 + 65536
+
+    @property
+    def batch_limit(self) -> int:
+        """Largest body of a batch request: max_batch images, but never more than the whole upload budget."""
+        return min(self.request_limit * self.max_batch, self.upload_budget_bytes)
+
+    @property
+    def connection_limit(self) -> int:
+        """max_connections, lowered to stay well below the file-descriptor limit (accept() must never fail)."""
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):
+            return self.max_connections
+        if soft == resource.RLIM_INFINITY:
+            return self.max_connections
+        return max(1, min(self.max_connections, soft - 128))
 
     @property
     def max_upload_bytes(self) -> int:
@@ -50,6 +85,12 @@ class ServiceConfig:
             return False
 
     def validate(self) -> ServiceConfig:
+        floats = {"max upload MB": self.max_upload_mb, "upload budget MB": self.upload_budget_mb,
+                  "graceful timeout": self.graceful_timeout, "header timeout": self.header_timeout,
+                  "body timeout": self.body_timeout}
+        for what, value in floats.items():
+            if not math.isfinite(value):
+                raise FerkitError(f"{what} {value}: must be a finite number")
         checks = [
             (1 <= self.port <= 65535, f"port {self.port}: must be 1..65535"),
             (self.workers >= 1, f"workers {self.workers}: must be >= 1"),
@@ -59,7 +100,15 @@ class ServiceConfig:
             (1 <= self.max_pixels <= MAX_PIXELS, f"max pixels {self.max_pixels}: must be 1..{MAX_PIXELS}"),
             (self.graceful_timeout >= 0, f"graceful timeout {self.graceful_timeout}: must be >= 0"),
             (self.stream_window >= 1, f"stream window {self.stream_window}: must be >= 1"),
-            (self.api_key != "", "api key: empty; leave it unset for an open service"),
+            (self.api_key is None or self.api_key.strip() != "",
+             "api key: empty or blank; leave it unset (no FERKIT_API_KEY at all) for an open service"),
+            (self.max_connections >= 1, f"max connections {self.max_connections}: must be >= 1"),
+            (self.max_streams >= 0, f"max streams {self.max_streams}: must be >= 0"),
+            (self.upload_budget_bytes >= self.request_limit,
+             f"upload budget {self.upload_budget_mb} MB: must hold one upload ({self.request_limit / 2**20:.1f} MB "
+             f"for max upload {self.max_upload_mb} MB)"),
+            (self.pixel_budget >= 1, f"pixel budget {self.pixel_budget}: must be >= 1"),
+            (self.header_timeout > 0 and self.body_timeout > 0, "header and body timeouts: must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -73,7 +122,9 @@ class ServiceConfig:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and raw.strip() != "":
+            if raw is not None and f.name == "api_key":
+                values[f.name] = raw  # a blank key is refused by validate(), never taken for "no key"
+            elif raw is not None and raw.strip() != "":
                 values[f.name] = _parse(f.name, raw.strip(), ENV_PREFIX + f.name.upper())
         for name, value in overrides.items():
             if value is not None:
@@ -87,9 +138,12 @@ def _parse(name: str, raw: str, where: str) -> Any:
         if kind == "int":
             return int(raw)
         if kind == "float":
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
     except ValueError:
-        raise FerkitError(f"{where}={raw!r}: not a number") from None
+        raise FerkitError(f"{where}={raw[:40]!r}: not a (finite) number") from None
     if kind == "tuple[str, ...]":
         return tuple(p.strip() for p in raw.split(",") if p.strip())
     return raw

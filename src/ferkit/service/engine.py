@@ -15,14 +15,17 @@ from ferkit.errors import FerkitError
 from ferkit.service.errors import ApiError, from_ferkit_error
 from ferkit.service.limits import FORMATS
 from ferkit.service.metrics import Metrics
+from ferkit.service.pool import PixelBudget
 
 
 class Engine:
     """Wraps an EmotionRecognizer (or anything with its predict/classes/model_names) for the service."""
 
-    def __init__(self, recognizer: Any, metrics: Metrics, max_pixels: int = images.MAX_PIXELS):
+    def __init__(self, recognizer: Any, metrics: Metrics, max_pixels: int = images.MAX_PIXELS,
+                 pixel_budget: int | None = None):
         self.rec = recognizer
         self.max_pixels = max_pixels
+        self.pixels = PixelBudget(pixel_budget or 2 * max_pixels)
         # TTA is a per-request option but a recognizer setting: a shallow copy shares the ONNX sessions
         # and the detector, so the TTA twin costs nothing and requests never mutate shared state.
         self.rec_tta = copy.copy(recognizer)
@@ -49,7 +52,7 @@ class Engine:
     def predict_bytes(self, data: bytes, name: str, detect: bool | None, tta: bool, top_k: int | None) -> dict:
         start = time.perf_counter()
         try:
-            pred = self._predict(self._decode(data, name), name, detect, tta)
+            pred = self._decode_and_predict(data, name, detect, tta)
         except FerkitError as e:
             self.metrics.images.labels("bad").inc()
             raise from_ferkit_error(e) from None
@@ -62,14 +65,20 @@ class Engine:
         """One video frame of a stream: like predict_bytes, then the stream's tracker smooths each face."""
         start = time.perf_counter()
         try:
-            pred = self._predict(self._decode(data, "frame"), None, detect, tta)
+            pred = self._decode_and_predict(data, None, detect, tta)
         except FerkitError as e:
             raise from_ferkit_error(e) from None
         tracker.update(pred.faces)
         return self._answer(pred, top_k, start)
 
-    def _decode(self, data: bytes, name: str) -> images.Decoded:
-        return images.load(data, name, formats=FORMATS, max_pixels=self.max_pixels)
+    def _decode_and_predict(self, data: bytes, name: str | None, detect: bool | None, tta: bool) -> Any:
+        """Decoding waits for room in the pixel budget (the header's size, what decoding costs) and holds it until
+        the prediction is done."""
+        where = name or "frame"
+        info = images.probe(data, where, formats=FORMATS, max_pixels=self.max_pixels)
+        with self.pixels.hold(info.pixels):
+            decoded = images.load(data, where, formats=FORMATS, max_pixels=self.max_pixels)
+            return self._predict(decoded, name, detect, tta)
 
     def _predict(self, decoded: images.Decoded, name: str | None, detect: bool | None, tta: bool) -> Any:
         """Boxes in the pixels of the full image, also when a very large one was decoded reduced."""

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ferkit.errors import FerkitError
 
@@ -80,6 +81,12 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES.get(exc.status_code, "error")
         return error_response(ApiError(exc.status_code, code, str(exc.detail), dict(exc.headers or {})))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _exc: ClientDisconnect) -> JSONResponse:
+        # The client hung up mid-upload: nobody reads this answer, and it is no internal error.
+        log.debug("client disconnected during %s %s", request.method, request.url.path)
+        return error_response(ApiError(400, "client_disconnected", "the client closed the connection"))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -12,6 +12,8 @@ KNOWN_PATHS = (
     "/", "/docs", "/openapi.json", "/healthz", "/readyz", "/metrics",
     "/v1/models", "/v1/predict", "/v1/predict/batch", "/v1/stream",
 )
+# The same for methods: a client can send any token as a method.
+KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -66,5 +68,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.metrics.requests.labels(path, scope["method"], str(status["code"])).inc()
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            self.metrics.requests.labels(path, method, str(status["code"])).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - start)

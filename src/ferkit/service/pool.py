@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -34,6 +35,11 @@ class InferencePool:
     @property
     def pending(self) -> int:
         return self._pending
+
+    @property
+    def full(self) -> bool:
+        """No slot for one more job: a request can be refused before its body is read."""
+        return self.closed or self._pending >= self.capacity
 
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: the queue ahead divided among the workers."""
@@ -75,3 +81,27 @@ class InferencePool:
         with self._lock:
             self.closed = True
         self._executor.shutdown(wait=True)
+
+
+class PixelBudget:
+    """Pixels being decoded at once, all workers together: a worker waits for room before it decodes, so two
+    large images never decode side by side past the budget. An image larger than the whole budget decodes alone."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        n = min(max(pixels, 0), self.total)
+        with self._cond:
+            while self.used + n > self.total:
+                self._cond.wait()
+            self.used += n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()
