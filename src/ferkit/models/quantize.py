@@ -118,9 +118,10 @@ def quantize_int8(
     if not (faces.ndim == 3 and faces.shape[1:] == (size, size) and faces.dtype == np.uint8):
         faces = np.stack([preprocess(im, size) for im in faces])
     views = tta_views(faces, "none", crop)[0][:, None].astype(np.float32)
-    # Whole batches only: ORT's histogram calibrators (percentile, entropy) cannot stack a shorter last batch.
     batch = max(1, min(batch, len(views)))
-    views = views[: len(views) // batch * batch]
+    if method != "minmax":
+        # Whole batches only: ORT's histogram calibrators cannot stack a shorter last batch.
+        views = views[: len(views) // batch * batch]
     input_name = proto.graph.input[0].name
     cal = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
            "entropy": CalibrationMethod.Entropy}[method]
