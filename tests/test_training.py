@@ -57,7 +57,8 @@ def test_augment_keeps_shape_range_and_changes_images() -> None:
 
 def test_short_run_learns_and_writes_run_folder(tiny_folders: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    summary = train(small_cfg(tiny_folders, out, "epochs=6"))
+    # The blob classes are positions: a mirror swaps two of them, which would cap accuracy at 2/3.
+    summary = train(small_cfg(tiny_folders, out, "epochs=6", "augment.flip=false"))
     for f in ("config.toml", "log.jsonl", "best.safetensors", "state.pt", "model.onnx", "metrics.json", "curves.png"):
         assert (out / f).exists(), f
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

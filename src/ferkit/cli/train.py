@@ -38,11 +38,14 @@ def register(app: typer.Typer) -> None:
         Example: ferkit train configs/fer2013_default.toml --epochs 5 --out runs/try
 
         Fine-tune the shipped model on your own class folders: ferkit train --data my_faces/ --init default --epochs 10
+
+        On several processes or GPUs (docs/distributed.md): torchrun --nproc_per_node=4 --no-python ferkit train CONFIG
         """
         _need_torch()
         from ferkit.models import list_models as _list
         from ferkit.training import load_config
         from ferkit.training import train as _train
+        from ferkit.training.trainer import is_main_process
 
         if list_models:
             console.print("\n".join(_list()))
@@ -60,6 +63,8 @@ def register(app: typer.Typer) -> None:
             config = Path(run) / "config.toml"
         cfg = load_config(config, sets)
         summary = _train(cfg, resume=resume)
+        if not is_main_process():
+            return  # under torchrun, rank 0 speaks for all
         if json_out:
             print_json(summary)
         else:

@@ -45,7 +45,8 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 (CPU autocast) ; CUDA always uses bf16 autocast
     channels_last: bool = True
     device: str = "cpu"
-    threads: int = 0  # 0: all cores
+    threads: int = 0  # 0: all cores (under torchrun: the cores shared out among a node's processes)
+    sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
     seed: int = 0
     patience: int = 0  # early stopping after this many epochs without a better val metric; 0: off
     select_metric: str = "val_acc"  # val_acc | val_macro_f1 | val_loss

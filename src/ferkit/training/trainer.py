@@ -2,13 +2,17 @@
 
 A run folder holds config.toml, log.jsonl (one line per epoch), curves.png, best.safetensors (+ meta.json),
 state.pt (the resumable state of the last finished epoch), model.onnx and metrics.json.
+
+Launched by torchrun (WORLD_SIZE > 1) the same loop trains data-parallel with PyTorch's DistributedDataParallel:
+every process holds the whole dataset, takes its share of each global batch of the epoch's shared permutation, and
+only rank 0 writes the run folder (docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import distributed as dist
 from torch import nn
 
 from ferkit.data import Dataset, load_dataset
@@ -30,6 +35,22 @@ from ferkit.utils import atomic_write
 from ferkit.views import tta_views
 
 log = logging.getLogger("ferkit.train")
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) in a plain process."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+def is_main_process() -> bool:
+    """False in torchrun's processes other than rank 0, which print and write nothing."""
+    return dist_env()[0] == 0
+
+
+def _seed(*parts: int) -> int:
+    # Independent streams for (seed, epoch, ...) tuples, where seed + epoch would make neighbouring runs overlap.
+    return int(np.random.SeedSequence([p % 2**32 for p in parts]).generate_state(1)[0])
 
 
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
@@ -132,14 +153,29 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.progress = sys.stderr.isatty() if progress is None else progress
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise FerkitError("--device cuda: no CUDA GPU is available here")
         self.device = torch.device(cfg.device)
+        self.rank, self.world, local_rank = dist_env()
+        if self.world > 1:
+            self._join_process_group(local_rank)
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.rank == 0
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        elif self.world > 1 and self.device.type == "cpu":
+            # torchrun sets OMP_NUM_THREADS=1; "all cores" means the node's cores shared out among its processes.
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        if cfg.batch_size % self.world:
+            raise FerkitError(f"batch_size: {cfg.batch_size} does not split evenly over {self.world} processes; "
+                              f"the global batch is shared out, so choose a multiple of {self.world}")
         self.bf16 = use_bf16(cfg, self.device)
+        # Under torchrun each node's first process decodes (and caches) the dataset while the others wait.
+        if self.world > 1 and local_rank != 0:
+            dist.barrier()
         self.ds = load_dataset(cfg.data, format=cfg.format, classes=cfg.classes)
+        if self.world > 1 and local_rank == 0:
+            dist.barrier()
         for split in ("train", "val"):
             if split not in self.ds.splits:
                 raise FerkitError(f"{cfg.data}: has no {split} split; training needs train and val")
@@ -153,25 +189,52 @@ class Trainer:
         self.model = create_model(cfg.model, len(self.classes), **kw)
         if cfg.init:
             new = init_from(self.model, cfg.init, self.classes)
-            log.info("starting from %s%s", cfg.init, f"; new classes: {', '.join(new)}" if new else "")
+            self._log(logging.INFO, "starting from %s%s", cfg.init, f"; new classes: {', '.join(new)}" if new else "")
         if cfg.freeze:
             if not cfg.init:
                 raise FerkitError("freeze: only the output layer would learn on a random body; set init as well")
             head = classifier_name(self.model) + "."
             for name, p in self.model.named_parameters():
                 p.requires_grad = name.startswith(head)
+        if cfg.sync_bn and self.world > 1:
+            if self.device.type != "cuda":
+                raise FerkitError("sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set sync_bn = false on CPUs")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model = self.model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # The training forward goes through DDP (gradients all-reduced in backward); EMA, checkpoints and
+        # validation use the plain module, whose weights are the same in every process.
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            import inspect
+
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # BatchNorm statistics are averaged after each step below, not copied from rank 0 before each forward
+            # (the argument was renamed in newer PyTorch).
+            new_name = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                           **{"forward_sync_buffers" if new_name else "broadcast_buffers": False})
+            torch.manual_seed(cfg.seed + self.rank)  # dropout masks differ between processes
+        # Without SyncBN each process's BatchNorm statistics follow its own share: averaged after every step.
+        self.sync_buffers = self.world > 1 and not cfg.sync_bn and not cfg.freeze and any(
+            b.dtype.is_floating_point for b in self.model.buffers())
         # The dataset lives on the training device once; batches are cut and augmented there.
         self.x_train = torch.from_numpy(self.ds["train"].images).to(self.device)
         self.y_train = _targets(self.ds, "train", cfg).to(self.device)
         self.teacher = self._teacher() if cfg.teacher else None
-        self.steps_per_epoch = math.ceil(len(self.x_train) / cfg.batch_size)
+        n = len(self.x_train)
+        # A last batch smaller than the number of processes would leave some with nothing to learn from: it is
+        # skipped (other images each epoch). With one process this is ceil(n / batch_size).
+        self.steps_per_epoch = n // cfg.batch_size + (n % cfg.batch_size >= self.world)
+        if self.steps_per_epoch == 0:
+            raise FerkitError(f"{cfg.data}: {n} training images, fewer than the {self.world} processes")
         self.opt = make_optimizer(cfg, self.model)
         self.sched = make_schedule(cfg, self.opt, self.steps_per_epoch)
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
-        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        # Augmentation, mixing and teacher views: one generator per process (seed + rank), saved in the checkpoint.
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + self.rank)
         counts = np.bincount(self.ds["train"].labels, minlength=len(self.classes)).astype(np.float64)
         self.class_weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32,
                                           device=self.device)
@@ -179,12 +242,29 @@ class Trainer:
         self.best: float | None = None
         self.best_epoch = 0
         self.last_row: dict[str, Any] | None = None
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self._load_state()
-        else:
+        elif self.rank == 0:
             (self.out / "log.jsonl").unlink(missing_ok=True)
-        atomic_write(self.out / "config.toml", lambda p: Path(p).write_text(to_toml(cfg)))
+        if self.rank == 0:
+            atomic_write(self.out / "config.toml", lambda p: Path(p).write_text(to_toml(cfg)))
+
+    def _join_process_group(self, local_rank: int) -> None:
+        if not dist.is_available():
+            raise FerkitError("torchrun: this PyTorch build has no torch.distributed")
+        if self.device.type == "cuda":
+            # One GPU per process, by its rank on the node.
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def _log(self, level: int, msg: str, *args: Any) -> None:
+        if self.rank == 0:  # the other processes train the same model: one voice is enough
+            log.log(level, msg, *args)
 
     def _teacher(self) -> Teacher:
         cfg = self.cfg
@@ -196,53 +276,105 @@ class Trainer:
         if len(specs) == 1 and specs[0].endswith(".npz"):
             path = Path(specs[0])
         else:
-            path = compute_teacher(specs, self.ds["train"].images, self.ds["train"].labels, self.classes, cfg.augment,
-                                   self.crop, cfg.teacher_views, cfg.seed, self.device, self.out / "teacher.npz")
+            path = self.out / "teacher.npz"
+            if self.rank == 0:
+                compute_teacher(specs, self.ds["train"].images, self.ds["train"].labels, self.classes, cfg.augment,
+                                self.crop, cfg.teacher_views, cfg.seed, self.device, path)
+            if self.world > 1:
+                dist.barrier()  # the others read the file rank 0 wrote (a shared run folder across nodes)
         return Teacher(path, self.classes, len(self.x_train), self.crop, cfg.distill_temperature, self.device,
                        cfg.augment.flip)
 
     # -- state -------------------------------------------------------------------------------------------------
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every process's random state (a collective call under torchrun: all of them must make it)."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        mine = {"gen": self.gen.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
+        if self.world == 1:
+            return [mine]
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, mine)
+        return states
+
     def _state(self) -> dict[str, Any]:
+        rng = self._rng_states()
         return {
             "model": self.model.state_dict(),
             "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(),
             "ema": None if self.ema is None else {"shadow": self.ema.shadow, "steps": self.ema.steps},
-            "gen": self.gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "gen": rng[0]["gen"],
+            "torch_rng": rng[0]["torch"],
+            "rng": rng,  # one entry per process
             "epoch": self.epoch,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "row": self.last_row,
         }
 
+    def _read_state(self) -> dict[str, Any]:
+        # Rank 0 reads the run folder and hands the state to the others: only its node needs the folder.
+        path = self.out / "state.pt"
+        st: Any = None
+        if self.rank == 0:
+            if not path.exists():
+                st = f"--resume: {path} not found; nothing to resume"
+            else:
+                # weights_only: the resumable state holds tensors and plain values only, nothing to unpickle.
+                try:
+                    st = torch.load(path, map_location="cpu", weights_only=True)
+                except Exception as e:  # truncated, foreign or tampered: torch raises many types
+                    st = f"--resume: {path} is not a resumable state of this run ({str(e).splitlines()[0][:160]})"
+        if self.world > 1:
+            box = [st]
+            dist.broadcast_object_list(box, src=0)
+            st = box[0]
+        if isinstance(st, str):
+            raise FerkitError(st)
+        return st
+
     def _load_state(self) -> None:
         path = self.out / "state.pt"
-        if not path.exists():
-            raise FerkitError(f"--resume: {path} not found; nothing to resume")
-        # weights_only: the resumable state holds tensors and plain values only, nothing to unpickle.
+        st = self._read_state()
         try:
-            st = torch.load(path, map_location=self.device, weights_only=True)
             self.model.load_state_dict(st["model"])
             self.opt.load_state_dict(st["opt"])
             self.sched.load_state_dict(st["sched"])
-        except Exception as e:  # truncated, foreign or tampered: torch raises many types, none of them a user error
+        except Exception as e:  # a state of another model or torch version: none of them a user error
             raise FerkitError(f"--resume: {path} is not a resumable state of this run ({str(e).splitlines()[0][:160]})"
                               ) from None
         total = self.cfg.epochs * self.steps_per_epoch
         if self.cfg.schedule == "onecycle" and self.sched.total_steps != total:
-            # The run was resumed with another length: continue the same one-cycle curve stretched to it.
-            log.warning("resuming with %d epochs instead of %d: the schedule is re-planned from here",
-                        self.cfg.epochs, self.sched.total_steps // self.steps_per_epoch)
+            # Another number of epochs (or of steps per epoch): continue the same one-cycle curve stretched to it.
+            self._log(logging.WARNING, "resuming with %d steps in all instead of %d: the schedule is re-planned "
+                      "from here", total, self.sched.total_steps)
             done = st["epoch"] * self.steps_per_epoch
             self.sched = make_schedule(self.cfg, self.opt, self.steps_per_epoch)
             self.sched.last_epoch = done - 1
             self.sched.step()
         if self.ema is not None and st["ema"] is not None:
-            self.ema.shadow, self.ema.steps = st["ema"]["shadow"], st["ema"]["steps"]
-        self.gen.set_state(st["gen"].cpu())
-        torch.set_rng_state(st["torch_rng"])
+            self.ema.shadow = {k: v.to(self.device) for k, v in st["ema"]["shadow"].items()}
+            self.ema.steps = st["ema"]["steps"]
+        # States written before per-process random states were kept hold one process's, as "gen" and "torch_rng".
+        rng = st.get("rng") or [{"gen": st["gen"], "torch": st["torch_rng"], "cuda": None}]
+        if len(rng) == self.world:
+            mine = rng[self.rank]
+            self.gen.set_state(mine["gen"].cpu())
+            torch.set_rng_state(mine["torch"].cpu())
+            if mine.get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda"].cpu(), self.device)
+        else:
+            self._log(logging.WARNING, "resuming on %d processes instead of %d: weights, optimiser, schedule, EMA "
+                      "and epoch carry on, the random draws of augmentation start afresh", self.world, len(rng))
+            seed = _seed(self.cfg.seed, st["epoch"], 1, self.rank)
+            self.gen.manual_seed(seed)
+            torch.manual_seed(seed)
         self.epoch, self.best, self.best_epoch = st["epoch"], st["best"], st["best_epoch"]
+        if self.rank == 0:
+            self._repair_log(st)
+        self._log(logging.INFO, "resumed %s at epoch %d", self.out, self.epoch)
+
+    def _repair_log(self, st: dict[str, Any]) -> None:
         # Rows of epochs after the checkpoint (a kill between the log and the save) are trained again.
         logf = self.out / "log.jsonl"
         if logf.exists():
@@ -253,7 +385,6 @@ class Trainer:
         if st.get("row") and (not rows or json.loads(rows[-1])["epoch"] < self.epoch):
             rows.append(json.dumps(st["row"]))
         atomic_write(logf, lambda p: Path(p).write_text("".join(r + "\n" for r in rows)))
-        log.info("resumed %s at epoch %d", self.out, self.epoch)
 
     def eval_model(self) -> nn.Module:
         if self.ema is None:
@@ -264,12 +395,27 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------------------------------
     def _order(self) -> torch.Tensor:
+        # The epoch's order depends on the seed and the epoch only: the same in every process, for any number of them.
+        gen = torch.Generator(device=self.device).manual_seed(_seed(self.cfg.seed, self.epoch, 0))
         n = len(self.x_train)
         if self.cfg.balance == "sampler":
             labels = torch.from_numpy(self.ds["train"].labels).to(self.device)
             w = self.class_weights[labels]
-            return torch.multinomial(w, n, replacement=True, generator=self.gen)
-        return torch.randperm(n, generator=self.gen, device=self.device)
+            return torch.multinomial(w, n, replacement=True, generator=gen)
+        return torch.randperm(n, generator=gen, device=self.device)
+
+    def _share(self, batch: torch.Tensor) -> torch.Tensor:
+        """This process's contiguous share of a global batch: equal shares, but in a short last batch."""
+        return batch.tensor_split(self.world)[self.rank] if self.world > 1 else batch
+
+    @torch.no_grad()
+    def _average_buffers(self) -> None:
+        bufs = [b for b in self.model.buffers() if b.dtype.is_floating_point]
+        flat = torch.cat([b.reshape(-1) for b in bufs])
+        dist.all_reduce(flat)
+        flat /= self.world
+        for b, v in zip(bufs, flat.split([b.numel() for b in bufs]), strict=True):
+            b.copy_(v.view_as(b))
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # Each image is weighted by its own (possibly soft) label, before smoothing: weighting the smoothed
@@ -289,9 +435,11 @@ class Trainer:
                     m.eval()
         order = self._order()
         total, correct, loss_sum, t0 = 0, 0, 0.0, time.time()
-        bar = _Bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.progress)
+        bar = _Bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.progress, self.rank != 0)
+        bs = self.cfg.batch_size
         for step in range(self.steps_per_epoch):
-            idx = order[step * self.cfg.batch_size : (step + 1) * self.cfg.batch_size]
+            batch = order[step * bs : (step + 1) * bs]
+            idx = self._share(batch)
             y = self.y_train[idx]
             if self.teacher is not None:
                 x, soft = self.teacher.batch(idx, self.gen)
@@ -301,16 +449,20 @@ class Trainer:
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.model(x)
+                logits = self.net(x)
             loss = self._loss(logits, y)
             if self.teacher is not None:
                 a = self.cfg.distill_alpha
                 loss = (1 - a) * loss + a * distill_loss(logits, soft, self.cfg.distill_temperature)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the processes' gradients; weighting each share by its size makes that the gradient of
+            # the global batch's mean loss, as one process would compute it, short last batch included.
+            (loss * (len(idx) * self.world / len(batch)) if self.world > 1 else loss).backward()
             if self.cfg.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.opt.step()
+            if self.sync_buffers:
+                self._average_buffers()
             if self.cfg.schedule != "plateau":
                 self.sched.step()
             if self.ema is not None:
@@ -318,14 +470,26 @@ class Trainer:
             total += len(idx)
             correct += int((logits.argmax(1) == y.argmax(1)).sum())
             loss_sum += loss.item() * len(idx)
-            bar.update(step + 1, total / (time.time() - t0))
+            bar.update(step + 1, total * self.world / (time.time() - t0))
         bar.close()
+        if self.world > 1:
+            sums = torch.tensor([total, correct, loss_sum], dtype=torch.float64, device=self.device)
+            dist.all_reduce(sums)
+            total, correct, loss_sum = int(sums[0]), int(sums[1]), float(sums[2])
         return {"train_loss": loss_sum / total, "train_acc": correct / total, "images_per_s": total / (time.time() - t0)}
 
     def validate(self) -> dict[str, float]:
+        """Validation metrics, the same in every process: each predicts its share, all of them get all shares."""
         val = self.ds["val"]
-        prob = predict_proba(self.eval_model(), val.images, self.device, crop=self.crop)
-        return {f"val_{k}": v for k, v in _metrics(prob, val.labels, len(self.classes)).items()}
+        n, nc = len(val.images), len(self.classes)
+        lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
+        prob = (predict_proba(self.eval_model(), val.images[lo:hi], self.device, crop=self.crop) if hi > lo
+                else np.zeros((0, nc), np.float32))
+        if self.world > 1:
+            parts: list[Any] = [None] * self.world
+            dist.all_gather_object(parts, prob)
+            prob = np.concatenate(parts)
+        return {f"val_{k}": v for k, v in _metrics(prob, val.labels, nc).items()}
 
     def _better(self, value: float) -> bool:
         if self.best is None:
@@ -334,9 +498,10 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        log.info(
-            "training %s on %s: %d images, %d classes, %s, %d epochs",
+        self._log(
+            logging.INFO, "training %s on %s: %d images, %d classes, %s, %d epochs%s",
             cfg.model, cfg.data, len(self.x_train), len(self.classes), "bf16" if self.bf16 else "fp32", cfg.epochs,
+            f"; {self.world} processes x {cfg.batch_size // self.world} images per step" if self.world > 1 else "",
         )
         stale = self.epoch - self.best_epoch
         while self.epoch < cfg.epochs:
@@ -350,21 +515,25 @@ class Trainer:
             metric = row[cfg.select_metric]
             if self._better(metric):
                 self.best, self.best_epoch, stale = metric, self.epoch, 0
-                self.save_weights(self.out / "best.safetensors")
+                if self.rank == 0:
+                    self.save_weights(self.out / "best.safetensors")
             else:
                 stale += 1
             # The log row follows its checkpoint: a resume drops rows newer than the state it restarts from.
             self.last_row = row
-            atomic_write(self.out / "state.pt", lambda p: torch.save(self._state(), p))
-            with open(self.out / "log.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            log.info(
+            state = self._state()
+            if self.rank == 0:
+                atomic_write(self.out / "state.pt", lambda p, st=state: torch.save(st, p))
+                with open(self.out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            self._log(
+                logging.INFO,
                 "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f macro-F1 %.4f  %.0f img/s  %.0fs",
                 self.epoch, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
                 row["val_macro_f1"], row["images_per_s"], row["seconds"],
             )
             if cfg.patience and stale >= cfg.patience:
-                log.info("early stop: no better %s for %d epochs", cfg.select_metric, stale)
+                self._log(logging.INFO, "early stop: no better %s for %d epochs", cfg.select_metric, stale)
                 break
         return {"best_epoch": self.best_epoch, cfg.select_metric: self.best, "epochs_run": self.epoch}
 
@@ -385,8 +554,9 @@ class Trainer:
 class _Bar:
     """A rich progress bar (rate and ETA) on a terminal; a plain log line every 10% otherwise."""
 
-    def __init__(self, total: int, desc: str, enabled: bool):
+    def __init__(self, total: int, desc: str, enabled: bool, silent: bool = False):
         self.total, self.desc, self.enabled, self.next_log = total, desc, enabled, 0.1
+        self.silent = silent
         self.t0 = time.time()
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -401,7 +571,7 @@ class _Bar:
     def update(self, done: int, rate: float) -> None:
         if self.enabled:
             self.p.update(self.task, completed=done, rate=rate)
-        elif done / self.total >= self.next_log:
+        elif not self.silent and done / self.total >= self.next_log:
             eta = (time.time() - self.t0) / done * (self.total - done)
             log.info("%s  %3.0f%%  %.0f img/s  ETA %.0fs", self.desc, 100 * done / self.total, rate, eta)
             self.next_log += 0.1
@@ -412,9 +582,20 @@ class _Bar:
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Train, keep the best checkpoint by validation, then export it to ONNX and write metrics.json."""
-    trainer = Trainer(cfg, resume=resume)
-    summary = trainer.fit()
-    from ferkit.training.finish import finish_run
+    """Train, keep the best checkpoint by validation, then export it to ONNX and write metrics.json.
 
-    return finish_run(trainer.out, summary)
+    Under torchrun every process calls this; rank 0 finishes the run folder and returns the full summary, the
+    others return the training summary.
+    """
+    started = dist_env()[1] > 1 and dist.is_available() and not dist.is_initialized()
+    try:
+        trainer = Trainer(cfg, resume=resume)
+        summary = trainer.fit()
+        if trainer.rank != 0:
+            return summary
+        from ferkit.training.finish import finish_run
+
+        return finish_run(trainer.out, summary)
+    finally:
+        if started and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,162 @@
+"""Data-parallel training under torchrun: 2 processes with Gloo on 127.0.0.1, on a tiny dataset.
+
+1. A 1-process checkpoint resumes on 2 processes (the whole network: BatchNorm in training mode, augmentation,
+   random crops and EMA on): the 2 replicas end with identical weights and EMA, each learned from its own share of
+   the same permutation a single process would have used, and only rank 0 wrote the run folder.
+2. `torchrun -m ferkit.training` on 2 processes matches a 1-process run with the same global batch, and the loss
+   decreases. These runs train only the output layer of the shipped model (freeze = true), so BatchNorm uses its
+   stored statistics; with augmentation, dropout and EMA off, the 2 shares of a batch then give the gradient of the
+   whole batch and the only difference is float rounding. (BatchNorm in training mode normalises each share by its
+   own statistics, a different computation, unless sync_bn on GPUs.)
+
+The first run starts its 2 processes directly with the environment torchrun gives its workers (RANK, WORLD_SIZE,
+MASTER_ADDR, ...), the second through torchrun itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = torch.distributed
+if not (dist.is_available() and dist.is_gloo_available()):
+    pytest.skip("this PyTorch build has no torch.distributed with Gloo", allow_module_level=True)
+
+from conftest import make_class_folders  # noqa: E402
+
+from ferkit.training import Trainer, load_config  # noqa: E402
+
+# Largest weight difference after 3 epochs of the 2-process run against the 1-process run (fp32): float rounding
+# only, 2e-8 measured here; leaving the short last batch's shares unweighted (6 and 5 images) makes it 8e-4.
+TOLERANCE = 1e-6
+
+# The blob classes depend on the horizontal position: no mirroring.
+NO_AUGMENT = ["augment.flip=false", "augment.scale=0", "augment.rotate=0", "augment.translate=0",
+              "augment.brightness=0", "augment.contrast=0", "augment.erase=0"]
+# 25 images per class: 75 training images, so the last batch of 16 (11 images) splits unevenly, 6 + 5.
+COMPARE = ["init=default", "freeze=true", "dropout=0", "ema=0", "precision=fp32", "epochs=3", "batch_size=16",
+           "lr=0.05", "threads=1", *NO_AUGMENT]
+
+# One process of a resumed run, through the library; it leaves its weights and the images of each step it learned
+# from for the test to compare.
+WORKER = """
+import sys
+import torch
+from ferkit.training import Trainer, load_config
+from ferkit.training.trainer import dist_env
+
+t = Trainer(load_config(None, sys.argv[2:]), resume=True, progress=False)
+seen = []
+
+
+def record(batch, share=t._share):
+    seen.append(share(batch).cpu())
+    return seen[-1].to(batch.device)
+
+
+t._share = record
+t.fit()
+torch.save({"model": t.model.state_dict(), "ema": t.ema.shadow, "seen": seen}, f"{sys.argv[1]}/rank{dist_env()[0]}.pt")
+torch.distributed.destroy_process_group()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")  # Gloo on the loopback interface
+    return env
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def final_weights(run: Path) -> dict:
+    return torch.load(run / "state.pt", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_class_folders(tmp_path_factory.mktemp("ddp") / "tiny", ["happy", "sad", "neutral"], per_class=25,
+                              splits=("train", "validation"))
+
+
+def test_a_checkpoint_resumes_on_two_processes_that_keep_identical_replicas(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    settings = [f"data={data}", f"out={out}", "epochs=2", "batch_size=16", "threads=1", "ema=0.9", "crop=32",
+                "lr=0.05", "augment.flip=false"]
+    one = Trainer(load_config(None, settings), progress=False)
+    one.cfg.epochs = 1  # stop after the first epoch, as an interruption would
+    one.fit()
+    order = one._order()  # the second epoch's permutation, as one process would draw it
+    port = str(_free_port())
+    procs = []
+    (tmp_path / "worker.py").write_text(WORKER)
+    for rank in range(2):
+        env = _env() | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank), "LOCAL_RANK": str(rank),
+                        "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+        procs.append(subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(tmp_path), *settings],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, text in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, text[-3000:]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    # Step by step, rank 0 took the first half of the global batch and rank 1 the second: together, the same order
+    # one process would have followed, every image once (the last batch of 11 split 6 + 5).
+    assert [len(s) for s in a["seen"]] == [8, 8, 8, 8, 6] and [len(s) for s in b["seen"]] == [8, 8, 8, 8, 5]
+    assert torch.equal(torch.cat([x for sa, sb in zip(a["seen"], b["seen"], strict=True) for x in (sa, sb)]),
+                       order.cpu())
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part} {k} differs between the processes"
+    assert [r["epoch"] for r in rows(out)] == [1, 2]  # one row per epoch: rank 1 wrote none
+    state = torch.load(out / "state.pt", weights_only=True)
+    for k, v in state["model"].items():
+        assert torch.equal(v, a["model"][k]), k
+    # The checkpoint holds both processes' augmentation generators, which draw apart.
+    assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["gen"], state["rng"][1]["gen"])
+
+
+def test_torchrun_on_two_processes_matches_one_with_the_same_global_batch(data: Path, tmp_path: Path) -> None:
+    ref, out = tmp_path / "one", tmp_path / "two"
+    one = Trainer(load_config(None, [f"data={data}", f"out={ref}", *COMPARE]), progress=False)
+    start = {k: v.clone() for k, v in one.model.state_dict().items()}
+    one.fit()
+    # The module entry point torchrun launches: the same command as `ferkit train`.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "ferkit.training",
+           "--data", str(data), "--out", str(out), "--json", *(a for s in COMPARE for a in ("-s", s))]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads(done.stdout)["best_epoch"] >= 1  # only rank 0 prints its summary: one JSON document
+    for f in ("config.toml", "best.safetensors", "state.pt", "model.onnx", "metrics.json", "curves.png"):
+        assert (out / f).exists(), f
+    r1, r2 = rows(ref), rows(out)
+    assert [r["epoch"] for r in r2] == [1, 2, 3]
+    assert r2[-1]["train_loss"] < r2[0]["train_loss"] - 0.05  # the loss decreases
+    for a, b in zip(r1, r2, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-5)
+        assert b["val_acc"] == a["val_acc"]
+    w1, w2 = final_weights(ref), final_weights(out)
+    assert max(float((w1[k] - w0).abs().max()) for k, w0 in start.items()) > 1000 * TOLERANCE  # it learned
+    differ = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+    assert differ < TOLERANCE, f"2 processes differ from 1 by {differ:.1e}"
