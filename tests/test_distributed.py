@@ -1,8 +1,9 @@
 """Data-parallel training under torchrun: 2 processes with Gloo on 127.0.0.1, on a tiny dataset.
 
-1. A 1-process checkpoint resumes on 2 processes (the whole network: BatchNorm in training mode, augmentation,
-   random crops and EMA on): the 2 replicas end with identical weights and EMA, each learned from its own share of
-   the same permutation a single process would have used, and only rank 0 wrote the run folder.
+1. The whole network (BatchNorm in training mode, augmentation, mixup, random crops, dropout and EMA on):
+   a 1-process checkpoint resumes on 2 processes, whose replicas end with identical weights and EMA, each having
+   learned from its own share of the same permutation a single process would have used, and only rank 0 wrote the
+   run folder; and a 2-process run interrupted and resumed on 2 ends bit-identical to an uninterrupted one.
 2. `torchrun -m ferkit.training` on 2 processes matches a 1-process run with the same global batch, and the loss
    decreases. These runs train only the output layer of the shipped model (freeze = true), so BatchNorm uses its
    stored statistics; with augmentation, dropout and EMA off, the 2 shares of a batch then give the gradient of the
@@ -44,26 +45,39 @@ NO_AUGMENT = ["augment.flip=false", "augment.scale=0", "augment.rotate=0", "augm
 COMPARE = ["init=default", "freeze=true", "dropout=0", "ema=0", "precision=fp32", "epochs=3", "batch_size=16",
            "lr=0.05", "threads=1", *NO_AUGMENT]
 
-# One process of a resumed run, through the library; it leaves its weights and the images of each step it learned
-# from for the test to compare.
+# One of the 2 processes, running 4 trainings through the library in one process group (one start-up); it leaves
+# its weights and the images of each step it learned from for the test to compare.
 WORKER = """
 import sys
 import torch
 from ferkit.training import Trainer, load_config
 from ferkit.training.trainer import dist_env
 
-t = Trainer(load_config(None, sys.argv[2:]), resume=True, progress=False)
+tmp, settings = sys.argv[1], sys.argv[2:]
+
+
+def run(out, resume=False, stop=0, seen=None):
+    t = Trainer(load_config(None, [*settings, f"out={tmp}/{out}"]), resume=resume, progress=False)
+    if seen is not None:
+        share = t._share
+
+        def record(batch):
+            seen.append(share(batch).cpu())
+            return seen[-1].to(batch.device)
+
+        t._share = record
+    if stop:
+        t.cfg.epochs = stop  # stop early as an interruption would, with the same schedule length
+    t.fit()
+    return t
+
+
 seen = []
-
-
-def record(batch, share=t._share):
-    seen.append(share(batch).cpu())
-    return seen[-1].to(batch.device)
-
-
-t._share = record
-t.fit()
-torch.save({"model": t.model.state_dict(), "ema": t.ema.shadow, "seen": seen}, f"{sys.argv[1]}/rank{dist_env()[0]}.pt")
+t = run("one", resume=True, seen=seen)  # the test's 1-process checkpoint, resumed on 2
+torch.save({"model": t.model.state_dict(), "ema": t.ema.shadow, "seen": seen}, f"{tmp}/rank{dist_env()[0]}.pt")
+run("full")
+run("part", stop=1)
+run("part", resume=True)
 torch.distributed.destroy_process_group()
 """
 
@@ -94,11 +108,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               splits=("train", "validation"))
 
 
-def test_a_checkpoint_resumes_on_two_processes_that_keep_identical_replicas(data: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    settings = [f"data={data}", f"out={out}", "epochs=2", "batch_size=16", "threads=1", "ema=0.9", "crop=32",
-                "lr=0.05", "augment.flip=false"]
-    one = Trainer(load_config(None, settings), progress=False)
+def test_two_processes_keep_identical_replicas_and_resume(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "one"
+    settings = [f"data={data}", "epochs=2", "batch_size=16", "threads=1", "ema=0.9", "crop=32", "lr=0.05",
+                "augment.flip=false", "augment.mixup=0.2"]
+    one = Trainer(load_config(None, [*settings, f"out={out}"]), progress=False)
     one.cfg.epochs = 1  # stop after the first epoch, as an interruption would
     one.fit()
     order = one._order()  # the second epoch's permutation, as one process would draw it
@@ -123,16 +137,22 @@ def test_a_checkpoint_resumes_on_two_processes_that_keep_identical_replicas(data
     assert [len(s) for s in a["seen"]] == [8, 8, 8, 8, 6] and [len(s) for s in b["seen"]] == [8, 8, 8, 8, 5]
     assert torch.equal(torch.cat([x for sa, sb in zip(a["seen"], b["seen"], strict=True) for x in (sa, sb)]),
                        order.cpu())
-    for part in ("model", "ema"):
-        assert a[part].keys() == b[part].keys()
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), f"{part} {k} differs between the processes"
+    for what in ("model", "ema"):
+        assert a[what].keys() == b[what].keys()
+        for k in a[what]:
+            assert torch.equal(a[what][k], b[what][k]), f"{what} {k} differs between the processes"
     assert [r["epoch"] for r in rows(out)] == [1, 2]  # one row per epoch: rank 1 wrote none
     state = torch.load(out / "state.pt", weights_only=True)
     for k, v in state["model"].items():
         assert torch.equal(v, a["model"][k]), k
     # The checkpoint holds both processes' augmentation generators, which draw apart.
     assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["gen"], state["rng"][1]["gen"])
+    # Interrupted after epoch 1 and resumed on as many processes: exactly the uninterrupted run.
+    full, part = (torch.load(tmp_path / r / "state.pt", weights_only=True) for r in ("full", "part"))
+    assert [r["epoch"] for r in rows(tmp_path / "part")] == [1, 2]
+    for x, y in ((full["model"], part["model"]), (full["ema"]["shadow"], part["ema"]["shadow"])):
+        for k in x:
+            assert torch.equal(x[k], y[k]), f"resumed run: {k} differs from the uninterrupted run"
 
 
 def test_torchrun_on_two_processes_matches_one_with_the_same_global_batch(data: Path, tmp_path: Path) -> None:
