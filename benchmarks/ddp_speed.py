@@ -105,10 +105,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"# {machine}; {args.model}, global batch {args.batch}, {report['data']}, last of {args.epochs} epochs; "
-          f"1-min load average {load0:.1f} before, {load1:.1f} after")
-    print(f"| processes | threads each | batch each | images/s | vs {procs[0]} process(es) | FER2013 epoch | "
-          "whole run incl. start-up |")
+    print(f"# {machine}; {args.model}, global batch {args.batch}, precision {args.precision}, {report['data']}, "
+          f"last of {args.epochs} epochs; 1-min load average {load0:.1f} before, {load1:.1f} after")
+    first = f"{procs[0]} process{'es' if procs[0] > 1 else ''}"
+    print(f"| processes | threads each | batch each | images/s | vs {first} | FER2013 epoch | whole run incl. start-up |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['processes']} | {r['threads_each'] if args.device == 'cpu' else '-'} | {r['batch_each']} | "
