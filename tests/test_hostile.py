@@ -5,10 +5,10 @@ the service answers 4xx, and bombs stay under 1 GB in a fresh process."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import cv2
@@ -242,21 +242,25 @@ def test_config_values_that_must_work() -> None:
 
 
 # -- memory: bombs in a fresh process ------------------------------------------------------------------------------
-def _run_measured(args: list[str], timeout: float = 600) -> tuple[int, str, str, int]:
-    """(exit code, stdout, stderr, peak RSS in bytes) of a child process (os.wait4 gives that child's own peak)."""
-    import threading
+# The child reports its own peak: VmHWM belongs to the process's new address space, whereas ru_maxrss (os.wait4,
+# getrusage) keeps the pre-exec peak, i.e. this big test process's own RSS at fork time.
+PEAK_PRELUDE = textwrap.dedent("""
+    import atexit, sys
+    def _report_peak():
+        with open("/proc/self/status") as f:
+            kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+        sys.stderr.write(f"\\nVMHWM {kb}\\n")
+    atexit.register(_report_peak)
+""")
 
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    streams: dict[str, str] = {}
-    pumps = [threading.Thread(target=lambda n=n, s=s: streams.__setitem__(n, s.read()))
-             for n, s in (("out", p.stdout), ("err", p.stderr))]
-    for t in pumps:
-        t.start()
-    _, status, usage = os.wait4(p.pid, 0)
-    for t in pumps:
-        t.join(timeout)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, streams.get("out", ""), streams.get("err", ""), usage.ru_maxrss * 1024
+
+def _run_measured(code: str, args: list[str], timeout: float = 600) -> tuple[int, str, str, int]:
+    """Run `python -c code args...`: (exit code, stdout, stderr, the child's peak RSS in bytes)."""
+    r = subprocess.run([sys.executable, "-c", PEAK_PRELUDE + code, *args], capture_output=True, text=True,
+                       timeout=timeout)
+    peaks = [int(line.split()[1]) for line in r.stderr.splitlines() if line.startswith("VMHWM ")]
+    assert peaks, r.stderr[-2000:]
+    return r.returncode, r.stdout, r.stderr, peaks[-1] * 1024
 
 
 BOMB_SCRIPT = textwrap.dedent("""
@@ -278,11 +282,11 @@ BOMB_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="os.wait4")
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
 def test_bombs_stay_under_1_gb(tmp_path: Path, face_jpg: Path, rec) -> None:
     bombs = [k for k in hostile.KINDS if k.bomb]
     paths = [("image" if k.group == "image" else "data", str(k.make(tmp_path / k.name))) for k in bombs]
-    code, out, err, rss = _run_measured([sys.executable, "-c", BOMB_SCRIPT, json.dumps(paths)])
+    code, out, err, rss = _run_measured(BOMB_SCRIPT, [json.dumps(paths)])
     assert code == 0, err[-3000:]
     answers = json.loads(out)
     for k, (_, p) in zip(bombs, paths, strict=True):
@@ -294,8 +298,8 @@ def test_bombs_stay_under_1_gb(tmp_path: Path, face_jpg: Path, rec) -> None:
         if k.group == "image":
             k.make(folder / k.name)
     (folder / face_jpg.name).write_bytes(face_jpg.read_bytes())
-    ferkit = str(Path(sys.executable).parent / "ferkit")
-    code, out, err, rss = _run_measured([ferkit, "predict", str(folder), "--json"])
+    cli = "import sys; from ferkit.cli import main; sys.argv[0] = 'ferkit'; main()"
+    code, out, err, rss = _run_measured(cli, ["predict", str(folder), "--json"])
     assert code == 0, err[-3000:]
     res = json.loads(out)
     assert res["summary"]["inputs"] == 1 and res["summary"]["skipped"] == sum(k.group == "image" for k in bombs)
@@ -369,3 +373,73 @@ def test_websocket_messages(k: hostile.Kind, service) -> None:
         assert ws.receive_json()["error"]["code"] == w["answer"]
         ws.send_text('{"type": "reset"}')
         assert ws.receive_json() == {"type": "reset"}
+
+
+# -- memory at the limits: legal images just under them, and the big archive bombs (slow: minutes) --------------
+def _at_the_limit(d: Path) -> list[tuple[str, str, Path]]:
+    """(what, kind, path): legal images of about MAX_PIXELS in every format's costliest form, and the archive bombs
+    of the issue at full size (a 1 GiB .csv.gz, a zip member that honestly declares 2.5 GiB)."""
+    import gzip as _gzip
+    import zipfile
+
+    from PIL import Image
+
+    side = int(images.MAX_PIXELS**0.5) - 1
+    rng = np.random.default_rng(0)
+    # Smooth tiles: the files stay small (JPEG would not even write a noise picture this size progressive), while
+    # the decoders' scratch memory depends on the size alone.
+    tile = cv2.resize(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), (64, 64), interpolation=cv2.INTER_CUBIC)
+    rgba = Image.fromarray(np.tile(tile, (side // 64 + 1, side // 64 + 1, 1))[:side, :side], "RGBA")
+    d.mkdir(parents=True, exist_ok=True)
+    out = []
+
+    def save(name: str, img: Image.Image, fmt: str, **kw: object) -> None:
+        img.save(d / name, fmt, **kw)
+        out.append((f"{name}: {side}x{side} {img.mode} {fmt} {kw or ''}", "image", d / name))
+
+    save("cmyk_progressive.jpg", rgba.convert("CMYK"), "JPEG", progressive=True, quality=75, subsampling=0)
+    save("rgb_progressive_444.jpg", rgba.convert("RGB"), "JPEG", progressive=True, quality=75, subsampling=0)
+    save("rgba.webp", rgba, "WEBP", lossless=True, quality=0, method=0)
+    save("rgba_deflate.tif", rgba, "TIFF", compression="tiff_adobe_deflate")
+    save("palette.gif", rgba.convert("RGB").quantize(32), "GIF")
+    save("palette.bmp", rgba.convert("RGB").quantize(32), "BMP")
+    save("rgb.jp2", rgba.convert("RGB"), "JPEG2000")
+    png16 = d / "rgba16.png"
+    png16.write_bytes(hostile.png(side, side, depth=16, color=6, idat=_rows(side, 8)))
+    out.append((f"rgba16.png: {side}x{side} 16-bit RGBA PNG", "image", png16))
+    gz = d / "bomb_1gib.csv.gz"
+    gz.write_bytes(hostile.gzip_rows(1 << 30))
+    out.append((f"bomb_1gib.csv.gz: {gz.stat().st_size:,} bytes inflating to 1 GiB", "data", gz))
+    zp = d / "member_2_5gib.zip"
+    with zipfile.ZipFile(zp, "w", zipfile.ZIP_DEFLATED) as z, z.open("fer2013.csv", "w", force_zip64=True) as f:
+        block = b"0,7\n" * (1 << 18)
+        for _ in range(int(2.5 * (1 << 30)) // len(block)):
+            f.write(block)
+    out.append((f"member_2_5gib.zip: {zp.stat().st_size:,} bytes, a member of 2.5 GiB", "data", zp))
+    del _gzip
+    return out
+
+
+def _rows(side: int, bytes_per_pixel: int) -> bytes:
+    """PNG pixel data (filter byte + row) that deflate packs small: a 1 kB noise pattern repeated."""
+    z = zlib.compressobj(6)
+    pattern = np.random.default_rng(1).integers(0, 256, 1024, dtype=np.uint8).tobytes()
+    row = b"\0" + (pattern * (side * bytes_per_pixel // 1024 + 1))[: side * bytes_per_pixel]
+    return b"".join([*(z.compress(row) for _ in range(side)), z.flush()])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_legal_images_at_the_limit_stay_under_1_gb(tmp_path: Path, rec) -> None:
+    """Prints each case's peak RSS (run with -s to see the table quoted in docs/inference.md)."""
+    rows = []
+    for what, kind_, path in _at_the_limit(tmp_path):
+        code, out, err, rss = _run_measured(BOMB_SCRIPT, [json.dumps([[kind_, str(path)]])])
+        assert code == 0, err[-3000:]
+        answer = json.loads(out)[str(path)]
+        rows.append((what, path.stat().st_size, rss, answer))
+        assert rss < GB, (what, rss)
+    print(f"\npeak RSS of `EmotionRecognizer().predict(path)` / `load_dataset(path)` in a fresh process "
+          f"(MAX_PIXELS {images.MAX_PIXELS:,}):")
+    for what, size, rss, answer in rows:
+        print(f"| {what} | {size / 2**20:.1f} MiB | {rss / 2**20:.0f} MiB | {answer.split(': ', 1)[-1][:90]} |")

@@ -863,3 +863,40 @@ def test_real_server_caps_connections_and_drops_idle_ones(recognizer):
         sock.close()
     server.should_exit = True
     thread.join(20)
+
+
+def test_real_server_refuses_websockets_with_http_403(recognizer, face_jpeg):
+    """What docs/service.md says a browser or client sees: HTTP 403 at the handshake for a wrong key or a foreign
+    Origin, 400 for a foreign Host; the right key from this server's own page works."""
+    import socket
+
+    import uvicorn
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from ferkit.cli.serve import uvicorn_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(ServiceConfig(port=port, workers=1, api_key="s3cret"), recognizer=recognizer)
+    server = uvicorn.Server(uvicorn_config(app, app.state.config, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    url = f"ws://127.0.0.1:{port}/v1/stream"
+    try:
+        for target, headers, status in ((url + "?api_key=wrong", {}, 403),
+                                        (url + "?api_key=s3cret", {"Origin": "http://evil.example"}, 403),
+                                        (url + "?api_key=s3cret", {"Host": "evil.example"}, 400)):
+            with pytest.raises(InvalidStatus) as e:
+                connect(target, additional_headers=headers, open_timeout=10)
+            assert e.value.response.status_code == status, (target, headers)
+        with connect(url + "?api_key=s3cret", additional_headers={"Origin": f"http://127.0.0.1:{port}"}) as ws:
+            ws.send(face_jpeg)
+            assert json.loads(ws.recv(timeout=30))["faces"]
+    finally:
+        server.should_exit = True
+        thread.join(20)

@@ -137,7 +137,8 @@ def _check_inflation(where: str, size: int, packed: int, limit: int) -> None:
 
 class _Capped(io.RawIOBase):
     """A decompressing stream that fails (FerkitError) once it has given more than `limit` bytes, or more than
-    MAX_RATIO times the `packed` size it came from: gzip has no trustworthy uncompressed size to check first."""
+    MAX_RATIO times the compressed bytes read so far (`under`'s position; else the whole `packed` size): gzip has
+    no trustworthy uncompressed size to check first, and a bomb is caught after a few MB, not at its end."""
 
     def __init__(self, raw: io.BufferedIOBase, where: str, packed: int, limit: int = MAX_TEXT_BYTES,
                  under: io.IOBase | None = None):
@@ -152,10 +153,16 @@ class _Capped(io.RawIOBase):
         self.count += n or 0
         if self.count > self.limit:
             raise FerkitError(f"{self.where}: inflates to more than {self.limit:,} bytes; refused")
-        if self.count > RATIO_FLOOR and self.count > MAX_RATIO * max(self.packed, 1):
-            raise FerkitError(f"{self.where}: inflates more than {MAX_RATIO} times ({self.packed:,} bytes to over "
-                              f"{self.count:,}); refused (a decompression bomb?)")
+        if self.count > RATIO_FLOOR and self.count > MAX_RATIO * max(self._consumed(), 1):
+            raise FerkitError(f"{self.where}: inflates more than {MAX_RATIO} times ({self._consumed():,} bytes to "
+                              f"over {self.count:,}); refused (a decompression bomb?)")
         return n
+
+    def _consumed(self) -> int:
+        try:
+            return self.under.tell() if self.under is not None else self.packed
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return self.packed
 
     def close(self) -> None:
         self.raw.close()
