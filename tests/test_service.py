@@ -620,6 +620,10 @@ def test_loopback_server_answers_only_loopback_hosts(recognizer):
             pass
     with Client(create_app(ServiceConfig(host="0.0.0.0", workers=1), recognizer=recognizer)) as c:
         assert c.get("/healthz", headers={"host": "anything.example"}).status_code == 200  # bound for the network
+    cfg = ServiceConfig.from_env({"FERKIT_ALLOWED_HOSTS": "faces.example, Proxy.Local"}, workers=1)
+    with Client(create_app(cfg, recognizer=recognizer)) as c:
+        assert c.get("/healthz", headers={"host": "proxy.local:443"}).status_code == 200
+        assert_error(c.get("/healthz", headers={"host": "other.example"}), 400, "bad_host")
 
 
 def test_websocket_origin_must_be_this_server_or_a_cors_origin(recognizer, face_jpeg):

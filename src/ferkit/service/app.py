@@ -80,10 +80,10 @@ def _static(name: str) -> str:
     return (resources.files("ferkit.service") / "static" / name).read_text(encoding="utf-8")
 
 
-def loopback_hosts(host: str) -> list[str]:
-    """Host headers a loopback-bound server answers: its own address and the loopback names."""
+def loopback_hosts(host: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """Host headers a loopback-bound server answers: its own address, the loopback names and `extra`."""
     own = f"[{host}]" if ":" in host else host
-    return sorted({"127.0.0.1", "localhost", "[::1]", own.lower()})
+    return sorted({"127.0.0.1", "localhost", "[::1]", own.lower(), *(h.lower() for h in extra)})
 
 
 def page_headers(html: str) -> dict[str, str]:
@@ -150,7 +150,7 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(SecurityHeaders)
     if config.is_loopback:
-        app.add_middleware(HostCheck, allowed_hosts=loopback_hosts(config.host))
+        app.add_middleware(HostCheck, allowed_hosts=loopback_hosts(config.host, config.allowed_hosts))
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -33,6 +33,7 @@ class ServiceConfig:
     max_batch: int = 16  # images per /v1/predict/batch request
     max_pixels: int = MAX_PIXELS  # per image, read from the header before decoding; at most ferkit.images' limit
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # more Host names a loopback-bound server answers (a local reverse proxy's)
     api_key: str | None = None
     graceful_timeout: float = 10.0  # seconds to finish in-flight requests on shutdown
     stream_window: int = 5  # EMA span in frames for the smoothed emotions of /v1/stream tracks (1 = none)
