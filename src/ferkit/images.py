@@ -1,11 +1,13 @@
 """The one guarded way ferkit decodes an image, whoever asks (library, command line, dataset loaders, service).
 
-Every image goes through Pillow, restricted to a few well-known formats, in this order:
+Pillow reads every header, restricted to a few well-known formats, and decodes the pixels (OpenCV decodes WebP's:
+Pillow's WebP decoder needs 16 bytes a pixel, OpenCV's 4). In this order:
 1. a file that is not a regular file (folder, FIFO, device) or is over `MAX_BYTES` is refused before reading;
 2. the true width and height are read from the header (Pillow parses every segment, not a first block), and an
    image over `MAX_PIXELS` is refused before any pixel is decoded;
-3. a JPEG over `MAX_DECODED_PIXELS` is decoded at 1/2, 1/4 or 1/8 of its size by the codec itself (DCT scaling);
-   any other image over it is shrunk right after decoding, so what reaches the caller stays small;
+3. an image over `MAX_DECODED_PIXELS` is decoded reduced where the codec can (JPEG at 1/2, 1/4 or 1/8 by DCT
+   scaling, JPEG 2000 at a lower resolution level, WebP with IMREAD_REDUCED_*), and any other is shrunk right after
+   decoding, so what reaches the caller stays small (`Decoded.width`/`height` keep the full size);
 4. EXIF orientation is applied; the result is 8-bit gray (H x W) or BGR (H x W x 3), OpenCV's order;
 5. any decoder failure, whatever its type, becomes one `FerkitError` line naming the file.
 
