@@ -46,7 +46,9 @@ def main() -> None:
     export_onnx(model, ASSET, info["classes"], info["input_size"], name="ferkit-default", version=VERSION)
     # The weights ship too, so that `init = "default"` fine-tunes from the shipped model.
     atomic_write(ASSET.with_suffix(".safetensors"), lambda tmp: shutil.copyfile(args.run / "best.safetensors", tmp))
-    cal = calibrate(str(ASSET), args.data, split="val", write=True)
+    # calibrate() never writes into the package (a user's `ferkit calibrate default` gets a copy): shipping does it here.
+    cal = calibrate(str(ASSET), args.data, split="val", write=False)
+    set_onnx_metadata(ASSET, {"temperature": f"{cal['temperature']:.4f}"})
 
     val = {t: evaluate(str(ASSET), args.data, split="val", tta=t, report=False, out=ROOT / "runs" / "ship" / f"val-{t}")
            for t in ("none", "flip", "flip+crops")}

@@ -115,7 +115,9 @@ def main() -> None:
                      lambda tmp: shutil.copyfile(args.runs[0] / "best.safetensors", tmp))
     export_onnx(model, asset, info["classes"], info["input_size"], info["crop"], name=f"ferkit-{args.name}",
                 version=args.version)
-    cal = calibrate(str(asset), args.data, split="val", write=True)
+    # calibrate() never writes into the package (a user's `ferkit calibrate default` gets a copy): shipping does it here.
+    cal = calibrate(str(asset), args.data, split="val", write=False)
+    set_onnx_metadata(asset, {"temperature": f"{cal['temperature']:.4f}"})
 
     options = ["none", "flip", "ten_crop" if info["crop"] < info["input_size"] else "flip+crops"]
     work = args.reports / args.name

@@ -199,3 +199,31 @@ def test_ferplus_votes_accuracy(env, tmp_path):
     assert v["in_votes_accuracy"] == pytest.approx(ev.metrics["metrics"]["accuracy"])
 
 
+
+
+def test_calibrate_never_changes_a_builtin_model(env, tmp_path, monkeypatch):
+    """`ferkit calibrate default DATA` writes a new file in the current folder and says where (issue 13.1)."""
+    import hashlib
+
+    from ferkit.inference.model import OnnxClassifier, default_model_path
+
+    shipped = default_model_path()
+    before = shipped.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    try:
+        r = _run("calibrate", "default", env["data"])
+        after = shipped.read_bytes()
+    finally:
+        if shipped.read_bytes() != before:  # a failing run must not leave the package changed
+            shipped.write_bytes(before)
+    assert r.exit_code == 0, r.output
+    assert hashlib.sha256(after).digest() == hashlib.sha256(before).digest()
+    copy = tmp_path / "default-calibrated.onnx"
+    assert copy.is_file() and str(copy) in r.output.replace("\n", "")
+    assert OnnxClassifier(copy).classes == OnnxClassifier().classes
+    # A second calibration does not overwrite the first copy; --out into the package is refused.
+    r = _run("calibrate", "default", env["data"], "--json")
+    assert json.loads(r.stdout)["written_to"] == str(tmp_path / "default-calibrated2.onnx")
+    r = _run("calibrate", "default", env["data"], "--out", shipped)
+    assert r.exit_code == 2 and "read-only" in r.output
+    assert shipped.read_bytes() == before

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+# Progress of a long job, reported by the library and drawn by the caller (ferkit.cli.progress on the command line):
+# (what is being done, units done, units in all); the library never draws anything itself.
+ProgressFn = Callable[[str, int, int], None]
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -39,3 +45,30 @@ def json_default(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+def assets_dir() -> Path:
+    """The package's folder of built-in models (read-only: nothing ferkit does writes into it)."""
+    return Path(str(resources.files("ferkit") / "assets"))
+
+
+def is_package_asset(path: str | Path) -> bool:
+    """True for a path that resolves into the package's assets folder (a built-in model or its weights)."""
+    try:
+        return Path(path).resolve().is_relative_to(assets_dir().resolve())
+    except OSError:
+        return False
+
+
+def next_free(path: str | Path) -> Path:
+    """`path` if it does not exist yet, else the first free of path2, path3, ... (path-2, ... after a digit; a
+    file's number goes before its suffix), as Ultralytics numbers its runs: a new output never lands in an old one."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    stem, suffix = (path.stem, path.suffix) if path.suffix and not path.is_dir() else (path.name, "")
+    sep = "-" if re.search(r"\d$", stem) else ""
+    k = 2
+    while (candidate := path.with_name(f"{stem}{sep}{k}{suffix}")).exists():
+        k += 1
+    return candidate

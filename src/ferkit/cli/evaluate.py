@@ -109,7 +109,9 @@ def calibrate_cmd(
     model: str = typer.Argument(..., metavar="MODEL", help="A .onnx file, a run folder with model.onnx, or 'default'."),
     data: Path = typer.Argument(..., metavar="DATA", help="The dataset whose validation split fits the temperature."),
     split: str = typer.Option("val", "--split", help="Split to fit on."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write a calibrated copy here instead of in place."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write a calibrated copy here (default: your own model "
+                                                                "in place; a built-in model, which is read-only, to "
+                                                                "a new <name>-calibrated.onnx in the current folder)."),
     write: bool = typer.Option(True, "--write/--no-write", help="Store the temperature in the model's metadata."),
     map_spec: str | None = typer.Option(None, "--map", help=MAP_HELP),
     format: str | None = typer.Option(None, "--format", help="Force the dataset format: csv, folders, ferplus."),
@@ -136,7 +138,10 @@ def calibrate_cmd(
             b, a = res[part]["before"], res[part]["after"]
             console.print(f"  {part}: ECE {b['ece']:.4f} -> {a['ece']:.4f}, NLL {b['nll']:.4f} -> {a['nll']:.4f}",
                           highlight=False)
-    if res["written_to"]:
+    if res["copy_of_builtin"]:
+        console.print(f"{model} is a built-in model and stays as shipped: wrote a calibrated copy to "
+                      f"{res['written_to']}; use it with --model {res['written_to']}", highlight=False)
+    elif res["written_to"]:
         console.print(f"Stored in {res['written_to']} (metadata 'temperature')", highlight=False)
     else:
         console.print("Not written (--no-write)")

@@ -26,6 +26,7 @@ from ferkit.evaluation.metrics import (
     vote_agreement,
 )
 from ferkit.evaluation.predictors import Ensemble, load_ensemble
+from ferkit.utils import is_package_asset, next_free
 
 log = logging.getLogger("ferkit.evaluation")
 ProgressFn = Callable[[int, int], None]
@@ -207,11 +208,28 @@ def _version() -> str:
     return __version__
 
 
+def calibrated_path(member: Any, out: str | Path | None) -> Path:
+    """Where calibration writes: `out`, else the model itself, except that a built-in model (in the package) is
+    read-only: its calibrated copy goes to a new file in the current folder."""
+    if out is not None:
+        if is_package_asset(out):
+            raise FerkitError(f"{out}: inside ferkit's package, whose models are read-only; write the calibrated "
+                              "model elsewhere with --out")
+        return Path(out)
+    if not is_package_asset(member.source):
+        return Path(member.source)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", member.name) or "model"
+    return next_free(Path.cwd() / f"{stem}-calibrated.onnx")
+
+
 def calibrate(
     model: str, data: str | Path, split: str = "val", out: str | Path | None = None, write: bool = True,
     map_spec: str | None = None, format: str | None = None, progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Fit a temperature on a split by minimising the NLL; store it in the ONNX model (or a copy at `out`).
+
+    A built-in model is never changed: without `out` its calibrated copy is written to a new file in the current
+    folder (`default-calibrated.onnx`, numbered if that exists), named in the result's `written_to`.
 
     Reports ECE and NLL before and after on the fitting split, and on the test split when there is one.
     """
@@ -251,17 +269,14 @@ def calibrate(
         res["test"] = {"before": scores(tp.split.labels, traw),
                        "after": scores(tp.split.labels, apply_temperature(traw, t))}
     res["written_to"] = None
+    res["copy_of_builtin"] = False
     if write:
         from ferkit.models.export import set_onnx_metadata
 
-        target = Path(out) if out is not None else Path(member.source)
+        target = calibrated_path(member, out)
+        res["copy_of_builtin"] = out is None and is_package_asset(member.source)
         try:
-            if target.resolve() != Path(member.source).resolve():
-                import shutil
-
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(member.source, target)
-            set_onnx_metadata(target, {"temperature": f"{t:.4f}"})
+            set_onnx_metadata(member.source, {"temperature": f"{t:.4f}"}, out=target)
         except OSError as e:
             raise FerkitError(f"{target}: cannot write the calibrated model ({e.strerror or e}); "
                               "give a writable path with --out") from None

@@ -182,8 +182,9 @@ def export_onnx(
     return path
 
 
-def set_onnx_metadata(path: str | Path, updates: dict[str, str]) -> None:
-    """Change metadata entries of an ONNX file in place (atomically), e.g. the fitted temperature."""
+def set_onnx_metadata(path: str | Path, updates: dict[str, str], out: str | Path | None = None) -> None:
+    """Change metadata entries of an ONNX file, e.g. the fitted temperature: in place, or into a new file `out`
+    (atomically either way)."""
     import onnx
 
     from ferkit.utils import atomic_write
@@ -195,4 +196,4 @@ def set_onnx_metadata(path: str | Path, updates: dict[str, str]) -> None:
     del m.metadata_props[:]
     for k, v in current.items():
         m.metadata_props.add(key=k, value=v)
-    atomic_write(path, lambda tmp: onnx.save(m, tmp))
+    atomic_write(path if out is None else out, lambda tmp: onnx.save(m, tmp))
