@@ -4,8 +4,8 @@
 on 640x480 clips written here from a real photo (scikit-image's astronaut, on its coffee photo as background):
   one   - one face drifting across the frame and slowly zooming in and out (about 70-110 px wide);
   five  - five heads and shoulders drifting (faces about 50 px wide);
-  cuts  - one face that jumps to a new place and size every 30 frames (scene cuts: stale boxes hurt most here);
-  expr  - FER2013 Training faces (upscaled to 144 px, reflected border), a different one every 20 frames, drifting:
+  cuts  - one face that jumps to a new place and size every 37 frames (scene cuts: stale boxes hurt most here);
+  expr  - FER2013 Training faces (upscaled to 144 px, reflected border), a different one every 23 frames, drifting:
           the astronaut smiles throughout, so this clip is the one where labels change and their agreement means
           something (needs ../shared/datasets/fer2013.zip).
 
@@ -86,7 +86,8 @@ def _fer_faces(n: int) -> np.ndarray:
 def write_clip(path: Path, kind: str, frames: int) -> tuple[Path, list[list[tuple]]]:
     """A 640x480, 30 fps clip of `kind` and the face boxes drawn into each frame."""
     astro, bg, face = _photos()
-    fer = _fer_faces(frames // 20 + 1) if kind == "expr" else None
+    # Changes every 37 and 23 frames: periods no detect-every n divides, so detection does not always land on them.
+    fer = _fer_faces(frames // 23 + 1) if kind == "expr" else None
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (640, 480))
     if not writer.isOpened():
         path = path.with_suffix(".avi")
@@ -109,7 +110,7 @@ def write_clip(path: Path, kind: str, frames: int) -> tuple[Path, list[list[tupl
         elif kind == "expr":
             x = 60 + int(300 * (0.5 - 0.5 * np.cos(2 * np.pi * t / 120)))
             y = 120 + int(60 * np.sin(2 * np.pi * t / 90))
-            boxes.append(_paste(frame, fer[t // 20], x, y, (36, 36, 144, 144), 1.0, flip=False))
+            boxes.append(_paste(frame, fer[t // 23], x, y, (36, 36, 144, 144), 1.0, flip=False))
         else:
             if kind == "one":
                 s = 0.8 + 0.15 * np.sin(2 * np.pi * t / 120)  # photo side 310-455 px: face 70-100 px wide
@@ -117,8 +118,8 @@ def write_clip(path: Path, kind: str, frames: int) -> tuple[Path, list[list[tupl
                 phase = (t / 50) % 2  # back and forth across the frame every 100 frames (3-6 px per frame)
                 x = int((640 - side) * (phase if phase <= 1 else 2 - phase))
                 y = 480 - side + int(10 * np.sin(t / 9))
-            else:  # cuts: a new place and size every 30 frames, still in between
-                if t % 30 == 0:
+            else:  # cuts: a new place and size every 37 frames, still in between
+                if t % 37 == 0:
                     place = (rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.6, 0.95))
                 side = int(480 * place[2])
                 x, y = int(place[0] * (640 - side)), int(place[1] * (480 - side))
