@@ -26,7 +26,7 @@ from ferkit.views import tta_views
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
-def calibration_images(data: str | Path, n: int = 1000, seed: int = 0, size: int = 48) -> np.ndarray:
+def calibration_images(data: str | Path, n: int = 2000, seed: int = 0, size: int = 48) -> np.ndarray:
     """Up to `n` faces drawn at random (fixed seed) from the training split of any dataset ferkit reads."""
     from ferkit.data import load_dataset
 
