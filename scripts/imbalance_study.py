@@ -25,7 +25,7 @@ def run_mode(config: Path, mode: str, out: Path, sets: list[str]) -> Path:
     if not (run / "metrics.json").exists():
         resume = (run / "state.pt").exists()
         cfg = load_config(run / "config.toml" if resume else config, [*sets, f"balance={mode}", f"out={run}"])
-        train(cfg, resume=resume)
+        train(cfg, resume=resume, exist_ok=True)  # the study's own folder: a start that died is started again
     return run
 
 

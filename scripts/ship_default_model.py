@@ -38,8 +38,8 @@ def main() -> None:
         return
 
     from ferkit.evaluation.core import calibrate, evaluate
-    from ferkit.evaluation.predictors import read_training_log as read_log
     from ferkit.models.export import export_onnx, load_weights, set_onnx_metadata
+    from ferkit.runs import read_log
     from ferkit.utils import atomic_write
 
     model, info = load_weights(args.run / "best.safetensors")

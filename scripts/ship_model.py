@@ -90,8 +90,8 @@ def main() -> None:
         ap.error("give one run folder, or several for an ensemble")
 
     from ferkit.evaluation.core import calibrate, evaluate
-    from ferkit.evaluation.predictors import read_training_log
     from ferkit.models.export import export_onnx, load_ensemble, load_weights, set_onnx_metadata
+    from ferkit.runs import read_log as read_training_log
     from ferkit.utils import atomic_write
 
     members = []

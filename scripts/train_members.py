@@ -30,7 +30,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--members", default=",".join(MEMBERS), help="model:seed,... (registry names)")
     ap.add_argument("--epochs", type=int, help="Override the recipe's epochs (e.g. 1 for a smoke run).")
-    ap.add_argument("--data", help="Override the recipe's dataset.")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "fer2013.zip"),
+                    help="The dataset (the recipe names none).")
     ap.add_argument("-s", "--set", dest="overrides", action="append", default=[], help="key=value, as ferkit train -s")
     ap.add_argument("--budget-minutes", type=float, default=float("inf"))
     args = ap.parse_args()
@@ -54,9 +55,10 @@ def main() -> None:
             print(f"budget spent: {run.name} not started")
             break
         extra = [f"model={model}", f"seed={seed}", f"out={run}", f"device={args.device}", *args.overrides]
-        extra += [f"epochs={args.epochs}"] * (args.epochs is not None) + [f"data={args.data}"] * (args.data is not None)
+        extra += [f"epochs={args.epochs}"] * (args.epochs is not None) + [f"data={args.data}"]
         cfg = load_config(args.config, extra)
-        summary = train(cfg, resume=(run / "state.pt").is_file())
+        # A member folder is this script's own: a start that died before its first epoch is started again.
+        summary = train(cfg, resume=(run / "state.pt").is_file(), exist_ok=True)
         net, info = load_weights(run / "best.safetensors")
         val = load_dataset(cfg.data, format=cfg.format, classes=cfg.classes)["val"]
         prob = predict_proba(net.to(args.device), val.images, torch.device(args.device), tta="ten_crop", crop=info["crop"])

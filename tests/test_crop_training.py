@@ -70,7 +70,7 @@ def test_crop_run_exports_its_contract_and_every_consumer_follows_it(tiny_folder
         for tta, ref in (("none", plain), ("ten_crop", ten)):
             np.testing.assert_allclose(load_ensemble(str(spec)).proba(faces, tta), ref, atol=1e-4)
     with pytest.raises(FerkitError, match="crop: 50"):
-        Trainer(small_cfg(tiny_folders, tmp_path / "big", "crop=50"), progress=False)
+        Trainer(small_cfg(tiny_folders, tmp_path / "big", "crop=50"))
 
 
 def test_distillation_learns_from_stored_teacher_views(tiny_folders: Path, tmp_path: Path) -> None:
@@ -78,7 +78,7 @@ def test_distillation_learns_from_stored_teacher_views(tiny_folders: Path, tmp_p
     train(small_cfg(tiny_folders, tmp_path / "teacher", "epochs=6", "crop=40", "augment.flip=false"))
     cfg = small_cfg(tiny_folders, tmp_path / "student", "epochs=4", "crop=40", f"teacher={tmp_path / 'teacher'}",
                     "teacher_views=3", "distill_alpha=0.7", "augment.flip=false")
-    t = Trainer(cfg, progress=False)
+    t = Trainer(cfg)
     z = np.load(tmp_path / "student" / "teacher.npz")
     n = len(t.x_train)
     assert z["views"].shape == (n, 3, 40, 40) and z["probs"].shape == (n, 3, 3)
@@ -88,11 +88,11 @@ def test_distillation_learns_from_stored_teacher_views(tiny_folders: Path, tmp_p
     assert summary["val_acc"] > 0.55
     # A resumed or repeated run reuses the stored views instead of running the teachers again.
     stamp = (tmp_path / "student" / "teacher.npz").stat().st_mtime_ns
-    Trainer(cfg, resume=True, progress=False)
+    Trainer(cfg, resume=True)
     assert (tmp_path / "student" / "teacher.npz").stat().st_mtime_ns == stamp
     # Another run can point at the teacher file itself.
     other = small_cfg(tiny_folders, tmp_path / "s2", "epochs=1", "crop=40", f"teacher={tmp_path / 'student' / 'teacher.npz'}")
-    assert Trainer(other, progress=False).teacher.k == 3
+    assert Trainer(other).teacher.k == 3
     with pytest.raises(FerkitError, match="mixup"):
         Trainer(small_cfg(tiny_folders, tmp_path / "s3", f"teacher={tmp_path / 'teacher'}", "augment.mixup=0.2"))
     with pytest.raises(FerkitError, match="made for"):
@@ -109,20 +109,20 @@ def test_distill_loss_is_zero_only_when_the_student_matches() -> None:
 
 def test_resume_repairs_the_log_and_refuses_a_bad_state(tiny_folders: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    Trainer(small_cfg(tiny_folders, out, "epochs=2"), progress=False).fit()
+    Trainer(small_cfg(tiny_folders, out, "epochs=2")).fit()
     log = out / "log.jsonl"
     rows = log.read_text().splitlines()
     # A kill after the epoch-3 row was written but before its checkpoint: the row goes, epoch 3 is trained again.
     log.write_text("\n".join(rows + [json.dumps({**json.loads(rows[-1]), "epoch": 3})]) + "\n")
-    Trainer(small_cfg(tiny_folders, out, "epochs=3"), resume=True, progress=False)
+    Trainer(small_cfg(tiny_folders, out, "epochs=3"), resume=True)
     assert [json.loads(r)["epoch"] for r in log.read_text().splitlines()] == [1, 2]
     # A kill between the checkpoint and its row: the row comes back from the checkpoint.
     log.write_text(rows[0] + "\n")
-    Trainer(small_cfg(tiny_folders, out, "epochs=3"), resume=True, progress=False)
+    Trainer(small_cfg(tiny_folders, out, "epochs=3"), resume=True)
     assert [json.loads(r)["epoch"] for r in log.read_text().splitlines()] == [1, 2]
     (out / "state.pt").write_bytes((out / "state.pt").read_bytes()[:1000])
     with pytest.raises(FerkitError, match="not a resumable state"):
-        Trainer(small_cfg(tiny_folders, out, "epochs=3"), resume=True, progress=False)
+        Trainer(small_cfg(tiny_folders, out, "epochs=3"), resume=True)
 
 
 def test_member_script_trains_scores_and_keeps_finished_members(tiny_folders: Path, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ tmp, settings = sys.argv[1], sys.argv[2:]
 
 
 def run(out, resume=False, stop=0, seen=None):
-    t = Trainer(load_config(None, [*settings, f"out={tmp}/{out}"]), resume=resume, progress=False)
+    t = Trainer(load_config(None, [*settings, f"out={tmp}/{out}"]), resume=resume)
     if seen is not None:
         share = t._share
 
@@ -112,7 +112,7 @@ def test_two_processes_keep_identical_replicas_and_resume(data: Path, tmp_path: 
     out = tmp_path / "one"
     settings = [f"data={data}", "epochs=2", "batch_size=16", "threads=1", "ema=0.9", "crop=32", "lr=0.05",
                 "augment.flip=false", "augment.mixup=0.2"]
-    one = Trainer(load_config(None, [*settings, f"out={out}"]), progress=False)
+    one = Trainer(load_config(None, [*settings, f"out={out}"]))
     one.cfg.epochs = 1  # stop after the first epoch, as an interruption would
     one.fit()
     order = one._order()  # the second epoch's permutation, as one process would draw it
@@ -157,7 +157,7 @@ def test_two_processes_keep_identical_replicas_and_resume(data: Path, tmp_path: 
 
 def test_torchrun_on_two_processes_matches_one_with_the_same_global_batch(data: Path, tmp_path: Path) -> None:
     ref, out = tmp_path / "one", tmp_path / "two"
-    one = Trainer(load_config(None, [f"data={data}", f"out={ref}", *COMPARE]), progress=False)
+    one = Trainer(load_config(None, [f"data={data}", f"out={ref}", *COMPARE]))
     start = {k: v.clone() for k, v in one.model.state_dict().items()}
     one.fit()
     # The module entry point torchrun launches: the same command as `ferkit train`.

@@ -82,12 +82,12 @@ def test_short_run_learns_and_writes_run_folder(tiny_folders: Path, tmp_path: Pa
 
 
 def test_resume_continues_exactly(tiny_folders: Path, tmp_path: Path) -> None:
-    full = Trainer(small_cfg(tiny_folders, tmp_path / "full"), progress=False)
+    full = Trainer(small_cfg(tiny_folders, tmp_path / "full"))
     full.fit()
-    part = Trainer(small_cfg(tiny_folders, tmp_path / "part", "epochs=3"), progress=False)
+    part = Trainer(small_cfg(tiny_folders, tmp_path / "part", "epochs=3"))
     part.cfg.epochs = 2  # stop early as an interruption would, with the same schedule length
     part.fit()
-    resumed = Trainer(small_cfg(tiny_folders, tmp_path / "part"), resume=True, progress=False)
+    resumed = Trainer(small_cfg(tiny_folders, tmp_path / "part"), resume=True)
     assert resumed.epoch == 2
     resumed.fit()
     a = full.model.state_dict()
@@ -98,13 +98,13 @@ def test_resume_continues_exactly(tiny_folders: Path, tmp_path: Path) -> None:
 
 def test_imbalance_options_and_soft_labels_need_votes(tiny_folders: Path, tmp_path: Path) -> None:
     for balance in ("weights", "sampler"):
-        Trainer(small_cfg(tiny_folders, tmp_path / balance, "epochs=1", f"balance={balance}"), progress=False).fit()
+        Trainer(small_cfg(tiny_folders, tmp_path / balance, "epochs=1", f"balance={balance}")).fit()
     with pytest.raises(FerkitError, match="vote distributions"):
-        Trainer(small_cfg(tiny_folders, tmp_path / "soft", "soft_labels=true"), progress=False)
+        Trainer(small_cfg(tiny_folders, tmp_path / "soft", "soft_labels=true"))
 
 
 def test_class_weighted_loss_weights_each_image_by_its_own_label(tiny_folders: Path, tmp_path: Path) -> None:
-    t = Trainer(small_cfg(tiny_folders, tmp_path, "balance=weights", "label_smoothing=0.1"), progress=False)
+    t = Trainer(small_cfg(tiny_folders, tmp_path / "run", "balance=weights", "label_smoothing=0.1"))
     k = len(t.classes)
     t.class_weights = torch.linspace(0.5, 4.0, k)
     logits, labels = torch.randn(6, k), torch.arange(6) % k
@@ -133,11 +133,11 @@ def test_fine_tune_matches_classes_by_name_and_freezes_the_body(tiny_folders: Pa
 
     from ferkit.models.export import classifier_name, init_from, read_weights
 
-    Trainer(small_cfg(tiny_folders, tmp_path / "base", "epochs=2"), progress=False).fit()
+    Trainer(small_cfg(tiny_folders, tmp_path / "base", "epochs=2")).fit()
     base = tmp_path / "base" / "best.safetensors"
     # Another order, one class dropped and one the saved model never saw.
     other = make_class_folders(tmp_path / "other", ["sad", "happy", "angry"], per_class=8)
-    t = Trainer(small_cfg(other, tmp_path / "ft", f"init={base}", "freeze=true", "epochs=1"), progress=False)
+    t = Trainer(small_cfg(other, tmp_path / "ft", f"init={base}", "freeze=true", "epochs=1"))
     saved, info = read_weights(base)
     head = classifier_name(t.model)
     w = t.model.state_dict()[f"{head}.weight"].clone()
@@ -152,11 +152,14 @@ def test_fine_tune_matches_classes_by_name_and_freezes_the_body(tiny_folders: Pa
         torch.testing.assert_close(after[k], v, msg=k)  # weights and BatchNorm statistics untouched
     assert not torch.equal(after[f"{head}.weight"], w)
     with pytest.raises(FerkitError, match="set model=vgg_s"):
-        Trainer(small_cfg(other, tmp_path / "x", f"init={base}", "model=resnet_s"), progress=False)
+        Trainer(small_cfg(other, tmp_path / "x", f"init={base}", "model=resnet_s"))
     with pytest.raises(FerkitError, match="set init"):
-        Trainer(small_cfg(other, tmp_path / "y", "freeze=true"), progress=False)
+        Trainer(small_cfg(other, tmp_path / "y", "freeze=true"))
     # The shipped model's weights are in the package, so "default" fine-tunes from them.
-    assert init_from(create_model("vgg_s", 2), "default", ["happy", "contempt"]) == ["contempt"]
+    from ferkit.utils import assets_dir
+
+    assert init_from(create_model("vgg_s", 2), assets_dir() / "ferkit_default.safetensors",
+                     ["happy", "contempt"]) == ["contempt"]
 
 
 def test_imbalance_study_script_trains_each_mode_and_reports(tiny_folders: Path, tmp_path: Path) -> None:

@@ -72,3 +72,9 @@ def next_free(path: str | Path) -> Path:
     while (candidate := path.with_name(f"{stem}{sep}{k}{suffix}")).exists():
         k += 1
     return candidate
+
+
+def format_duration(seconds: float) -> str:
+    """42s, 3m05s, 2h07m."""
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

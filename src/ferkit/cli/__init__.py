@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from ferkit import __version__
 from ferkit.cli.common import set_verbosity
@@ -31,6 +34,19 @@ def _root(
     set_verbosity(quiet, verbose)
 
 
+class _Command(TyperCommand):
+    """--help without type placeholders: a flag shows no `<bool>`, an argument no `<str>` beside its name; options
+    that take a value show their metavar (PATH, N, ...)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for p in self.get_params(ctx):
+            if isinstance(p, TyperArgument):
+                p.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+            elif isinstance(p, TyperOption) and p.is_flag and p.metavar is None:
+                p.metavar = ""
+        super().format_help(ctx, formatter)
+
+
 def _register() -> None:
     # Each group lives in its own module; modules that need the training stack import it lazily.
     from ferkit.cli import data, evaluate, predict, serve, train
@@ -38,6 +54,9 @@ def _register() -> None:
     app.add_typer(data.app, name="data")
     for module in (train, evaluate, predict, serve):
         module.register(app)
+    for info in [*app.registered_commands, *data.app.registered_commands]:
+        if info.cls in (None, TyperCommand):
+            info.cls = _Command
 
 
 _register()

@@ -2,50 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
 
-from ferkit.cli.common import console, err_console, handle_errors, print_json, quiet
-
-log = logging.getLogger("ferkit.evaluation")
+from ferkit.cli.common import console, handle_errors, print_json, quiet
+from ferkit.cli.progress import progress_bar
 
 SPLIT_HELP = "Which split to use: train, val or test."
 MAP_HELP = "Dataset class -> model class, e.g. 'anger=angry,happiness=happy,contempt=-' ('-' leaves a class out)."
 TTA_HELP = "Test-time augmentation: none, flip, crops (five crops) or flip+crops."
-
-
-@contextlib.contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich bar with rate and ETA on a terminal; plain log lines (every ~20%) otherwise."""
-    if quiet():
-        yield lambda done, total: None
-        return
-    if err_console.is_terminal:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[rate]}"),
-                      TimeRemainingColumn(), console=err_console, transient=True) as bar:
-            task = bar.add_task(label, total=None, rate="")
-
-            def update(done: int, total: int) -> None:
-                speed = bar.tasks[0].speed
-                bar.update(task, completed=done, total=total, rate=f"{speed:.0f} img/s" if speed else "")
-
-            yield update
-        return
-    state = {"next": 0.0}
-
-    def plain(done: int, total: int) -> None:
-        if total and (done / total >= state["next"] or done == total):
-            log.info("%s: %d/%d images", label, done, total)
-            state["next"] = done / total + 0.2
-
-    yield plain
 
 
 def register(app: typer.Typer) -> None:
@@ -78,7 +44,7 @@ def evaluate_cmd(
     from ferkit.evaluation import evaluate
     from ferkit.evaluation.report import summary_rows
 
-    with _progress("predicting") as prog:
+    with progress_bar() as prog:
         ev = evaluate(models, data, split=split, out=out, tta=tta, map_spec=map_spec, format=format,
                       n_boot=bootstrap, seed=seed, saliency=saliency, progress=prog)
     if as_json:
@@ -123,7 +89,7 @@ def calibrate_cmd(
     """
     from ferkit.evaluation import calibrate
 
-    with _progress("predicting") as prog:
+    with progress_bar() as prog:
         res = calibrate(model, data, split=split, out=out, write=write, map_spec=map_spec, format=format,
                         progress=prog)
     if as_json:
@@ -168,7 +134,7 @@ def compare_cmd(
     from ferkit.evaluation import compare, markdown, write_compare
     from ferkit.evaluation.core import default_out
 
-    with _progress("predicting") as prog:
+    with progress_bar() as prog:
         res = compare(models, data, split=split, tta=tta, map_spec=map_spec, format=format, n_boot=bootstrap,
                       seed=seed, progress=prog)
     target = out if out is not None else default_out(["compare"], data, split)

@@ -17,31 +17,40 @@ def _need_torch() -> None:
         raise FerkitError("training needs PyTorch: pip install 'ferkit[train]'") from None
 
 
+def _pct(metric: str, value: float | None) -> str:
+    """Accuracy and F1 in percent (as `ferkit evaluate` shows them); a loss as it is."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if metric.endswith("loss") else f"{100 * value:.2f}%"
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def train(
-        config: Path | None = typer.Argument(None, help="TOML config (see configs/); settings not in it keep defaults."),
-        overrides: list[str] | None = typer.Option(None, "--set", "-s", help="Override a setting: key=value, e.g. lr=0.01 or augment.mixup=0.2."),
-        data: str | None = typer.Option(None, help="Dataset path (any format `ferkit data info` reads)."),
-        model: str | None = typer.Option(None, help="Registered model name (see `ferkit train --list-models`)."),
-        epochs: int | None = typer.Option(None, help="Number of epochs."),
-        out: str | None = typer.Option(None, help="Run folder."),
-        device: str | None = typer.Option(None, help="cpu or cuda."),
-        init: str | None = typer.Option(None, help="Fine-tune: start from these safetensors weights; 'default' is the shipped model."),
-        resume: bool = typer.Option(False, help="Continue an interrupted run in its run folder exactly where it stopped."),
+        config: str | None = typer.Argument(None, metavar="[CONFIG]", help="A TOML config file, or a recipe that ships with ferkit by name (fer2013_default, fer2013_crop40); relative paths in a file are relative to its folder. Settings it leaves out keep their defaults."),
+        overrides: list[str] | None = typer.Option(None, "--set", "-s", metavar="KEY=VALUE", help="Override a setting (repeatable), e.g. -s lr=0.01 -s augment.mixup=0.2; see docs/training.md."),
+        data: str | None = typer.Option(None, metavar="PATH", help="Dataset: any format `ferkit data info` reads. Required unless the config names one."),
+        model: str | None = typer.Option(None, metavar="NAME", help="Registered model (see --list-models).  \\[default: vgg_s]"),
+        epochs: int | None = typer.Option(None, metavar="N", help="Number of epochs.  \\[default: 30]"),
+        out: str | None = typer.Option(None, metavar="DIR", help="Run folder; it must be new or empty (see --resume, --exist-ok).  \\[default: runs/train, then runs/train2, ...]"),
+        device: str | None = typer.Option(None, metavar="DEVICE", help="cpu, cuda, cuda:N or mps.  \\[default: cpu]"),
+        init: str | None = typer.Option(None, metavar="WEIGHTS", help="Fine-tune: start from these safetensors weights; 'default' is the shipped model's."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly where it stopped."),
+        exist_ok: bool = typer.Option(False, "--exist-ok", help="Train into a folder that is not empty: the old run's files there are removed."),
         list_models: bool = typer.Option(False, "--list-models", help="List registered models and exit."),
         json_out: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
     ) -> None:
         """Train a model; keeps the best checkpoint by validation, exports ONNX.
 
-        Example: ferkit train configs/fer2013_default.toml --epochs 5 --out runs/try
+        Example: ferkit train fer2013_default --data fer2013.zip --epochs 5 --out runs/try
 
         Fine-tune the shipped model on your own class folders: ferkit train --data my_faces/ --init default --epochs 10
 
         On several processes or GPUs (docs/distributed.md): torchrun --nproc_per_node=4 --no-python ferkit train CONFIG
         """
         _need_torch()
+        from ferkit.cli.progress import progress_bar
         from ferkit.models import list_models as _list
         from ferkit.training import load_config
         from ferkit.training import train as _train
@@ -50,67 +59,90 @@ def register(app: typer.Typer) -> None:
         if list_models:
             console.print("\n".join(_list()))
             return
-        sets = list(overrides or [])
-        for key, value in (("data", data), ("model", model), ("epochs", epochs), ("out", out), ("device", device),
-                           ("init", init)):
-            if value is not None:
-                sets.append(f"{key}={value}")
-        if resume and config is None:
-            # A resumed run reads its own saved config.
-            run = next((s.split("=", 1)[1] for s in sets if s.startswith("out=")), None)
-            if run is None:
-                raise FerkitError("--resume needs the run folder: --out RUN (or the run's config file)")
-            config = Path(run) / "config.toml"
-        cfg = load_config(config, sets)
-        summary = _train(cfg, resume=resume)
+        if config is None and resume:
+            if out is None:
+                raise FerkitError("--resume needs the run folder: --out RUN")
+            config = str(Path(out) / "config.toml")  # a resumed run reads its own saved config
+        if config is None and data is None and not any(s.strip().startswith("data=") for s in overrides or []):
+            raise FerkitError("nothing to train on: give a dataset with --data PATH (e.g. ferkit train --data "
+                              "my_faces/ or ferkit train fer2013_default --data fer2013.zip); see ferkit train --help")
+        cfg = load_config(config, overrides, data=data, model=model, epochs=epochs, out=out, device=device, init=init)
+        with progress_bar() as progress:
+            summary = _train(cfg, resume=resume, exist_ok=exist_ok, progress=progress)
         if not is_main_process():
             return  # under torchrun, rank 0 speaks for all
         if json_out:
             print_json(summary)
         else:
-            console.print(f"best {cfg.select_metric} {summary.get(cfg.select_metric):.4f} at epoch "
-                          f"{summary['best_epoch']}; run folder: {cfg.out}")
+            console.print(f"best {cfg.select_metric} {_pct(cfg.select_metric, summary.get(cfg.select_metric))} at "
+                          f"epoch {summary['best_epoch']}; run folder: {summary['run']}", highlight=False)
 
     @app.command()
     @handle_errors
     def tune(
-        space: Path = typer.Argument(..., help="TOML search space: [base] settings and [space] ranges (see configs/tune_example.toml)."),
-        trials: int = typer.Option(10, help="Number of trials."),
-        out: Path = typer.Option(Path("runs/tune"), help="Folder for trials, the table and the best config."),
+        space: str = typer.Argument(..., metavar="SPACE", help="TOML search space: \\[base] settings and \\[space] ranges; a file, or tune_example (it ships with ferkit)."),
+        data: str | None = typer.Option(None, metavar="PATH", help="Dataset for every trial (over the space file's data)."),
+        overrides: list[str] | None = typer.Option(None, "--set", "-s", metavar="KEY=VALUE", help="Override a fixed setting of every trial (repeatable), e.g. -s epochs=3."),
+        trials: int = typer.Option(10, min=1, metavar="N", help="Trials in all (a resumed study runs the ones left)."),
+        out: str | None = typer.Option(None, metavar="DIR", help="Tune folder: the study, one run folder per trial, trials.csv, best.toml.  \\[default: runs/tune, then runs/tune2, ...]"),
+        resume: bool = typer.Option(False, "--resume", help="Continue the interrupted study in --out."),
+        seed: int = typer.Option(0, metavar="N", help="Seed of the sampler."),
         json_out: bool = typer.Option(False, "--json", help="Print the best trial as JSON."),
     ) -> None:
-        """Hyper-parameter search with Optuna, pruning on validation accuracy.
+        """Hyper-parameter search with Optuna: every trial trains like `ferkit train`, pruned when its validation score
+        falls behind the median. Trials are recorded as they finish; Ctrl-C stops, --resume continues.
 
-        Example: ferkit tune configs/tune_example.toml --trials 20 --out runs/tune
+        Example: ferkit tune tune_example --data fer2013.zip --trials 20 --out runs/tune
         """
         _need_torch()
+        from ferkit.cli.common import err_console
+        from ferkit.cli.progress import progress_bar
+        from ferkit.training.tune import Interrupted
         from ferkit.training.tune import tune as _tune
 
-        best = _tune(space, trials, out)
+        try:
+            with progress_bar() as progress:
+                best = _tune(space, trials, out, data=data, overrides=overrides, seed=seed, resume=resume,
+                             progress=progress)
+        except Interrupted as e:
+            err_console.print(f"interrupted: {e.finished} of {e.trials} trials finished and recorded in {e.folder}; "
+                              f"continue with the same command and --resume --out {e.folder}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(130) from None
         if json_out:
             print_json(best)
         else:
-            console.print(f"best val_acc {best['value']:.4f} with {best['params']}; "
-                          f"table: {out / 'trials.csv'}; config: {out / 'best.toml'}")
+            folder = Path(best["folder"])
+            console.print(f"best {best['metric']} {_pct(best['metric'], best['value'])} in trial_{best['trial']:03d} "
+                          f"with {best['params']}; table: {folder / 'trials.csv'}; config: {folder / 'best.toml'}",
+                          highlight=False)
 
     @app.command()
     @handle_errors
     def export(
-        weights: Path = typer.Argument(..., help="A ferkit safetensors file (e.g. RUN/best.safetensors)."),
-        out: Path = typer.Argument(..., help="The ONNX file to write."),
-        name: str = typer.Option("ferkit-model", help="Model name stored in the ONNX metadata."),
-        version: str = typer.Option("1", help="Model version stored in the ONNX metadata."),
+        weights: Path = typer.Argument(..., metavar="WEIGHTS", help="A ferkit safetensors file (e.g. RUN/best.safetensors)."),
+        out: Path = typer.Argument(..., metavar="OUT", help="The ONNX file to write."),
+        name: str | None = typer.Option(None, metavar="NAME", help="Model name stored in the ONNX metadata.  \\[default: the run folder's name]"),
+        version: str = typer.Option("1", metavar="TEXT", help="Model version stored in the ONNX metadata."),
+        force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
     ) -> None:
         """Export safetensors weights to a self-describing ONNX model for inference.
 
-        Example: ferkit export runs/default/best.safetensors model.onnx --name my-fer --version 2
+        Example: ferkit export runs/train/best.safetensors model.onnx --name my-fer --version 2
         """
         _need_torch()
         from ferkit.models.export import export_onnx, load_weights
+        from ferkit.runs import export_name
+        from ferkit.utils import is_package_asset
 
+        if is_package_asset(out):
+            raise FerkitError(f"{out}: inside ferkit's package, whose models are read-only; choose another file")
+        if out.exists() and not force:
+            raise FerkitError(f"{out}: already exists; pass --force to overwrite it")
         model, info = load_weights(weights)
-        export_onnx(model, out, info["classes"], info["input_size"], info["crop"], name=name, version=version)
-        console.print(f"wrote {out}")
+        export_onnx(model, out, info["classes"], info["input_size"], info["crop"],
+                    name=name or export_name(weights.parent), version=version)
+        console.print(f"wrote {out}", highlight=False)
 
     @app.command()
     @handle_errors

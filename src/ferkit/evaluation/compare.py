@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ferkit.errors import FerkitError
-from ferkit.evaluation.core import ProgressFn, load_data, predict, prepare, summarize, write_json
+from ferkit.evaluation.core import load_data, prepare, summarize, write_json
 from ferkit.evaluation.metrics import mcnemar
 from ferkit.evaluation.predictors import load_ensemble, parse_model_specs
+from ferkit.utils import ProgressFn
 
 
 def compare(
@@ -33,7 +34,7 @@ def compare(
             raise FerkitError(f"{spec}: its class set keeps {len(sp)} images, the first model's {n_items}; "
                               "compare needs the same images for every model")
         n_items = len(sp)
-        prob, raw = predict(ens, sp.images, tta, progress)
+        prob, raw = ens.predict(sp.images, tta, progress=progress, what=f"predicting {spec}")
         m = summarize(sp.labels, prob, raw, ens.classes, ens.calibrated, sp.soft, prep.train_copy, n_boot, seed)
         correct.append(prob.argmax(1) == sp.labels)
         names.append(_unique(spec, names))

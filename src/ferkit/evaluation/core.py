@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,9 @@ from ferkit.evaluation.metrics import (
     vote_agreement,
 )
 from ferkit.evaluation.predictors import Ensemble, load_ensemble
-from ferkit.utils import is_package_asset, next_free
+from ferkit.utils import ProgressFn, is_package_asset, next_free
 
 log = logging.getLogger("ferkit.evaluation")
-ProgressFn = Callable[[int, int], None]
 
 
 @dataclass
@@ -110,18 +108,6 @@ def summarize(
     return m
 
 
-def predict(ens: Ensemble, images: np.ndarray, tta: str, progress: ProgressFn | None) -> tuple[np.ndarray, np.ndarray]:
-    done = [0]
-    total = len(images)
-
-    def step(n: int) -> None:
-        done[0] += n
-        if progress:
-            progress(done[0], total)
-
-    return ens.predict(images, tta=tta, progress=step)
-
-
 def default_out(models: list[str], data: str | Path, split: str) -> Path:
     def label(s: str) -> str:
         p = Path(s.rstrip("/"))
@@ -162,7 +148,7 @@ def evaluate(
     sp = prep.split
     log.info("data %s: %s split, %d images%s", data, split, len(sp),
              f" ({prep.left_out} left out by --map)" if prep.left_out else "")
-    prob, prob_raw = predict(ens, sp.images, tta, progress)
+    prob, prob_raw = ens.predict(sp.images, tta, progress=progress)
     metrics = summarize(sp.labels, prob, prob_raw, ens.classes, ens.calibrated, sp.soft, prep.train_copy,
                         n_boot=n_boot, seed=seed)
     result = {
@@ -247,7 +233,7 @@ def calibrate(
                           "give a .onnx file or a run folder with model.onnx (or use --no-write)")
     ds = load_data(data, ens.input_size, format)
     prep = prepare(ds, ens.classes, split, map_spec, copies=False)
-    _, raw = predict(ens, prep.split.images, "none", progress)
+    _, raw = ens.predict(prep.split.images, progress=progress)
     y = prep.split.labels
     t = fit_temperature(y, raw)
 
@@ -265,7 +251,7 @@ def calibrate(
     }
     if split != "test" and "test" in ds.splits:
         tp = prepare(ds, ens.classes, "test", map_spec, copies=False)
-        _, traw = predict(ens, tp.split.images, "none", None)
+        _, traw = ens.predict(tp.split.images)
         res["test"] = {"before": scores(tp.split.labels, traw),
                        "after": scores(tp.split.labels, apply_temperature(traw, t))}
     res["written_to"] = None

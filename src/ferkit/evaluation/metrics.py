@@ -15,17 +15,12 @@ import numpy as np
 def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Accuracy, balanced accuracy, per-class P/R/F1/support, macro/weighted F1, confusion matrices, top-2, log-loss.
 
-    Macro-F1 and balanced accuracy average over the classes present in `y`: a model class the data lacks
-    has no recall to speak of (its wrong predictions still count against precision of the others).
+    Accuracy, macro-F1 and log-loss are ferkit.metrics' (the trainer's validation uses the same definitions);
+    macro-F1 and balanced accuracy average over the classes present in `y`.
     """
-    from sklearn.metrics import (
-        accuracy_score,
-        balanced_accuracy_score,
-        confusion_matrix,
-        f1_score,
-        log_loss,
-        precision_recall_fscore_support,
-    )
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    from ferkit.metrics import validation_metrics
 
     y = np.asarray(y, dtype=np.int64)
     prob = np.asarray(prob, dtype=np.float64)
@@ -34,7 +29,6 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: list[str]) 
         raise ValueError("no items to evaluate")
     pred = prob.argmax(1)
     labels = list(range(n_cls))
-    present = sorted(set(y.tolist()))
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     cm = confusion_matrix(y, pred, labels=labels)
     rows = cm.sum(1, keepdims=True)
@@ -43,16 +37,15 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: list[str]) 
         # sklearn warns when predictions use a class the data lacks; that is expected with a bigger model.
         warnings.simplefilter("ignore")
         bal = balanced_accuracy_score(y, pred)
-        # Probabilities rounded to float32 may sum to 1 +- 1e-7; log_loss renormalises them.
-        ll = log_loss(y, prob / prob.sum(1, keepdims=True), labels=labels)
+    head = validation_metrics(y, prob)
     return {
         "n": int(len(y)),
-        "accuracy": float(accuracy_score(y, pred)),
+        "accuracy": head["acc"],
         "balanced_accuracy": float(bal),
-        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        "macro_f1": head["macro_f1"],
         "weighted_f1": float(f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
         "top2_accuracy": top_k_accuracy(y, prob, 2),
-        "log_loss": float(ll),
+        "log_loss": head["loss"],
         "per_class": {
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, c in enumerate(classes)
@@ -160,13 +153,6 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float | i
     p_exact = float(binomtest(min(b, c), b + c, 0.5).pvalue)
     stat = (abs(b - c) - 1) ** 2 / (b + c)
     return {"a_only": b, "b_only": c, "p_exact": min(p_exact, 1.0), "chi2": float(stat), "p_chi2": float(chi2.sf(stat, 1))}
-
-
-def undo_temperature(prob: np.ndarray, t: float) -> np.ndarray:
-    """Probabilities before temperature scaling by `t` (softmax(logits) from softmax(logits / t))."""
-    from ferkit.views import apply_temperature
-
-    return apply_temperature(prob, 1.0 / t) if t != 1.0 else prob
 
 
 def fit_temperature(y: np.ndarray, prob: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""The report's figures as PNG bytes: confusion matrices, reliability diagram, training curves, face grids, saliency.
+"""The report's figures as PNG bytes: confusion matrices, reliability diagram, face grids, saliency (the training
+curves are a run's own figure: ferkit.runs).
 
 Matplotlib is used through its object API on the Agg canvas (no pyplot state, no display needed), imported lazily.
 """
@@ -76,34 +77,6 @@ def reliability_png(rel: dict[str, Any], rel_before: dict[str, Any] | None = Non
     ax2.bar(centres, rel["count"], width=1 / bins, color="#888888", edgecolor="#444444")
     ax2.set_xlabel("confidence")
     ax2.set_ylabel("images")
-    return _png(fig)
-
-
-def curves_png(log: list[dict[str, Any]]) -> bytes:
-    """Loss and accuracy per epoch from a run's log.jsonl."""
-    from matplotlib.ticker import MaxNLocator
-
-    fig = _figure(11, 4)
-    ep = [r["epoch"] for r in log]
-
-    def series(key: str) -> list[float]:
-        return [r.get(key, np.nan) for r in log]
-
-    panels = (
-        ("Loss", (("train_loss", "-"), ("val_loss", "--"))),
-        ("Accuracy / macro-F1", (("train_acc", "-"), ("val_acc", "--"), ("val_macro_f1", ":"))),
-    )
-    for i, (title, keys) in enumerate(panels, start=1):
-        ax = fig.add_subplot(1, 2, i)
-        for key, style in keys:
-            if any(key in r for r in log):
-                ax.plot(ep, series(key), style, marker="o", markersize=3, label=key)
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
     return _png(fig)
 
 

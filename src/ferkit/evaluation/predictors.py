@@ -5,17 +5,14 @@ with optional test-time augmentation (horizontal flip, five crops).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ferkit.errors import FerkitError
+from ferkit.utils import ProgressFn
 from ferkit.views import apply_temperature, tta_mode, tta_views
-
-Progress = Callable[[int], None]
 
 
 class Predictor:
@@ -158,8 +155,8 @@ class Ensemble:
     def run_dir(self) -> Path | None:
         return self.members[0].run_dir if len(self.members) == 1 else None
 
-    def predict(self, images: np.ndarray, tta: str = "none", batch: int = 1024,
-                progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, images: np.ndarray, tta: str = "none", batch: int = 1024, progress: ProgressFn | None = None,
+                what: str = "predicting") -> tuple[np.ndarray, np.ndarray]:
         """(calibrated, uncalibrated) N x C probabilities, averaged over models and augmented views."""
 
         n = len(images)
@@ -173,7 +170,7 @@ class Ensemble:
                 raw[i : i + len(chunk)] += p
                 cal[i : i + len(chunk)] += apply_temperature(p, m.temperature)
             if progress:
-                progress(len(chunk))
+                progress(what, i + len(chunk), n)
         k = len(self.members)
         return (cal / k).astype(np.float32), (raw / k).astype(np.float32)
 
@@ -194,19 +191,3 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 def load_ensemble(specs: list[str] | str) -> Ensemble:
     return Ensemble([load_predictor(s) for s in parse_model_specs(specs)])
-
-
-def read_training_log(run_dir: Path) -> list[dict[str, Any]]:
-    """Per-epoch rows of a run folder's log.jsonl (unreadable lines are skipped: a run may still be writing)."""
-    path = run_dir / "log.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and "epoch" in row:
-            rows.append(row)
-    return rows

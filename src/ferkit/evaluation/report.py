@@ -14,12 +14,11 @@ if TYPE_CHECKING:
     from ferkit.evaluation.core import Evaluation
 
 GRID_COLS = 8
-FIGURES = ("confusion", "reliability", "curves", "correct", "mistakes", "saliency")
 
 
 def build_figures(ev: Evaluation, saliency_per_class: int = 2, seed: int = 0) -> dict[str, bytes]:
+    from ferkit import runs
     from ferkit.evaluation import plots
-    from ferkit.evaluation.predictors import read_training_log
     from ferkit.evaluation.saliency import occlusion_map
 
     m = ev.metrics["metrics"]
@@ -34,9 +33,9 @@ def build_figures(ev: Evaluation, saliency_per_class: int = 2, seed: int = 0) ->
     cal = m["calibration"]
     figs["reliability"] = plots.reliability_png(cal["reliability"], cal.get("reliability_uncalibrated"))
     run = ev.ensemble.run_dir
-    rows = read_training_log(run) if run is not None else []
+    rows = runs.read_log(run) if run is not None else []
     if rows:
-        figs["curves"] = plots.curves_png(rows)
+        figs["curves"] = runs.curves_png(rows)
 
     correct_rows, mistake_rows = [], []
     picks: list[int] = []

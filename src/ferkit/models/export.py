@@ -112,10 +112,6 @@ def init_from(model: nn.Module, path: str | Path, classes: list[str]) -> list[st
     Every layer is copied except the output layer, whose rows are matched by class name, so a new order, a subset or
     extra classes keep what the saved model knew of each class; a class it never saw keeps its fresh rows.
     """
-    if str(path) == "default":
-        from ferkit.inference.model import default_model_path
-
-        path = default_model_path().with_suffix(".safetensors")
     state, info = read_weights(path)
     if info["arch"] != getattr(model, "arch", None):
         raise FerkitError(f"init {path}: the weights are {info['arch']!r}, the run's model is "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -16,10 +17,10 @@ from ferkit.training.augment import AugmentConfig
 
 @dataclass
 class TrainConfig:
-    data: str = "../shared/datasets/fer2013.zip"
+    data: str | None = None  # required: a dataset any loader reads
     format: str | None = None
     classes: str | None = None  # subset / renames, see ferkit.data.select_classes
-    out: str = "runs/default"
+    out: str | None = None  # None: a new numbered folder, runs/train, runs/train2, ...
     model: str = "vgg_s"
     dropout: float | None = None
     crop: int = 0  # train on random crop x crop windows of the face (e.g. 40 of 48) and test on the centre; 0: whole face
@@ -180,12 +181,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not _DEVICE.fullmatch(cfg.device):
         raise FerkitError(f"device: {cfg.device!r} is not cpu, cuda, cuda:N or mps")
     for key in ("data", "out", "model"):
-        if not getattr(cfg, key).strip():
+        value = getattr(cfg, key)
+        if value is not None and not value.strip():
             raise FerkitError(f"{key}: empty")
     if isinstance(cfg.teacher, list) and not all(t.strip() for t in cfg.teacher):
         raise FerkitError("teacher: an empty path in the list")
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
+    if cfg.out is not None and Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise FerkitError(f"out: {cfg.out} is a file; a run is written into a folder")
     try:
         from ferkit.models.registry import list_models
@@ -211,37 +212,118 @@ def _settings(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+# Settings that name files or folders: relative ones in a config file are relative to that file's folder.
+PATH_KEYS = ("data", "out", "init", "teacher")
+
+
+def recipes_dir() -> Path:
+    """The training recipes that ship in the package (`ferkit train fer2013_default`)."""
+    from importlib import resources
+
+    return Path(str(resources.files("ferkit") / "configs"))
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.toml"))
+
+
+def find_config(spec: str | Path) -> Path:
+    """A config file's path, or a recipe's that ships with ferkit named without folder or suffix."""
+    p = Path(spec)
+    if p.exists() or len(p.parts) > 1:
+        return p
+    recipe = recipes_dir() / (p.name if p.suffix == ".toml" else f"{p.name}.toml")
+    if recipe.is_file():
+        return recipe
+    raise FerkitError(f"{spec}: no such config file, nor a built-in recipe ({', '.join(list_recipes())})")
+
+
+def read_toml(p: Path) -> dict[str, Any]:
+    """A TOML file under the size cap; every fault one line naming the file."""
+    try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise FerkitError(f"{p}: {p.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FerkitError(f"{p}: no such config file") from None
+    except IsADirectoryError:
+        raise FerkitError(f"{p}: is a folder, not a config file") from None
+    except UnicodeDecodeError as e:
+        raise FerkitError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except OSError as e:
+        raise FerkitError(f"{p}: cannot read ({e.strerror})") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as e:
+        raise FerkitError(f"{p}: not valid TOML ({str(e)[:160]})") from None
+
+
+def _relative_to(folder: Path, value: Any, key: str) -> Any:
+    if value is None or (key == "init" and value == "default"):
+        return value
+    if isinstance(value, list):
+        return [_relative_to(folder, v, key) for v in value]
+    if key == "teacher" and "," in value:
+        return ",".join(_relative_to(folder, v.strip(), key) for v in value.split(","))
+    return str(folder / value) if value and not Path(value).is_absolute() else value
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """A copy whose path settings are absolute: what a run's own config.toml records, so that it reads the same
+    from any folder (and --resume finds the data again)."""
+    def absolute(value: Any, key: str) -> Any:
+        if value is None or (key == "init" and value == "default"):
+            return value
+        if isinstance(value, list):
+            return [absolute(v, key) for v in value]
+        if key == "teacher" and "," in value:
+            return ",".join(absolute(v.strip(), key) for v in value.split(","))
+        return os.path.abspath(value)
+
+    return dataclasses.replace(cfg, **{k: absolute(getattr(cfg, k), k) for k in PATH_KEYS})
+
+
+def set_setting(cfg: TrainConfig, key: str, value: Any, text: bool = False) -> None:
+    """One setting by its dotted name (augment.erase), typed or (text=True) from a `key=value` string."""
+    parts = key.strip().split(".")
+    target: Any = cfg
+    for part in parts[:-1]:
+        target = getattr(target, part, None)
+        if not dataclasses.is_dataclass(target):
+            raise FerkitError(f"{key!r}: {part!r} is not a section")
+    _apply(target, parts[-1], value.strip() if text else value, key.strip(), text=text)
+
+
+def apply_settings(cfg: TrainConfig, raw: dict[str, Any], folder: Path | None = None) -> TrainConfig:
+    """Typed settings from a TOML table (sections as tables or dotted keys); relative paths relative to `folder`."""
+    for k, v in raw.items():
+        if "." in k:
+            set_setting(cfg, k, v)
+        else:
+            _apply(cfg, k, v, k)
+    if folder is not None:
+        for k in PATH_KEYS:
+            if k in raw:
+                setattr(cfg, k, _relative_to(folder, getattr(cfg, k), k))
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **settings: Any) -> TrainConfig:
+    """Defaults, then the config file (a path, or a built-in recipe's name), then `key=value` overrides (text, dotted
+    for sections), then `settings` (typed values, e.g. from command-line flags; None leaves a setting as it is).
+
+    Relative paths in the file are relative to its folder; in overrides and settings, to the current folder.
+    """
     cfg = TrainConfig()
     if path is not None:
-        p = Path(path)
-        try:
-            if p.stat().st_size > MAX_CONFIG_BYTES:
-                raise FerkitError(f"{p}: {p.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FerkitError(f"{p}: no such config file") from None
-        except IsADirectoryError:
-            raise FerkitError(f"{p}: is a folder, not a config file") from None
-        except UnicodeDecodeError as e:
-            raise FerkitError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
-        except OSError as e:
-            raise FerkitError(f"{p}: cannot read ({e.strerror})") from None
-        except (tomllib.TOMLDecodeError, RecursionError) as e:
-            raise FerkitError(f"{p}: not valid TOML ({str(e)[:160]})") from None
-        for k, v in raw.items():
-            _apply(cfg, k, v, k)
+        p = find_config(path)
+        apply_settings(cfg, read_toml(p), p.parent)
     for item in overrides or []:
         if "=" not in item:
             raise FerkitError(f"override {item!r}: expected key=value")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        target = cfg
-        for part in parts[:-1]:
-            target = getattr(target, part, None)
-            if not dataclasses.is_dataclass(target):
-                raise FerkitError(f"override {key!r}: {part!r} is not a section")
-        _apply(target, parts[-1], value.strip(), key.strip(), text=True)
+        set_setting(cfg, key, value, text=True)
+    for key, value in settings.items():
+        if value is not None:
+            set_setting(cfg, key, value)
     return validate(cfg)
 
 

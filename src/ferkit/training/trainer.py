@@ -1,7 +1,8 @@
 """The training loop: whole dataset as one uint8 tensor, batch augmentation, EMA, checkpoints that resume exactly.
 
-A run folder holds config.toml, log.jsonl (one line per epoch), curves.png, best.safetensors (+ meta.json),
-state.pt (the resumable state of the last finished epoch), model.onnx and metrics.json.
+The run folder's files are ferkit.runs'. Progress goes to a `ProgressFn` callback (drawn by the caller: the command
+line's ferkit.cli.progress), per-epoch summaries to the "ferkit.train" logger, and an `on_epoch(epoch, row)` callback
+sees every finished epoch (tuning prunes trials through it).
 
 Launched by torchrun (WORLD_SIZE > 1) the same loop trains data-parallel with PyTorch's DistributedDataParallel:
 every process holds the whole dataset, takes its share of each global batch of the epoch's shared permutation, and
@@ -13,8 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,16 @@ import torch.nn.functional as F
 from torch import distributed as dist
 from torch import nn
 
+from ferkit import runs
 from ferkit.data import Dataset, load_dataset
 from ferkit.errors import FerkitError
+from ferkit.metrics import validation_metrics
 from ferkit.models import create_model
 from ferkit.models.export import classifier_name, init_from
 from ferkit.training.augment import augment, mix
-from ferkit.training.config import TrainConfig, to_toml
+from ferkit.training.config import TrainConfig, absolute_paths, to_toml
 from ferkit.training.distill import Teacher, compute_teacher, distill_loss, teacher_specs
-from ferkit.utils import atomic_write
+from ferkit.utils import ProgressFn, assets_dir, atomic_write
 from ferkit.views import tta_views
 
 log = logging.getLogger("ferkit.train")
@@ -126,19 +129,6 @@ def predict_proba(
     return torch.cat(out).numpy()
 
 
-def _metrics(prob: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    from sklearn.metrics import f1_score
-
-    pred = prob.argmax(1)
-    eps = 1e-7
-    loss = float(-np.log(np.clip(prob[np.arange(len(labels)), labels], eps, 1)).mean())
-    return {
-        "loss": loss,
-        "acc": float((pred == labels).mean()),
-        "macro_f1": float(f1_score(labels, pred, average="macro", labels=list(range(num_classes)), zero_division=0)),
-    }
-
-
 def _targets(ds: Dataset, split: str, cfg: TrainConfig) -> torch.Tensor:
     sp = ds[split]
     n = len(ds.classes)
@@ -149,17 +139,38 @@ def _targets(ds: Dataset, split: str, cfg: TrainConfig) -> torch.Tensor:
     return F.one_hot(torch.from_numpy(sp.labels).long(), n).float()
 
 
+EpochFn = Callable[[int, dict[str, Any]], None]
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool | None = None):
+    """One run: `Trainer(cfg).fit()`; `train(cfg)` also finishes the run folder (curves, ONNX, metrics.json).
+
+    resume: continue the run in cfg.out from its last finished epoch. exist_ok: train into a folder that is not
+    empty (the old run's files are removed); without either, such a folder is refused. cfg.out None: a new
+    numbered folder, runs/train, runs/train2, ... progress: called as training goes (rank 0 only). on_epoch: called
+    with (epoch, log row) after each epoch is saved; it may raise to stop the run (tuning's pruning does).
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = None,
+                 exist_ok: bool = False, on_epoch: EpochFn | None = None):
         self.cfg = cfg
-        self.out = Path(cfg.out)
+        if cfg.data is None:
+            raise FerkitError("no dataset to train on: pass --data PATH (any dataset `ferkit data info` reads, e.g. "
+                              "fer2013.zip or a folder of class folders), or set data in the config")
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise FerkitError("--device cuda: no CUDA GPU is available here")
         self.device = torch.device(cfg.device)
         self.rank, self.world, local_rank = dist_env()
         if self.world > 1:
             self._join_process_group(local_rank)
-        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.rank == 0
+        self.progress = progress if self.rank == 0 else None
+        self.on_epoch = on_epoch
+        if resume and cfg.out is None:
+            raise FerkitError("--resume needs the run folder: --out RUN")
+        # Rank 0 decides the run folder (numbered when not given, refused when it holds another run) and tells the
+        # others: they must not race it to the next free number.
+        cfg.out = self._from_rank0(lambda: self._claim_out(resume, exist_ok))
+        self.out = Path(cfg.out)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         elif self.world > 1 and self.device.type == "cpu":
@@ -188,7 +199,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.model, len(self.classes), **kw)
         if cfg.init:
-            new = init_from(self.model, cfg.init, self.classes)
+            # "default": the shipped model's weights, beside its ONNX file in the package.
+            init = assets_dir() / "ferkit_default.safetensors" if cfg.init == "default" else cfg.init
+            new = init_from(self.model, init, self.classes)
             self._log(logging.INFO, "starting from %s%s", cfg.init, f"; new classes: {', '.join(new)}" if new else "")
         if cfg.freeze:
             if not cfg.init:
@@ -242,14 +255,34 @@ class Trainer:
         self.best: float | None = None
         self.best_epoch = 0
         self.last_row: dict[str, Any] | None = None
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self._load_state()
-        elif self.rank == 0:
-            (self.out / "log.jsonl").unlink(missing_ok=True)
         if self.rank == 0:
-            atomic_write(self.out / "config.toml", lambda p: Path(p).write_text(to_toml(cfg)))
+            text = to_toml(absolute_paths(cfg))
+            atomic_write(self.out / runs.CONFIG, lambda p: Path(p).write_text(text))
+
+    def _claim_out(self, resume: bool, exist_ok: bool) -> str:
+        if self.cfg.out is None:
+            return str(runs.new_run_dir())
+        runs.check_out(self.cfg.out, resume, exist_ok)
+        Path(self.cfg.out).mkdir(parents=True, exist_ok=True)
+        return self.cfg.out
+
+    def _from_rank0(self, fn: Callable[[], Any]) -> Any:
+        """fn() in rank 0, its result (or its FerkitError) in every process."""
+        out: Any = None
+        if self.rank == 0:
+            try:
+                out = fn()
+            except FerkitError as e:
+                out = e
+        if self.world > 1:
+            box = [out]
+            dist.broadcast_object_list(box, src=0)
+            out = box[0]
+        if isinstance(out, FerkitError):
+            raise out
+        return out
 
     def _join_process_group(self, local_rank: int) -> None:
         if not dist.is_available():
@@ -276,7 +309,7 @@ class Trainer:
         if len(specs) == 1 and specs[0].endswith(".npz"):
             path = Path(specs[0])
         else:
-            path = self.out / "teacher.npz"
+            path = self.out / runs.TEACHER
             if self.rank == 0:
                 compute_teacher(specs, self.ds["train"].images, self.ds["train"].labels, self.classes, cfg.augment,
                                 self.crop, cfg.teacher_views, cfg.seed, self.device, path)
@@ -314,27 +347,22 @@ class Trainer:
 
     def _read_state(self) -> dict[str, Any]:
         # Rank 0 reads the run folder and hands the state to the others: only its node needs the folder.
-        path = self.out / "state.pt"
-        st: Any = None
-        if self.rank == 0:
+        path = self.out / runs.STATE
+
+        def read() -> dict[str, Any]:
             if not path.exists():
-                st = f"--resume: {path} not found; nothing to resume"
-            else:
-                # weights_only: the resumable state holds tensors and plain values only, nothing to unpickle.
-                try:
-                    st = torch.load(path, map_location="cpu", weights_only=True)
-                except Exception as e:  # truncated, foreign or tampered: torch raises many types
-                    st = f"--resume: {path} is not a resumable state of this run ({str(e).splitlines()[0][:160]})"
-        if self.world > 1:
-            box = [st]
-            dist.broadcast_object_list(box, src=0)
-            st = box[0]
-        if isinstance(st, str):
-            raise FerkitError(st)
-        return st
+                raise FerkitError(f"--resume: {path} not found; nothing to resume")
+            # weights_only: the resumable state holds tensors and plain values only, nothing to unpickle.
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # truncated, foreign or tampered: torch raises many types
+                raise FerkitError(f"--resume: {path} is not a resumable state of this run "
+                                  f"({str(e).splitlines()[0][:160]})") from None
+
+        return self._from_rank0(read)
 
     def _load_state(self) -> None:
-        path = self.out / "state.pt"
+        path = self.out / runs.STATE
         st = self._read_state()
         try:
             self.model.load_state_dict(st["model"])
@@ -376,15 +404,11 @@ class Trainer:
 
     def _repair_log(self, st: dict[str, Any]) -> None:
         # Rows of epochs after the checkpoint (a kill between the log and the save) are trained again.
-        logf = self.out / "log.jsonl"
-        if logf.exists():
-            rows = [r for r in logf.read_text().splitlines() if r.strip() and json.loads(r)["epoch"] <= self.epoch]
-        else:
-            rows = []
+        rows = [r for r in runs.read_log(self.out) if r["epoch"] <= self.epoch]
         # ...and the row of the checkpoint's own epoch comes back if a kill fell between the save and the log.
-        if st.get("row") and (not rows or json.loads(rows[-1])["epoch"] < self.epoch):
-            rows.append(json.dumps(st["row"]))
-        atomic_write(logf, lambda p: Path(p).write_text("".join(r + "\n" for r in rows)))
+        if st.get("row") and (not rows or rows[-1]["epoch"] < self.epoch):
+            rows.append(st["row"])
+        runs.write_log(self.out, rows)
 
     def eval_model(self) -> nn.Module:
         if self.ema is None:
@@ -435,7 +459,8 @@ class Trainer:
                     m.eval()
         order = self._order()
         total, correct, loss_sum, t0 = 0, 0, 0.0, time.time()
-        bar = _Bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.progress, self.rank != 0)
+        label = f"epoch {self.epoch + 1}/{self.cfg.epochs}"
+        n_images = min(len(order), self.steps_per_epoch * self.cfg.batch_size)
         bs = self.cfg.batch_size
         for step in range(self.steps_per_epoch):
             batch = order[step * bs : (step + 1) * bs]
@@ -470,8 +495,8 @@ class Trainer:
             total += len(idx)
             correct += int((logits.argmax(1) == y.argmax(1)).sum())
             loss_sum += loss.item() * len(idx)
-            bar.update(step + 1, total * self.world / (time.time() - t0))
-        bar.close()
+            if self.progress:
+                self.progress(label, min((step + 1) * bs, n_images), n_images)
         if self.world > 1:
             sums = torch.tensor([total, correct, loss_sum], dtype=torch.float64, device=self.device)
             dist.all_reduce(sums)
@@ -489,7 +514,7 @@ class Trainer:
             parts: list[Any] = [None] * self.world
             dist.all_gather_object(parts, prob)
             prob = np.concatenate(parts)
-        return {f"val_{k}": v for k, v in _metrics(prob, val.labels, nc).items()}
+        return {f"val_{k}": v for k, v in validation_metrics(val.labels, prob).items()}
 
     def _better(self, value: float) -> bool:
         if self.best is None:
@@ -516,22 +541,23 @@ class Trainer:
             if self._better(metric):
                 self.best, self.best_epoch, stale = metric, self.epoch, 0
                 if self.rank == 0:
-                    self.save_weights(self.out / "best.safetensors")
+                    self.save_weights(self.out / runs.WEIGHTS)
             else:
                 stale += 1
             # The log row follows its checkpoint: a resume drops rows newer than the state it restarts from.
             self.last_row = row
             state = self._state()
             if self.rank == 0:
-                atomic_write(self.out / "state.pt", lambda p, st=state: torch.save(st, p))
-                with open(self.out / "log.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                atomic_write(self.out / runs.STATE, lambda p, st=state: torch.save(st, p))
+                runs.append_log(self.out, row)
             self._log(
                 logging.INFO,
                 "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f macro-F1 %.4f  %.0f img/s  %.0fs",
                 self.epoch, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
                 row["val_macro_f1"], row["images_per_s"], row["seconds"],
             )
+            if self.on_epoch is not None:
+                self.on_epoch(self.epoch, row)
             if cfg.patience and stale >= cfg.patience:
                 self._log(logging.INFO, "early stop: no better %s for %d epochs", cfg.select_metric, stale)
                 break
@@ -551,46 +577,18 @@ class Trainer:
         atomic_write(path, lambda p: save_file(state, p, metadata=meta))
 
 
-class _Bar:
-    """A rich progress bar (rate and ETA) on a terminal; a plain log line every 10% otherwise."""
-
-    def __init__(self, total: int, desc: str, enabled: bool, silent: bool = False):
-        self.total, self.desc, self.enabled, self.next_log = total, desc, enabled, 0.1
-        self.silent = silent
-        self.t0 = time.time()
-        if enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.p = Progress(
-                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[rate]:.0f} img/s"),
-                TimeRemainingColumn(), transient=True,
-            )
-            self.p.start()
-            self.task = self.p.add_task(desc, total=total, rate=0.0)
-
-    def update(self, done: int, rate: float) -> None:
-        if self.enabled:
-            self.p.update(self.task, completed=done, rate=rate)
-        elif not self.silent and done / self.total >= self.next_log:
-            eta = (time.time() - self.t0) / done * (self.total - done)
-            log.info("%s  %3.0f%%  %.0f img/s  ETA %.0fs", self.desc, 100 * done / self.total, rate, eta)
-            self.next_log += 0.1
-
-    def close(self) -> None:
-        if self.enabled:
-            self.p.stop()
-
-
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Train, keep the best checkpoint by validation, then export it to ONNX and write metrics.json.
+def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False, progress: ProgressFn | None = None,
+          on_epoch: EpochFn | None = None) -> dict[str, Any]:
+    """Train, keep the best checkpoint by validation, then export it to ONNX and write metrics.json (see Trainer
+    for the arguments). The summary's "run" is the run folder.
 
     Under torchrun every process calls this; rank 0 finishes the run folder and returns the full summary, the
     others return the training summary.
     """
     started = dist_env()[1] > 1 and dist.is_available() and not dist.is_initialized()
     try:
-        trainer = Trainer(cfg, resume=resume)
-        summary = trainer.fit()
+        trainer = Trainer(cfg, resume=resume, progress=progress, exist_ok=exist_ok, on_epoch=on_epoch)
+        summary = {"run": str(trainer.out), **trainer.fit()}
         if trainer.rank != 0:
             return summary
         from ferkit.training.finish import finish_run

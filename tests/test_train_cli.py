@@ -1,0 +1,149 @@
+"""`ferkit train`, `tune` and `export` as a user runs them: run folders are never mixed or overwritten, runs are
+numbered, configs and recipes resolve from anywhere, an interrupted study resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+
+from ferkit.cli import app  # noqa: E402
+
+FAST = ["-s", "batch_size=16", "-s", "threads=1", "-s", "augment.flip=false"]
+
+
+def _run(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _train(data: Path, *extra: object):
+    return _run("train", "--data", data, "--epochs", 1, *FAST, *extra)
+
+
+def test_a_run_folder_that_holds_a_run_is_refused_unless_resumed_or_reused(tiny_folders: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = _train(tiny_folders, "--out", run, "--json")
+    assert first.exit_code == 0, first.output
+    weights = (run / "best.safetensors").read_bytes()
+    again = _train(tiny_folders, "--out", run)
+    assert again.exit_code == 2 and "not empty" in again.output and "--resume" in again.output
+    assert "Traceback" not in again.output
+    assert (run / "best.safetensors").read_bytes() == weights and len((run / "log.jsonl").read_text().splitlines()) == 1
+    # A folder of the user's own files is not a run folder either.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert _train(tiny_folders, "--out", mine).exit_code == 2
+    # --exist-ok starts a new run there: the old run's files go, the user's others stay.
+    (run / "notes.txt").write_text("keep me")
+    reused = _train(tiny_folders, "--out", run, "--exist-ok", "-s", "seed=3", "--json")
+    assert reused.exit_code == 0, reused.output
+    assert (run / "notes.txt").read_text() == "keep me"
+    assert [json.loads(r)["epoch"] for r in (run / "log.jsonl").read_text().splitlines()] == [1]
+    assert "seed = 3" in (run / "config.toml").read_text()
+    # --resume through the command line continues the run from its own config (2 epochs in all).
+    resumed = _run("train", "--resume", "--out", run, "--epochs", 2, "--json")
+    assert resumed.exit_code == 0, resumed.output
+    assert [json.loads(r)["epoch"] for r in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+    assert json.loads(resumed.stdout)["epochs_run"] == 2
+
+
+def test_runs_without_out_are_numbered_and_named_after_their_folder(tiny_folders: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from ferkit.inference.model import OnnxClassifier
+
+    monkeypatch.chdir(tmp_path)
+    folders = []
+    for _ in range(2):
+        r = _train(tiny_folders, "--json")
+        assert r.exit_code == 0, r.output
+        folders.append(json.loads(r.stdout)["run"])
+    assert folders == [str(Path("runs") / "train"), str(Path("runs") / "train2")]
+    assert OnnxClassifier(tmp_path / "runs" / "train2" / "model.onnx").name == "train2"
+    # A run folder called like a built-in model exports a model that is not called like one.
+    r = _train(tiny_folders, "--out", "runs/default")
+    assert r.exit_code == 0, r.output
+    assert OnnxClassifier(tmp_path / "runs" / "default" / "model.onnx").name == "run-default"
+
+
+def test_bare_train_says_what_to_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = _run("train")
+    assert r.exit_code == 2 and "--data" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "runs").exists()
+    r = _run("train", "fer2013_default")  # the recipe names no dataset: it is the user's to give
+    assert r.exit_code == 2 and "--data" in r.output
+    r = _run("train", "no_such_recipe", "--data", tmp_path)
+    assert r.exit_code == 2 and "fer2013_default" in r.output  # the error lists the recipes that ship
+
+
+def test_recipes_ship_and_config_paths_are_relative_to_the_config(tiny_folders: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from ferkit.training import load_config
+    from ferkit.training.config import list_recipes
+
+    assert {"fer2013_default", "fer2013_crop40", "tune_example"} <= set(list_recipes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config("fer2013_default", data=str(tiny_folders))
+    assert (cfg.model, cfg.epochs, cfg.data) == ("vgg_s", 40, str(tiny_folders))
+    # A config file's relative paths are relative to its own folder, not to the current one.
+    conf = tmp_path / "project" / "conf"
+    conf.mkdir(parents=True)
+    (conf / "run.toml").write_text('data = "../faces"\nout = "../runs/a"\nepochs = 1\nbatch_size = 16\nthreads = 1\n'
+                                   "[augment]\nflip = false\n")
+    (tmp_path / "project" / "faces").symlink_to(tiny_folders, target_is_directory=True)
+    cfg = load_config(conf / "run.toml")
+    assert Path(cfg.data).resolve() == tiny_folders.resolve()
+    r = _run("train", conf / "run.toml", "--json")
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "project" / "runs" / "a"
+    assert (run / "model.onnx").is_file() and not (elsewhere / "runs").exists()
+    # The run's own config records absolute paths: it reads the same from anywhere (and --resume finds the data).
+    assert Path(load_config(run / "config.toml").data).resolve() == tiny_folders.resolve()
+
+
+def test_typed_flags_are_not_turned_back_into_text(tiny_folders: Path) -> None:
+    from ferkit.training import load_config
+
+    cfg = load_config(None, ["lr=0.1"], data=str(tiny_folders), epochs=3, model="resnet_s", out="x,y=z")
+    assert (cfg.epochs, cfg.model, cfg.lr, cfg.out) == (3, "resnet_s", 0.1, "x,y=z")
+    with pytest.raises(Exception, match="epochs"):
+        load_config(None, epochs="three")
+
+
+def test_export_names_the_model_after_the_run_and_never_overwrites(tiny_folders: Path, tmp_path: Path) -> None:
+    from ferkit.inference.model import OnnxClassifier
+    from ferkit.utils import assets_dir
+
+    run = tmp_path / "mine"
+    assert _train(tiny_folders, "--out", run).exit_code == 0
+    out = tmp_path / "m.onnx"
+    r = _run("export", run / "best.safetensors", out, "--version", "3")
+    assert r.exit_code == 0, r.output
+    clf = OnnxClassifier(out)
+    assert (clf.name, clf.metadata["version"]) == ("mine", "3")
+    assert clf.classes == json.loads((run / "metrics.json").read_text())["classes"]
+    r = _run("export", run / "best.safetensors", out)
+    assert r.exit_code == 2 and "--force" in r.output
+    assert _run("export", run / "best.safetensors", out, "--force", "--name", "x").exit_code == 0
+    assert OnnxClassifier(out).name == "x"
+    r = _run("export", run / "best.safetensors", assets_dir() / "ferkit_default.onnx", "--force")
+    assert r.exit_code == 2 and "read-only" in r.output
+
+
+def test_help_has_no_type_placeholders_and_keeps_brackets() -> None:
+    for cmd in ("train", "tune", "export", "evaluate", "compare", "calibrate"):
+        r = CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "200"})
+        assert r.exit_code == 0
+        for placeholder in ("<bool>", "<str>", "<int>", "<path>", "<list", "<float>"):
+            assert placeholder not in r.output, (cmd, placeholder)
+    tune = CliRunner().invoke(app, ["tune", "--help"], env={"COLUMNS": "200"}).output
+    assert "[base]" in tune and "[space]" in tune
+    train = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "[default: runs/train" in train and "[default: 30]" in train
