@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -227,3 +228,100 @@ def test_calibrate_never_changes_a_builtin_model(env, tmp_path, monkeypatch):
     r = _run("calibrate", "default", env["data"], "--out", shipped)
     assert r.exit_code == 2 and "read-only" in r.output
     assert shipped.read_bytes() == before
+
+
+def test_evaluate_output_folders_are_numbered_never_overwritten(env, tmp_path, monkeypatch):
+    """The built-in `default` and a run folder called `default` both label their report `default-...` (13.3)."""
+    run = tmp_path / "runs" / "default"
+    run.mkdir(parents=True)
+    (run / "model.onnx").write_bytes(env["onnx"].read_bytes())
+    monkeypatch.chdir(tmp_path)
+    outs = []
+    for model in ("default", run):
+        r = _run("evaluate", model, env["data"], "--json", "--saliency", "0", "--bootstrap", "100")
+        assert r.exit_code == 0, r.output
+        outs.append(Path(json.loads(r.stdout)["model"]["name"]))
+    eval_dirs = sorted(p.name for p in (tmp_path / "runs" / "eval").iterdir())
+    assert eval_dirs == ["default-data", "default-data2"]
+    sources = {json.loads((tmp_path / "runs" / "eval" / d / "metrics.json").read_text())["model"]["members"][0]["source"]
+               for d in eval_dirs}
+    assert len(sources) == 2  # two reports, one per model
+
+
+def test_predictions_file_per_class_averages_and_percent(env, tmp_path):
+    """predictions.csv lists every image; the terminal table has macro and weighted rows, in percent (13.13)."""
+    import csv
+
+    out = tmp_path / "o"
+    r = _run("evaluate", env["onnx"], env["data"], "--out", out, "--saliency", "0", "--bootstrap", "100")
+    assert r.exit_code == 0, r.output
+    assert "macro avg" in r.output and "weighted avg" in r.output
+    assert not re.search(r"\b0\.\d{3}\b", r.output)  # no 0.123-style figures beside the percentages
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(rows) == m["data"]["n"] == 30
+    assert {row["path"] for row in rows} == {f"test/{c}/{i}.png" for c in CLASSES for i in range(10)}
+    assert sum(int(row["correct"]) for row in rows) == round(m["metrics"]["accuracy"] * 30)
+    for row in rows:
+        probs = {c: float(row[f"p_{c}"]) for c in CLASSES}
+        assert row["predicted"] == max(probs, key=probs.get) and row["true"] == row["path"].split("/")[1]
+        assert abs(sum(probs.values()) - 1) < 2e-3
+    assert "predictions.csv" in m["files"]
+
+
+def test_mistakes_grid_names_the_files(env, tmp_path, monkeypatch):
+    from ferkit.evaluation import evaluate, plots
+
+    grids = {}
+    real = plots.face_grid_png
+
+    def spy(rows, title, cols):
+        grids[title] = rows
+        return real(rows, title, cols)
+
+    monkeypatch.setattr(plots, "face_grid_png", spy)
+    ev = evaluate(str(env["onnx"]), env["data"], out=tmp_path / "o", saliency=0, n_boot=100)
+    mistakes = next(rows for title, rows in grids.items() if title.startswith("Most confident mistakes"))
+    captions = [cap for _, items in mistakes for _, cap in items]
+    assert captions
+    names = {n.rsplit("/", 1)[-1] for n in ev.prepared.split.names}
+    assert all(cap.split("\n")[1] in names for cap in captions)
+
+
+def test_restrict_renormalises_over_the_data_classes_and_outside_predictions_are_reported(env, tmp_path):
+    """The 7-class built-in model on a 3-class dataset (13.12)."""
+    import csv
+
+    from ferkit.evaluation import evaluate
+
+    plain = evaluate("default", env["data"], out=tmp_path / "plain", report=False, n_boot=100)
+    outside = plain.metrics["data"]["predicted_outside_data"]
+    rows = list(csv.DictReader((tmp_path / "plain" / "predictions.csv").open()))
+    assert outside["n"] == sum(row["predicted"] not in CLASSES for row in rows) > 0
+    assert sum(outside["classes"].values()) == outside["n"]
+    r = _run("evaluate", "default", env["data"], "--out", tmp_path / "p2", "--saliency", "0", "--bootstrap", "100")
+    assert f"{outside['n']} of 30 predictions are classes" in r.output  # said on the terminal too
+    restricted = evaluate("default", env["data"], out=tmp_path / "r", report=False, n_boot=100, restrict=True)
+    assert restricted.classes == ["happy", "sad", "surprise"]
+    assert restricted.metrics["data"]["predicted_outside_data"]["n"] == 0
+    np.testing.assert_allclose(restricted.prob.sum(1), 1, atol=1e-5)
+    # Every image right without --restrict is still right with it; those predicted outside may now be right.
+    assert restricted.metrics["metrics"]["accuracy"] >= plain.metrics["metrics"]["accuracy"]
+    assert set(restricted.metrics["metrics"]["per_class"]) == set(CLASSES)
+
+
+def test_compare_checks_every_model_before_predicting(env, tmp_path):
+    torch = pytest.importorskip("torch")
+    from ferkit.models import create_model
+    from ferkit.models.export import export_onnx
+
+    torch.manual_seed(2)
+    odd = export_onnx(create_model("vgg_s", 3).eval(), tmp_path / "odd.onnx", ["cat", "dog", "bird"], 48)
+    r = _run("compare", env["onnx"], odd, "--data", env["data"], "--out", tmp_path / "c")
+    assert r.exit_code == 2 and f"model {odd}" in r.output
+    assert "predicting" not in r.output  # nothing was predicted before the check
+    r = _run("compare", "default", env["onnx"], "--data", env["data"], "--out", tmp_path / "c2", "--restrict",
+             "--json", "--bootstrap", "100")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["restrict"] and all(m["predicted_outside_data"]["n"] == 0 for m in res["models"])

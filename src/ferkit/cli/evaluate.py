@@ -7,11 +7,18 @@ from pathlib import Path
 import typer
 
 from ferkit.cli.common import console, handle_errors, print_json, quiet
+from ferkit.cli.data import FORMAT_HELP
 from ferkit.cli.progress import progress_bar
 
 SPLIT_HELP = "Which split to use: train, val or test."
 MAP_HELP = "Dataset class -> model class, e.g. 'anger=angry,happiness=happy,contempt=-' ('-' leaves a class out)."
-TTA_HELP = "Test-time augmentation: none, flip, crops (five crops) or flip+crops."
+TTA_HELP = "Test-time augmentation: none, flip, crops (five crops), flip+crops or ten_crop (the same ten views)."
+RESTRICT_HELP = ("Renormalise each model's probabilities over the dataset's classes (a 7-class model on a 4-class "
+                 "dataset then never predicts the other 3); without it their predictions count as mistakes.")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
 
 
 def register(app: typer.Typer) -> None:
@@ -27,26 +34,28 @@ def evaluate_cmd(
                                        help="'default', a run folder, a .onnx or .safetensors file; several "
                                             "(or comma separated) make an ensemble."),
     data: Path = typer.Argument(..., metavar="DATA", help="Any dataset ferkit reads, or a cleaned manifest.json."),
-    split: str = typer.Option("test", "--split", help=SPLIT_HELP),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: runs/eval/<model>-<data>)."),
-    tta: str = typer.Option("none", "--tta", help=TTA_HELP),
-    map_spec: str | None = typer.Option(None, "--map", help=MAP_HELP),
-    format: str | None = typer.Option(None, "--format", help="Force the dataset format: csv, folders, ferplus."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=100, help="Bootstrap resamples for the 95% intervals."),
-    seed: int = typer.Option(0, "--seed", help="Seed for bootstrap and example sampling."),
-    saliency: int = typer.Option(2, "--saliency", min=0, help="Occlusion maps per class (0: none)."),
+    split: str = typer.Option("test", "--split", metavar="SPLIT", help=SPLIT_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR", help="Output folder.  \\[default: a new runs/eval/<model>-<data>, numbered if it exists]"),
+    tta: str = typer.Option("none", "--tta", metavar="MODE", help=TTA_HELP),
+    map_spec: str | None = typer.Option(None, "--map", metavar="A=B,...", help=MAP_HELP),
+    restrict: bool = typer.Option(False, "--restrict", help=RESTRICT_HELP),
+    format: str | None = typer.Option(None, "--format", metavar="FORMAT", help=FORMAT_HELP),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=100, metavar="N", help="Bootstrap resamples for the 95% intervals."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed for bootstrap and example sampling."),
+    saliency: int = typer.Option(2, "--saliency", min=0, metavar="N", help="Occlusion maps per class (0: none)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics JSON on stdout, nothing else."),
 ) -> None:
-    """Evaluate a model (or an ensemble) on a dataset split; write metrics.json, PNGs and a self-contained report.html.
+    """Evaluate a model (or an ensemble) on a dataset split; write metrics.json, predictions.csv (one row per image),
+    PNGs and a self-contained report.html.
 
-    Example: ferkit evaluate default ../shared/datasets/fer2013.zip --out runs/eval/default-fer2013
+    Example: ferkit evaluate default fer2013.zip --out runs/eval/default-fer2013
     """
     from ferkit.evaluation import evaluate
-    from ferkit.evaluation.report import summary_rows
+    from ferkit.evaluation.report import per_class_rows, summary_rows
 
     with progress_bar() as prog:
         ev = evaluate(models, data, split=split, out=out, tta=tta, map_spec=map_spec, format=format,
-                      n_boot=bootstrap, seed=seed, saliency=saliency, progress=prog)
+                      n_boot=bootstrap, seed=seed, saliency=saliency, restrict=restrict, progress=prog)
     if as_json:
         print_json(ev.metrics)
         return
@@ -64,23 +73,25 @@ def evaluate_cmd(
     pc = Table(title="Per class")
     for col in ("class", "precision", "recall", "F1", "support"):
         pc.add_column(col, justify="left" if col == "class" else "right")
-    for c, v in r["metrics"]["per_class"].items():
-        pc.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
+    rows = per_class_rows(r["metrics"])
+    for i, row in enumerate(rows):
+        pc.add_row(*row, end_section=i == len(rows) - 3)  # a rule above the averages
     console.print(pc)
-    console.print(f"Report: {ev.out / 'report.html'}", highlight=False)
+    console.print(f"Report: {ev.out / 'report.html'}; every image's prediction: {ev.out / 'predictions.csv'}",
+                  highlight=False)
 
 
 @handle_errors
 def calibrate_cmd(
     model: str = typer.Argument(..., metavar="MODEL", help="A .onnx file, a run folder with model.onnx, or 'default'."),
     data: Path = typer.Argument(..., metavar="DATA", help="The dataset whose validation split fits the temperature."),
-    split: str = typer.Option("val", "--split", help="Split to fit on."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write a calibrated copy here (default: your own model "
+    split: str = typer.Option("val", "--split", metavar="SPLIT", help="Split to fit on."),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE", help="Write a calibrated copy here (default: your own model "
                                                                 "in place; a built-in model, which is read-only, to "
                                                                 "a new <name>-calibrated.onnx in the current folder)."),
     write: bool = typer.Option(True, "--write/--no-write", help="Store the temperature in the model's metadata."),
-    map_spec: str | None = typer.Option(None, "--map", help=MAP_HELP),
-    format: str | None = typer.Option(None, "--format", help="Force the dataset format: csv, folders, ferplus."),
+    map_spec: str | None = typer.Option(None, "--map", metavar="A=B,...", help=MAP_HELP),
+    format: str | None = typer.Option(None, "--format", metavar="FORMAT", help=FORMAT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout, nothing else."),
 ) -> None:
     """Fit temperature scaling on the validation split (minimising NLL) and store T in the ONNX model's metadata.
@@ -102,7 +113,7 @@ def calibrate_cmd(
     for part in (res["split"], "test"):
         if part in res:
             b, a = res[part]["before"], res[part]["after"]
-            console.print(f"  {part}: ECE {b['ece']:.4f} -> {a['ece']:.4f}, NLL {b['nll']:.4f} -> {a['nll']:.4f}",
+            console.print(f"  {part}: ECE {_pct(b['ece'])} -> {_pct(a['ece'])}, NLL {b['nll']:.4f} -> {a['nll']:.4f}",
                           highlight=False)
     if res["copy_of_builtin"]:
         console.print(f"{model} is a built-in model and stays as shipped: wrote a calibrated copy to "
@@ -116,15 +127,15 @@ def calibrate_cmd(
 @handle_errors
 def compare_cmd(
     models: list[str] = typer.Argument(..., metavar="MODEL", help="Two or more models; 'a,b' is an ensemble."),
-    data: Path = typer.Option(..., "--data", "-d", help="The dataset all models are evaluated on."),
-    split: str = typer.Option("test", "--split", help=SPLIT_HELP),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for compare.md and compare.json "
-                                                                "(default: runs/eval/compare-<data>)."),
-    tta: str = typer.Option("none", "--tta", help=TTA_HELP),
-    map_spec: str | None = typer.Option(None, "--map", help=MAP_HELP),
-    format: str | None = typer.Option(None, "--format", help="Force the dataset format: csv, folders, ferplus."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=100, help="Bootstrap resamples for the 95% intervals."),
-    seed: int = typer.Option(0, "--seed", help="Seed for bootstrap."),
+    data: Path = typer.Option(..., "--data", "-d", metavar="PATH", help="The dataset all models are evaluated on."),
+    split: str = typer.Option("test", "--split", metavar="SPLIT", help=SPLIT_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for compare.md and compare.json.  \\[default: a new runs/eval/compare-<data>, numbered if it exists]"),
+    tta: str = typer.Option("none", "--tta", metavar="MODE", help=TTA_HELP),
+    map_spec: str | None = typer.Option(None, "--map", metavar="A=B,...", help=MAP_HELP),
+    restrict: bool = typer.Option(False, "--restrict", help=RESTRICT_HELP),
+    format: str | None = typer.Option(None, "--format", metavar="FORMAT", help=FORMAT_HELP),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=100, metavar="N", help="Bootstrap resamples for the 95% intervals."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed for bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison JSON on stdout, nothing else."),
 ) -> None:
     """Evaluate several models on the same images: one table side by side, McNemar's test for each pair.
@@ -133,11 +144,12 @@ def compare_cmd(
     """
     from ferkit.evaluation import compare, markdown, write_compare
     from ferkit.evaluation.core import default_out
+    from ferkit.runs import new_run_dir
 
     with progress_bar() as prog:
         res = compare(models, data, split=split, tta=tta, map_spec=map_spec, format=format, n_boot=bootstrap,
-                      seed=seed, progress=prog)
-    target = out if out is not None else default_out(["compare"], data, split)
+                      seed=seed, restrict=restrict, progress=prog)
+    target = out if out is not None else new_run_dir(default_out(["compare"], data, split))
     write_compare(res, target)
     if as_json:
         print_json(res)

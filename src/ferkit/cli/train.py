@@ -63,10 +63,10 @@ def register(app: typer.Typer) -> None:
             if out is None:
                 raise FerkitError("--resume needs the run folder: --out RUN")
             config = str(Path(out) / "config.toml")  # a resumed run reads its own saved config
-        if config is None and data is None and not any(s.strip().startswith("data=") for s in overrides or []):
+        cfg = load_config(config, overrides, data=data, model=model, epochs=epochs, out=out, device=device, init=init)
+        if cfg.data is None:
             raise FerkitError("nothing to train on: give a dataset with --data PATH (e.g. ferkit train --data "
                               "my_faces/ or ferkit train fer2013_default --data fer2013.zip); see ferkit train --help")
-        cfg = load_config(config, overrides, data=data, model=model, epochs=epochs, out=out, device=device, init=init)
         with progress_bar() as progress:
             summary = _train(cfg, resume=resume, exist_ok=exist_ok, progress=progress)
         if not is_main_process():

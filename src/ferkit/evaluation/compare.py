@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ferkit.errors import FerkitError
-from ferkit.evaluation.core import load_data, prepare, summarize, write_json
+from ferkit.evaluation.core import outside_data, prepare, summarize, write_json
 from ferkit.evaluation.metrics import mcnemar
 from ferkit.evaluation.predictors import load_ensemble, parse_model_specs
 from ferkit.utils import ProgressFn
@@ -16,26 +16,40 @@ from ferkit.utils import ProgressFn
 
 def compare(
     models: list[str], data: str | Path, split: str = "test", tta: str = "none", map_spec: str | None = None,
-    format: str | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+    format: str | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, restrict: bool = False,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Each MODEL argument is one entry (a comma inside it makes that entry an ensemble)."""
+    """Each MODEL argument is one entry (a comma inside it makes that entry an ensemble).
+
+    Every model's classes are checked against the data before anything is predicted. restrict: as in evaluate,
+    each model's probabilities renormalised over the dataset's classes, so that a bigger model is not charged for
+    classes the data lacks.
+    """
+    from ferkit.data import load_dataset
+
     if len(models) < 2:
         raise FerkitError("compare: give at least two models")
     t0 = time.perf_counter()
     ensembles = [load_ensemble(parse_model_specs(m)) for m in models]
-    ds = load_data(data, max(e.input_size for e in ensembles), format)
-    rows, correct, names = [], [], []
-    n_items = None
+    ds = load_dataset(data, format=format, size=max(e.input_size for e in ensembles))
+    preps = []
     for spec, ens in zip(models, ensembles, strict=True):
-        prep = prepare(ds, ens.classes, split, map_spec)
+        try:
+            prep = prepare(ds, ens.classes, split, map_spec, restrict=restrict)
+        except FerkitError as e:
+            raise FerkitError(f"model {spec}: {e}") from None
+        if preps and len(prep.split) != len(preps[0].split):
+            raise FerkitError(f"model {spec}: its class set keeps {len(prep.split)} images, {models[0]}'s "
+                              f"{len(preps[0].split)}; compare needs the same images for every model")
+        preps.append(prep)
+    rows, correct, names = [], [], []
+    n_items = len(preps[0].split)
+    for spec, ens, prep in zip(models, ensembles, preps, strict=True):
         sp = prep.split
-        if n_items is not None and len(sp) != n_items:
-            raise FerkitError(f"{spec}: its class set keeps {len(sp)} images, the first model's {n_items}; "
-                              "compare needs the same images for every model")
-        n_items = len(sp)
         prob, raw = ens.predict(sp.images, tta, progress=progress, what=f"predicting {spec}")
-        m = summarize(sp.labels, prob, raw, ens.classes, ens.calibrated, sp.soft, prep.train_copy, n_boot, seed)
+        outside = outside_data(prob.argmax(1), prep, ens.classes)
+        prob, raw = prep.restrict(prob), prep.restrict(raw)
+        m = summarize(sp.labels, prob, raw, prep.classes, ens.calibrated, sp.soft, prep.train_copy, n_boot, seed)
         correct.append(prob.argmax(1) == sp.labels)
         names.append(_unique(spec, names))
         rows.append({
@@ -45,12 +59,14 @@ def compare(
             "log_loss": m["log_loss"], "ece": m["ece"], "temperature": ens.temperature,
             "accuracy_without_train_copies": (m["train_copies"] or {}).get("accuracy_without"),
             "in_votes_accuracy": (m["votes"] or {}).get("in_votes_accuracy"),
+            "predicted_outside_data": outside,
         })
     pairs = []
     for i, j in combinations(range(len(rows)), 2):
         t = mcnemar(correct[i], correct[j])
         pairs.append({"a": names[i], "b": names[j], **t, "significant": t["p_exact"] < alpha})
-    return {"data": str(data), "split": split, "n": n_items, "tta": tta, "alpha": alpha, "models": rows,
+    return {"data": str(data), "split": split, "n": n_items, "tta": tta, "alpha": alpha, "restrict": restrict,
+            "models": rows,
             "mcnemar": pairs, "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -66,12 +82,24 @@ def _p(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+def _outside_note(res: dict[str, Any]) -> list[str]:
+    notes = []
+    for r in res["models"]:
+        o = r.get("predicted_outside_data") or {}
+        if o.get("n"):
+            which = ", ".join(f"{c} {n}" for c, n in o["classes"].items())
+            notes.append(f"- {r['model']}: {o['n']} predictions ({_p(o['share'])}%) are classes the data lacks "
+                         f"({which}), all counted as mistakes; `--restrict` renormalises over the data's classes.")
+    return ["", *notes] if notes else []
+
+
 def markdown(res: dict[str, Any]) -> str:
     """The comparison as Markdown: metrics per model, then McNemar's test per pair."""
     lines = [
-        f"Data: `{res['data']}`, split {res['split']}, {res['n']} images, TTA {res['tta']}.",
+        f"Data: `{res['data']}`, split {res['split']}, {res['n']} images, TTA {res['tta']}"
+        + (", probabilities restricted to the data's classes." if res.get("restrict") else "."),
         "",
-        "| model | accuracy % | 95% CI | macro-F1 % | 95% CI | balanced acc. % | top-2 % | log-loss | ECE |",
+        "| model | accuracy % | 95% CI | macro-F1 % | 95% CI | balanced acc. % | top-2 % | log-loss | ECE % |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["models"]:
@@ -79,8 +107,9 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(
             f"| {r['model']} | {_p(r['accuracy'])} | {_p(a[0])}–{_p(a[1])} | {_p(r['macro_f1'])} | "
             f"{_p(f[0])}–{_p(f[1])} | {_p(r['balanced_accuracy'])} | {_p(r['top2_accuracy'])} | "
-            f"{r['log_loss']:.4f} | {r['ece']:.4f} |"
+            f"{r['log_loss']:.4f} | {_p(r['ece'])} |"
         )
+    lines += _outside_note(res)
     lines += [
         "",
         f"McNemar's test (exact binomial; significant when p < {res['alpha']}):",

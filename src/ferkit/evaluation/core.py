@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ferkit import runs
 from ferkit.data.audit import exact_train_copies
 from ferkit.data.dataset import Dataset, Split
 from ferkit.errors import FerkitError
@@ -34,12 +35,20 @@ log = logging.getLogger("ferkit.evaluation")
 class Prepared:
     """A split lined up with a model's classes."""
 
-    dataset: Dataset
-    split_name: str
-    split: Split  # labels in the model's class indices
+    split: Split  # labels in the indices of `classes`
+    classes: list[str]  # the classes evaluated: the model's, or with restrict only those the dataset has
+    data_cols: np.ndarray  # the model's output columns of the dataset's classes
+    restricted: bool  # probabilities renormalised over data_cols (and `classes` is that subset)
     mapping: dict[str, str]
     left_out: int  # items of classes dropped by --map
     train_copy: np.ndarray | None = None  # True where the image has an exact pixel copy in train
+
+    def restrict(self, prob: np.ndarray) -> np.ndarray:
+        """Model probabilities as evaluated: with restrict, over the dataset's classes only, renormalised."""
+        if not self.restricted:
+            return prob
+        p = prob[:, self.data_cols].astype(np.float64)
+        return (p / np.maximum(p.sum(1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 @dataclass
@@ -54,26 +63,45 @@ class Evaluation:
     figures: dict[str, bytes] = field(default_factory=dict)
     out: Path | None = None
 
+    @property
+    def classes(self) -> list[str]:
+        return self.prepared.classes
 
-def load_data(data: str | Path, size: int, format: str | None = None) -> Dataset:
-    from ferkit.data import load_dataset
+    def proba(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities over the evaluated classes (for occlusion maps)."""
+        return self.prepared.restrict(self.ensemble.proba(images))
 
-    return load_dataset(data, format=format, size=size)
 
-
-def prepare(ds: Dataset, classes: list[str], split: str, map_spec: str | None, copies: bool = True) -> Prepared:
+def prepare(ds: Dataset, classes: list[str], split: str, map_spec: str | None, copies: bool = True,
+            restrict: bool = False) -> Prepared:
+    """The split with labels in the model's classes (`--map` applied); with restrict, in the indices of the model's
+    classes that the dataset has, whose probabilities Prepared.restrict renormalises."""
     if split not in ds.splits:
         have = ", ".join(ds.splits) or "none"
         raise FerkitError(f"{ds.source}: no {split!r} split (it has: {have}); choose one with --split")
     mapping = parse_map(map_spec)
     lut = class_lut(ds.classes, classes, mapping)
+    data_cols = np.unique(lut[lut >= 0])
+    if restrict:
+        lut = np.array([int(np.searchsorted(data_cols, v)) if v >= 0 else -1 for v in lut], dtype=np.int64)
+        classes = [classes[c] for c in data_cols]
     sp, keep = align_split(ds.splits[split], lut, len(classes))
     if len(sp) == 0:
         raise FerkitError(f"{ds.source}: the {split} split has no items of the model's classes")
-    prep = Prepared(ds, split, sp, mapping, len(ds.splits[split]) - len(sp))
+    prep = Prepared(sp, list(classes), data_cols, restrict, mapping, len(ds.splits[split]) - len(sp))
     if copies and split != "train" and "train" in ds.splits:
         prep.train_copy = exact_train_copies(ds)[split][keep]
     return prep
+
+
+def outside_data(pred: np.ndarray, prep: Prepared, model_classes: list[str]) -> dict[str, Any]:
+    """Predictions of model classes the dataset doesn't have (always wrong there): how many, and which."""
+    if prep.restricted:
+        return {"n": 0, "share": 0.0, "classes": {}}
+    out = ~np.isin(pred, prep.data_cols)
+    counts = np.bincount(pred[out], minlength=len(model_classes))
+    return {"n": int(out.sum()), "share": float(out.mean()) if len(out) else 0.0,
+            "classes": {model_classes[i]: int(c) for i, c in enumerate(counts) if c}}
 
 
 def summarize(
@@ -133,9 +161,17 @@ def evaluate(
     seed: int = 0,
     report: bool = True,
     saliency: int = 2,
+    restrict: bool = False,
     progress: ProgressFn | None = None,
 ) -> Evaluation:
-    """Evaluate one model or an ensemble on a split; write metrics.json, the PNGs and report.html to `out`."""
+    """Evaluate one model or an ensemble on a split; write metrics.json, predictions.csv, the PNGs and report.html
+    to `out` (default: a new numbered folder runs/eval/<model>-<data>, -2, -3, ...: never an earlier report).
+
+    restrict: renormalise the probabilities over the classes the dataset has (a 7-class model on a 4-class
+    dataset then never predicts the 3 others); without it, predictions of classes the data lacks are counted
+    and reported (metrics.json: data.predicted_outside_data).
+    """
+    from ferkit.data import load_dataset
     from ferkit.evaluation.predictors import parse_model_specs
 
     t0 = time.perf_counter()
@@ -143,20 +179,27 @@ def evaluate(
     ens = load_ensemble(specs)
     log.info("model %s: %d classes (%s), input %d px", ens.name, len(ens.classes), ", ".join(ens.classes),
              ens.input_size)
-    ds = load_data(data, ens.input_size, format)
-    prep = prepare(ds, ens.classes, split, map_spec)
+    ds = load_dataset(data, format=format, size=ens.input_size)
+    prep = prepare(ds, ens.classes, split, map_spec, restrict=restrict)
     sp = prep.split
     log.info("data %s: %s split, %d images%s", data, split, len(sp),
              f" ({prep.left_out} left out by --map)" if prep.left_out else "")
     prob, prob_raw = ens.predict(sp.images, tta, progress=progress)
-    metrics = summarize(sp.labels, prob, prob_raw, ens.classes, ens.calibrated, sp.soft, prep.train_copy,
+    outside = outside_data(prob.argmax(1), prep, ens.classes)
+    prob, prob_raw = prep.restrict(prob), prep.restrict(prob_raw)
+    metrics = summarize(sp.labels, prob, prob_raw, prep.classes, ens.calibrated, sp.soft, prep.train_copy,
                         n_boot=n_boot, seed=seed)
+    if outside["n"]:
+        log.warning("%d of %d predictions are classes %s lacks (%s): they count as mistakes; --restrict "
+                    "renormalises over the dataset's classes", outside["n"], len(sp), data,
+                    ", ".join(f"{c} {n}" for c, n in outside["classes"].items()))
     result = {
         "ferkit_version": _version(),
         "model": ens.info(),
         "data": {
             "source": str(data), "format": ds.format, "split": split, "classes": ds.classes, "n": len(sp),
             "left_out_by_map": prep.left_out, "skipped_items": len(ds.skipped),
+            "restricted_to": prep.classes if restrict else None, "predicted_outside_data": outside,
         },
         "map": prep.mapping,
         "tta": tta,
@@ -166,7 +209,9 @@ def evaluate(
         "seconds": None,
     }
     ev = Evaluation(result, prep, ens, prob, prob_raw)
-    out_dir = Path(out) if out is not None else default_out(specs, data, split)
+    out_dir = Path(out) if out is not None else runs.new_run_dir(default_out(specs, data, split))
+    ev.out = out_dir
+    write_predictions(out_dir / PREDICTIONS, sp, sp.labels, prob, prep.classes)
     if report:
         from ferkit.evaluation.report import build_figures, write_report
 
@@ -174,12 +219,34 @@ def evaluate(
         ev.figures = build_figures(ev, saliency_per_class=saliency, seed=seed)
         result["seconds"] = round(time.perf_counter() - t0, 2)
         write_report(ev, out_dir)
-        ev.out = out_dir
     else:
         result["seconds"] = round(time.perf_counter() - t0, 2)
+        result["files"] = ["metrics.json", PREDICTIONS]
         write_json(out_dir / "metrics.json", result)
-        ev.out = out_dir
     return ev
+
+
+PREDICTIONS = "predictions.csv"
+
+
+def write_predictions(path: Path, sp: Split, y: np.ndarray, prob: np.ndarray, classes: list[str]) -> None:
+    """One row per image: its path in the dataset, true and predicted class, confidence, every probability
+    (the list to go through when relabelling)."""
+    import csv
+
+    from ferkit.utils import atomic_write
+
+    pred = prob.argmax(1)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "true", "predicted", "correct", "confidence", *(f"p_{c}" for c in classes)])
+            for i in range(len(y)):
+                w.writerow([sp.names[i], classes[y[i]], classes[pred[i]], int(pred[i] == y[i]),
+                            f"{prob[i, pred[i]]:.4f}", *(f"{p:.4f}" for p in prob[i])])
+
+    atomic_write(path, write)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -231,7 +298,9 @@ def calibrate(
     if write and member.kind != "onnx":
         raise FerkitError(f"{member.source}: calibrate stores the temperature in an ONNX model; "
                           "give a .onnx file or a run folder with model.onnx (or use --no-write)")
-    ds = load_data(data, ens.input_size, format)
+    from ferkit.data import load_dataset
+
+    ds = load_dataset(data, format=format, size=ens.input_size)
     prep = prepare(ds, ens.classes, split, map_spec, copies=False)
     _, raw = ens.predict(prep.split.images, progress=progress)
     y = prep.split.labels

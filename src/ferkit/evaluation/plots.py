@@ -87,7 +87,8 @@ def face_grid_png(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], title: s
     """
     n_rows = max(1, len(rows))
     side = max((items[0][0].shape[0] for _, items in rows if items), default=48)
-    gap, cap = side // 8, side // 3  # space between faces, and above each for its caption
+    lines = max((cap.count("\n") + 1 for _, items in rows for _, cap in items), default=1)
+    gap, cap = side // 8, side // 3 + (lines - 1) * side // 5  # space between faces, and above each for its caption
     cell_w, cell_h = side + gap, side + cap + gap
     mosaic = np.full((n_rows * cell_h, cols * cell_w), 255, np.uint8)
     inch = 1.1 / side  # a face about 1.1 inch wide; the figure follows the mosaic's shape
@@ -102,7 +103,8 @@ def face_grid_png(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], title: s
         for c, (img, caption) in enumerate(items[:cols]):
             x0 = c * cell_w
             mosaic[y0 : y0 + side, x0 : x0 + side] = img if img.shape[0] == side else _fit(img, side)
-            texts.append((x0 + side / 2, y0 - 2, caption, dict(ha="center", va="bottom", fontsize=7)))
+            texts.append((x0 + side / 2, y0 - 2, caption, dict(ha="center", va="bottom", fontsize=7 if lines == 1
+                                                                 else 6, linespacing=1.1)))
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     for x, y, t, kw in texts:
         ax.text(x, y, t, **kw)

@@ -22,7 +22,7 @@ def build_figures(ev: Evaluation, saliency_per_class: int = 2, seed: int = 0) ->
     from ferkit.evaluation.saliency import occlusion_map
 
     m = ev.metrics["metrics"]
-    classes = ev.ensemble.classes
+    classes = ev.classes
     sp = ev.prepared.split
     y, prob = sp.labels, ev.prob
     pred, conf = prob.argmax(1), prob.max(1)
@@ -43,10 +43,12 @@ def build_figures(ev: Evaluation, saliency_per_class: int = 2, seed: int = 0) ->
         ok = np.flatnonzero((y == c) & (pred == c))
         sample = rng.choice(ok, size=min(GRID_COLS, len(ok)), replace=False) if len(ok) else ok
         sample = sample[np.argsort(-conf[sample])]
-        correct_rows.append((classes[c], [(sp.images[i], f"p={conf[i]:.2f}") for i in sample]))
+        correct_rows.append((classes[c], [(sp.images[i], f"{conf[i]:.0%}") for i in sample]))
         wrong = np.flatnonzero((y == c) & (pred != c))
         worst = wrong[np.argsort(-conf[wrong])][:GRID_COLS]
-        mistake_rows.append((classes[c], [(sp.images[i], f"→{classes[pred[i]]} {conf[i]:.2f}") for i in worst]))
+        # The file name under each mistake: the image to look at (and perhaps relabel); predictions.csv has them all.
+        mistake_rows.append((classes[c], [(sp.images[i], f"→{classes[pred[i]]} {conf[i]:.0%}\n{_short(sp.names[i])}")
+                                          for i in worst]))
         # Saliency sample: a correct face and the most confident mistake of each class.
         picks += list(sample[:1]) + list(worst[:1])
         if saliency_per_class > 2:
@@ -54,13 +56,13 @@ def build_figures(ev: Evaluation, saliency_per_class: int = 2, seed: int = 0) ->
     figs["correct"] = plots.face_grid_png(correct_rows, "Correctly classified (random sample; caption: probability)",
                                           GRID_COLS)
     figs["mistakes"] = plots.face_grid_png(
-        mistake_rows, "Most confident mistakes (row: true class; caption: predicted class and its probability)",
+        mistake_rows, "Most confident mistakes (row: true class; caption: predicted class, its probability, the file)",
         GRID_COLS)
     if saliency_per_class > 0 and picks:
         items = []
         for i in picks:
-            heat = occlusion_map(ev.ensemble.proba, sp.images[i], int(pred[i]))
-            items.append((sp.images[i], heat, f"{classes[y[i]]} → {classes[pred[i]]} {conf[i]:.2f}"))
+            heat = occlusion_map(ev.proba, sp.images[i], int(pred[i]))
+            items.append((sp.images[i], heat, f"{classes[y[i]]} → {classes[pred[i]]} {conf[i]:.0%}"))
         figs["saliency"] = plots.saliency_png(items)
     return figs
 
@@ -74,13 +76,33 @@ def write_report(ev: Evaluation, out: Path) -> None:
     for name, png in ev.figures.items():
         atomic_write(out / f"{name}.png", lambda p, b=png: Path(p).write_bytes(b))
         files.append(f"{name}.png")
-    ev.metrics["files"] = ["metrics.json", "report.html", *files]
+    ev.metrics["files"] = ["metrics.json", "report.html", "predictions.csv", *files]
     write_json(out / "metrics.json", ev.metrics)
     atomic_write_text(out / "report.html", render_html(ev.metrics, ev.figures))
 
 
+def _short(name: str, width: int = 18) -> str:
+    """A file's name, cut from the left to fit under a face (the end tells files apart)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return base if len(base) <= width else "…" + base[-(width - 1):]
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def per_class_rows(m: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(class, precision, recall, F1, support) in percent, then macro and weighted averages (as scikit-learn's
+    classification report) over the classes present in the data; shared by the HTML report and the terminal."""
+    pcs = m["per_class"]
+    rows = [(c, _pct(v["precision"]), _pct(v["recall"]), _pct(v["f1"]), str(v["support"])) for c, v in pcs.items()]
+    present = [v for v in pcs.values() if v["support"] > 0]
+    n = sum(v["support"] for v in present)
+    for name, w in (("macro avg", [1.0] * len(present)), ("weighted avg", [v["support"] for v in present])):
+        total = sum(w)
+        avg = [sum(wi * v[k] for wi, v in zip(w, present, strict=True)) / total for k in ("precision", "recall", "f1")]
+        rows.append((name, *(_pct(a) for a in avg), str(n)))
+    return rows
 
 
 def _ci(ci: list[float]) -> str:
@@ -102,9 +124,19 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
     t = r.get("temperature", 1.0)
     if "ece_uncalibrated" in cal:
-        rows.append(("ECE", f"{m['ece']:.4f}", f"with temperature {t:.3g}; {cal['ece_uncalibrated']:.4f} without"))
+        rows.append(("ECE", _pct(m["ece"]), f"with temperature {t:.3g}; {_pct(cal['ece_uncalibrated'])} without"))
     else:
-        rows.append(("ECE", f"{m['ece']:.4f}", "expected calibration error, 15 bins; not calibrated (T = 1)"))
+        rows.append(("ECE", _pct(m["ece"]), "expected calibration error, 15 bins; not calibrated (T = 1)"))
+    data = r["data"]
+    outside = data.get("predicted_outside_data") or {}
+    if outside.get("n"):
+        which = ", ".join(f"{c} {n}" for c, n in outside["classes"].items())
+        rows.append(("Predictions of classes the data lacks", _pct(outside["share"]),
+                     f"{outside['n']} images predicted as {which}: all counted as mistakes; --restrict "
+                     "renormalises over the data's classes"))
+    if data.get("restricted_to"):
+        rows.append(("Restricted to the data's classes", str(len(data["restricted_to"])),
+                     f"probabilities renormalised over {', '.join(data['restricted_to'])}"))
     if m.get("votes"):
         v = m["votes"]
         rows.append(("Prediction among annotators' votes", _pct(v["in_votes_accuracy"]),
@@ -143,7 +175,6 @@ def render_html(r: dict[str, Any], figs: dict[str, bytes]) -> str:
     e = html.escape
     m = r["metrics"]
     model, data = r["model"], r["data"]
-    classes = model["classes"]
     members = ", ".join(f"{x['name']} ({x['kind']}, {x['source']})" for x in model["members"])
     meta = (f"Model <b>{e(model['name'])}</b>: {e(members)}<br>Data <b>{e(str(data['source']))}</b> "
             f"({e(data['format'])}), split <b>{e(data['split'])}</b>, {data['n']} images"
@@ -160,15 +191,14 @@ def render_html(r: dict[str, Any], figs: dict[str, bytes]) -> str:
             ("Macro-F1", _pct(m["macro_f1"]), f"95% CI {_ci(ci['macro_f1'])}"),
             ("Balanced accuracy", _pct(m["balanced_accuracy"]), ""),
             ("Top-2 accuracy", _pct(m["top2_accuracy"]), ""),
-            ("ECE", f"{m['ece']:.3f}", "calibration error"),
+            ("ECE", _pct(m["ece"]), "calibration error"),
         ]
     )
     summary = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td><td style='text-align:left'>{e(c)}</td></tr>"
                       for a, b, c in summary_rows(r))
     per_class = "".join(
-        f"<tr><td>{e(c)}</td><td>{pc['precision']:.3f}</td><td>{pc['recall']:.3f}</td><td>{pc['f1']:.3f}</td>"
-        f"<td>{pc['support']}</td></tr>"
-        for c, pc in ((c, m["per_class"][c]) for c in classes)
+        ("<tr>" + "".join(f"<{tag}>{e(v)}</{tag}>" for v in row) + "</tr>")
+        for row, tag in ((row, "th" if row[0].endswith(" avg") else "td") for row in per_class_rows(m))
     )
     sections = [
         f"<h1>ferkit evaluation: {e(model['name'])} on {e(Path(str(data['source'])).name)} ({e(data['split'])})</h1>",
@@ -181,8 +211,7 @@ def render_html(r: dict[str, Any], figs: dict[str, bytes]) -> str:
         "present in the data.</p>",
         "<h2>Per class</h2>",
         f"<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{per_class}"
-        f"<tr><th>macro</th><th></th><th>{m['balanced_accuracy']:.3f}</th><th>{m['macro_f1']:.3f}</th>"
-        f"<th>{m['n']}</th></tr></table>",
+        "</table>",
         "<h2>Confusion matrix</h2>", _img(figs, "confusion", "confusion matrix"),
         "<h2>Calibration</h2>", _img(figs, "reliability", "reliability diagram"),
     ]
