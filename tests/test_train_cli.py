@@ -147,3 +147,71 @@ def test_help_has_no_type_placeholders_and_keeps_brackets() -> None:
     assert "[base]" in tune and "[space]" in tune
     train = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     assert "[default: runs/train" in train and "[default: 30]" in train
+
+
+def _space(tmp_path: Path, data: Path) -> Path:
+    space = tmp_path / "space.toml"
+    space.write_text(f'[base]\ndata = "{data}"\nepochs = 2\nbatch_size = 16\nthreads = 1\nema = 0\n'
+                     '"augment.flip" = false\n[space]\nlr = { choices = [0.02, 0.05] }\n'
+                     'label_smoothing = { low = 0.0, high = 0.2 }\n')
+    return space
+
+
+def test_tune_records_trials_through_the_trainer_and_resumes_after_ctrl_c(tiny_folders: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import csv
+
+    from ferkit.training import load_config
+    from ferkit.training.trainer import Trainer
+
+    space, out = _space(tmp_path, tiny_folders), tmp_path / "tune"
+    calls = {"n": 0}
+    fit = Trainer.fit
+
+    def fit_then_ctrl_c(self):  # the second trial is interrupted in its first epoch
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return fit(self)
+
+    monkeypatch.setattr(Trainer, "fit", fit_then_ctrl_c)
+    r = _run("tune", space, "--trials", 3, "--out", out)
+    assert r.exit_code == 130, r.output
+    assert "Traceback" not in r.output and "interrupted: 1 of 3 trials finished" in r.output
+    assert "--resume" in r.output
+    states = [row["state"] for row in csv.DictReader((out / "trials.csv").open())]
+    assert states == ["COMPLETE", "FAIL"]
+    trial0 = out / "trial_000"
+    assert {"best.safetensors", "model.onnx", "log.jsonl", "metrics.json", "trial.json"} <= {p.name for p in trial0.iterdir()}
+    assert len((trial0 / "log.jsonl").read_text().splitlines()) == 2  # every epoch, logged by the Trainer
+    assert "interrupted" in json.loads((out / "trial_001" / "trial.json").read_text())["note"]
+    # The same folder again without --resume is refused; with it the study goes on, the interrupted trial first.
+    assert _run("tune", space, "--trials", 3, "--out", out).exit_code == 2
+    r = _run("tune", space, "--trials", 3, "--out", out, "--resume", "--json")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [row["state"] for row in rows] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert rows[2]["lr"] == rows[1]["lr"] and rows[2]["label_smoothing"] == rows[1]["label_smoothing"]
+    best = json.loads(r.stdout)
+    assert best["finished"] == 3 and best["trial"] in (0, 2, 3)
+    assert (out / f"trial_{best['trial']:03d}" / "model.onnx").is_file()
+    cfg = load_config(out / "best.toml")
+    assert cfg.lr == best["params"]["lr"] and cfg.epochs == 2 and cfg.out is None
+    # Progress said which trial of how many, the best so far and the time left.
+    assert "trial 1/3" in r.output or "trial 3/3" in r.output
+    assert "best so far" in r.output
+
+
+def test_tune_takes_data_and_settings_like_train(tiny_folders: Path, tmp_path: Path) -> None:
+    space = tmp_path / "space.toml"
+    space.write_text('[base]\nepochs = 3\n[space]\nlr = { choices = [0.05] }\n')
+    r = _run("tune", space, "--trials", 1, "--out", tmp_path / "t")
+    assert r.exit_code == 2 and "--data" in r.output
+    r = _run("tune", space, "--trials", 1, "--out", tmp_path / "t", "--data", tiny_folders, "-s", "epochs=1",
+             *FAST, "--json")
+    assert r.exit_code == 0, r.output
+    trial = tmp_path / "t" / "trial_000"
+    assert len((trial / "log.jsonl").read_text().splitlines()) == 1  # -s epochs=1 over the file's 3
+    assert json.loads((trial / "trial.json").read_text())["state"] == "complete"
+    r = _run("tune", space, "--out", tmp_path / "u", "--data", tiny_folders, "-s", "nope=1")
+    assert r.exit_code == 2 and "nope" in r.output

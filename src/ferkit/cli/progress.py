@@ -68,13 +68,15 @@ def _plain(unit: str) -> ProgressFn:
     tasks: dict[str, dict[str, float]] = {}
 
     def update(what: str, done: int, total: int) -> None:
-        t = tasks.setdefault(what, {"t0": time.monotonic(), "next": 0.1})
+        # The clock starts at the first report: the rate is over the units done since then.
+        t = tasks.setdefault(what, {"t0": time.monotonic(), "d0": done, "next": 0.1})
         if not total or (done < total and done / total < t["next"]):
             return
         t["next"] = math.floor(10 * done / total) / 10 + 0.1
         seconds = time.monotonic() - t["t0"]
-        rate = done / seconds if seconds > 0 else 0.0
+        rate = (done - t["d0"]) / seconds if seconds > 0 and done > t["d0"] else 0.0
+        speed = f"  {rate:.0f} {unit}/s" if rate else ""
         eta = f"  ETA {format_duration((total - done) / rate)}" if rate and done < total else ""
-        log.info("%s  %3.0f%%  %d/%d  %.0f %s/s%s", what, 100 * done / total, done, total, rate, unit, eta)
+        log.info("%s  %3.0f%%  %d/%d%s%s", what, 100 * done / total, done, total, speed, eta)
 
     return update
