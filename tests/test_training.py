@@ -198,3 +198,30 @@ def test_train_command_fine_tunes_and_rejects_missing_weights(tiny_folders: Path
     bad = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "bad"), "--init", str(tmp_path / "nope.safetensors")])
     assert bad.exit_code == 2 and "nope.safetensors: no such file" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_train_and_test_only_gets_a_seeded_stratified_val_split(tmp_path: Path, caplog) -> None:
+    """A student's own data: train/ and test/ folders, no validation (issue 13.10)."""
+    import logging
+
+    from conftest import make_class_folders
+
+    from ferkit.data import load_dataset
+    from ferkit.data.split import carve_val
+
+    data = make_class_folders(tmp_path / "mine", ["happy", "sad", "neutral"], per_class=20, splits=("train", "test"))
+    ds = load_dataset(data)
+    assert set(ds.splits) == {"train", "test"}
+    a, b = carve_val(ds, 0.2, seed=1), carve_val(ds, 0.2, seed=1)
+    assert a["val"].names == b["val"].names and a["val"].names != carve_val(ds, 0.2, seed=2)["val"].names
+    assert np.bincount(a["val"].labels).tolist() == [4, 4, 4]  # every class keeps its share
+    assert not set(a["val"].names) & set(a["train"].names) and len(a["train"]) == 48
+    assert a["test"].names == ds["test"].names
+    with caplog.at_level(logging.INFO, logger="ferkit.train"):
+        summary = train(small_cfg(data, tmp_path / "run", "epochs=1", "val_fraction=0.2"))
+    assert "no val split: validating on 20% of train" in caplog.text
+    assert summary["val_split"] == "20% of train (stratified, seed 0)"
+    assert load_config(tmp_path / "run" / "config.toml").val_fraction == 0.2
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["val_split"].startswith("20% of train")
+    with pytest.raises(FerkitError, match="val_fraction"):
+        Trainer(small_cfg(data, tmp_path / "none", "val_fraction=0"))

@@ -20,6 +20,7 @@ class TrainConfig:
     data: str | None = None  # required: a dataset any loader reads
     format: str | None = None
     classes: str | None = None  # subset / renames, see ferkit.data.select_classes
+    val_fraction: float = 0.1  # a dataset without a val split: this share of train, stratified and seeded, validates
     out: str | None = None  # None: a new numbered folder, runs/train, runs/train2, ...
     model: str = "vgg_s"
     dropout: float | None = None
@@ -67,6 +68,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 _INF = float("inf")
 _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "dropout": (0, 1, False, True),
+    "val_fraction": (0, 1, False, True),
     "crop": (0, _INF, False, True),  # <= the face size: checked by the trainer, which knows the face size
     "epochs": (1, 100_000, False, False),
     "batch_size": (1, 1_000_000, False, False),

@@ -184,12 +184,21 @@ class Trainer:
         # Under torchrun each node's first process decodes (and caches) the dataset while the others wait.
         if self.world > 1 and local_rank != 0:
             dist.barrier()
-        self.ds = load_dataset(cfg.data, format=cfg.format, classes=cfg.classes)
+        self.ds = load_dataset(cfg.data, format=cfg.format, classes=cfg.classes, val_fraction=cfg.val_fraction)
         if self.world > 1 and local_rank == 0:
             dist.barrier()
+        self.val_source = "val"
+        if "val" not in self.ds.splits and "train" in self.ds.splits and cfg.val_fraction > 0:
+            from ferkit.data.split import carve_val
+
+            self.ds = carve_val(self.ds, cfg.val_fraction, cfg.seed)
+            self.val_source = f"{cfg.val_fraction:.0%} of train (stratified, seed {cfg.seed})"
+            self._log(logging.INFO, "%s has no val split: validating on %s, %d images; val_fraction sets the share",
+                      cfg.data, self.val_source, len(self.ds["val"]))
         for split in ("train", "val"):
             if split not in self.ds.splits:
-                raise FerkitError(f"{cfg.data}: has no {split} split; training needs train and val")
+                raise FerkitError(f"{cfg.data}: has no {split} split; training needs train and val "
+                                  "(set val_fraction above 0 to carve val out of train)")
         self.classes = self.ds.classes
         self.input_size = int(self.ds["train"].images.shape[-1])
         if not 0 <= cfg.crop <= self.input_size:
@@ -561,7 +570,8 @@ class Trainer:
             if cfg.patience and stale >= cfg.patience:
                 self._log(logging.INFO, "early stop: no better %s for %d epochs", cfg.select_metric, stale)
                 break
-        return {"best_epoch": self.best_epoch, cfg.select_metric: self.best, "epochs_run": self.epoch}
+        return {"best_epoch": self.best_epoch, cfg.select_metric: self.best, "epochs_run": self.epoch,
+                "val_split": self.val_source}
 
     def save_weights(self, path: Path) -> None:
         from safetensors.torch import save_file
