@@ -23,9 +23,19 @@ def small_cfg(data: Path, out: Path, *extra: str):
 
 
 def test_registry_builds_every_model_and_rejects_unknown() -> None:
+    from ferkit.models import registry
+    from ferkit.models.export import classifier_name
+
     x = torch.rand(2, 1, 48, 48) * 255
+    assert list_models() == ["baseline", "resnet_l", "resnet_m", "resnet_s", "vgg_l", "vgg_m", "vgg_s"]
     for name in list_models():
-        assert create_model(name, 5)(x).shape == (2, 5)
+        assert getattr(registry, name).__name__ == name  # each model is a function of its own name
+        model = create_model(name, 5)
+        assert model(x).shape == (2, 5)
+        # The declared output layer is the network's last Linear, the one that maps to the 5 classes.
+        head = dict(model.named_modules())[classifier_name(model)]
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        assert head is last and head.out_features == 5
     with pytest.raises(FerkitError, match="unknown"):
         create_model("nope")
 

@@ -102,8 +102,11 @@ def load_ensemble(paths: list[str | Path], weights: list[float] | None = None) -
 
 
 def classifier_name(model: nn.Module) -> str:
-    """The module name of the output layer (the last Linear), the only part that depends on the class set."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    """The module name of the output layer, the only part that depends on the class set, as the model declares it."""
+    name = getattr(model, "classifier_layer", None)
+    if name is None:
+        raise FerkitError(f"model {getattr(model, 'arch', type(model).__name__)!r} declares no classifier_layer")
+    return name
 
 
 def init_from(model: nn.Module, path: str | Path, classes: list[str]) -> list[str]:

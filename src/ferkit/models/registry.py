@@ -1,5 +1,9 @@
 """Model registry: `create_model(name, num_classes)` builds any registered network (PyTorch).
 
+Each registered model is a function named like the model (`@register_model def vgg_s(...)`, as timm does), and
+its network declares its output layer (`classifier_layer`), the one layer that depends on the class set: fine-tuning
+re-maps it by class name and `freeze` trains only it.
+
 Every model takes N x 1 x H x W float32 gray pixels in 0..255 and normalises inside, so the ONNX
 export needs no preprocessing beyond `ferkit.data.preprocess`.
 """
@@ -17,12 +21,10 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 PIXEL_MEAN, PIXEL_STD = 129.4, 65.0
 
 
-def register(name: str) -> Callable:
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a model under its function's name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
 
 
 def list_models() -> list[str]:
@@ -50,6 +52,8 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 class VGG(nn.Module):
     """Stages of `depth` 3x3 conv-BN-ReLU, each followed by 2x2 max-pooling; global pooling and a small head."""
+
+    classifier_layer = "head.3"
 
     def __init__(self, widths: tuple[int, ...], depth: int = 2, num_classes: int = 7, dropout: float = 0.3):
         super().__init__()
@@ -88,6 +92,8 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """A ResNet for 48x48 inputs: a 3x3 stem, then stages of basic blocks that halve the resolution."""
 
+    classifier_layer = "head.3"
+
     def __init__(self, widths: tuple[int, ...], blocks: int = 2, num_classes: int = 7, dropout: float = 0.2):
         super().__init__()
         layers: list[nn.Module] = [Normalize(), conv_bn(1, widths[0])]
@@ -108,6 +114,8 @@ class ResNet(nn.Module):
 class SeedsBaseline(nn.Module):
     """The seeds' Keras baseline: 4 convolutions and 2 dense layers (about 57% on FER2013)."""
 
+    classifier_layer = "net.18"
+
     def __init__(self, num_classes: int = 7, input_size: int = 48):
         super().__init__()
         side = input_size // 8
@@ -124,11 +132,46 @@ class SeedsBaseline(nn.Module):
         return self.net(x)
 
 
-@register("baseline")
+@register_model
 def baseline(num_classes: int = 7, input_size: int = 48) -> nn.Module:
+    """The seeds' Keras CNN (4 convolutions, 2 dense layers)."""
     return SeedsBaseline(num_classes, input_size)
 
 
-for _w, _widths in {"s": (32, 64, 128, 256), "m": (48, 96, 192, 384), "l": (64, 128, 256, 512)}.items():
-    register(f"vgg_{_w}")(lambda num_classes=7, dropout=0.3, _ws=_widths: VGG(_ws, 2, num_classes, dropout))
-    register(f"resnet_{_w}")(lambda num_classes=7, dropout=0.2, _ws=_widths: ResNet(_ws, 2, num_classes, dropout))
+VGG_WIDTHS = {"s": (32, 64, 128, 256), "m": (48, 96, 192, 384), "l": (64, 128, 256, 512)}
+
+
+@register_model
+def vgg_s(num_classes: int = 7, dropout: float = 0.3) -> nn.Module:
+    """VGG-style, 4 stages of 2 conv-BN-ReLU, 32 to 256 channels (1.2 M parameters): the shipped model's."""
+    return VGG(VGG_WIDTHS["s"], 2, num_classes, dropout)
+
+
+@register_model
+def vgg_m(num_classes: int = 7, dropout: float = 0.3) -> nn.Module:
+    """VGG-style, 48 to 384 channels (2.6 M parameters)."""
+    return VGG(VGG_WIDTHS["m"], 2, num_classes, dropout)
+
+
+@register_model
+def vgg_l(num_classes: int = 7, dropout: float = 0.3) -> nn.Module:
+    """VGG-style, 64 to 512 channels (4.7 M parameters)."""
+    return VGG(VGG_WIDTHS["l"], 2, num_classes, dropout)
+
+
+@register_model
+def resnet_s(num_classes: int = 7, dropout: float = 0.2) -> nn.Module:
+    """ResNet of basic blocks, 2 per stage, 32 to 256 channels (2.8 M parameters)."""
+    return ResNet(VGG_WIDTHS["s"], 2, num_classes, dropout)
+
+
+@register_model
+def resnet_m(num_classes: int = 7, dropout: float = 0.2) -> nn.Module:
+    """ResNet, 48 to 384 channels (6.3 M parameters)."""
+    return ResNet(VGG_WIDTHS["m"], 2, num_classes, dropout)
+
+
+@register_model
+def resnet_l(num_classes: int = 7, dropout: float = 0.2) -> nn.Module:
+    """ResNet, 64 to 512 channels (11.2 M parameters)."""
+    return ResNet(VGG_WIDTHS["l"], 2, num_classes, dropout)
