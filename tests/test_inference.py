@@ -35,13 +35,13 @@ ASTRONAUT_FACE = (180, 60, 90, 115)
 needs_detector = pytest.mark.skipif(not available_detectors(), reason="no face detector installed")
 
 
-def make_tiny_model(path: Path, classes: list[str], size: int = 48) -> Path:
+def make_tiny_model(path: Path, classes: list[str], size: int = 48, weights: list[float] | None = None) -> Path:
     """A real ONNX classifier in ferkit's format (mean brightness -> softmax), for when no model ships yet."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     c = len(classes)
-    w = helper.make_tensor("w", TensorProto.FLOAT, [1, c], list(np.linspace(-0.02, 0.02, c)))
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, c], weights or list(np.linspace(-0.02, 0.02, c)))
     b = helper.make_tensor("b", TensorProto.FLOAT, [c], [0.0] * c)
     axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])
     nodes = [
@@ -58,7 +58,7 @@ def make_tiny_model(path: Path, classes: list[str], size: int = 48) -> Path:
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", c])],
         initializer=[w, b, axes, shape],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])  # ReduceMean takes axes as an input
     model.ir_version = 8
     for k, v in {"classes": json.dumps(classes), "input_size": str(size), "name": "tiny", "version": "0"}.items():
         model.metadata_props.add(key=k, value=v)
@@ -110,7 +110,7 @@ def _check_probs(face: Face, classes: list[str]) -> None:
 # -- real faces --------------------------------------------------------------------------------------------------
 @needs_detector
 def test_astronaut_face_found_classified_and_serialisable(rec: EmotionRecognizer, astronaut: np.ndarray) -> None:
-    pred = rec.predict(astronaut, source="astronaut")
+    pred = rec.predict(astronaut, name="astronaut")
     assert isinstance(pred, Prediction) and (pred.width, pred.height) == (512, 512)
     assert len(pred.faces) == 1 and _near_astronaut_face(pred.faces[0])
     face = pred.faces[0]
@@ -122,11 +122,12 @@ def test_astronaut_face_found_classified_and_serialisable(rec: EmotionRecognizer
 
 
 @needs_detector
-def test_draw_marks_the_face_and_keeps_the_input(rec: EmotionRecognizer, astronaut: np.ndarray) -> None:
+def test_plot_marks_the_face_and_keeps_the_input(rec: EmotionRecognizer, astronaut: np.ndarray) -> None:
     before = astronaut.copy()
     pred = rec.predict(astronaut)
-    out = pred.draw(astronaut)
+    out = pred.plot()  # the result draws itself: before, draw() needed the image again (TypeError without it)
     assert out.shape == astronaut.shape and np.array_equal(astronaut, before)
+    assert np.array_equal(out, pred.plot(astronaut))
     x, y, w, h = pred.faces[0].box
     changed = np.any(out != astronaut, axis=2)
     assert changed[y : y + h + w // 4, x : x + w].sum() > 2 * (w + h)  # box outline and probability bar
@@ -190,7 +191,7 @@ def test_decompression_bomb_is_refused(rec: EmotionRecognizer) -> None:
     png[16:24] = struct.pack(">II", 60_000, 60_000)  # the header claims 3.6 gigapixels
     png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))  # with a valid checksum
     with pytest.raises(FerkitError, match="over the limit"):
-        rec.predict(bytes(png), source="bomb.png")
+        rec.predict(bytes(png), name="bomb.png")
 
 
 @pytest.mark.parametrize("data", [b"", b"not an image at all", None])
@@ -198,7 +199,7 @@ def test_unreadable_input_is_one_line_error(rec: EmotionRecognizer, astronaut: n
     if data is None:
         data = cv2.imencode(".jpg", astronaut)[1].tobytes()[:200]  # truncated
     with pytest.raises(FerkitError) as e:
-        rec.predict(data, source="x.jpg")
+        rec.predict(data, name="x.jpg")
     assert "x.jpg" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -255,6 +256,20 @@ def test_ensemble_of_different_classes_is_refused(model_path: Path, tmp_path: Pa
     other = make_tiny_model(tmp_path / "other.onnx", ["a", "b"])
     with pytest.raises(FerkitError, match="ensemble"):
         EmotionRecognizer([model_path, other])
+
+
+def test_ensemble_members_in_another_class_order_are_reordered(tmp_path: Path, fer_crops) -> None:
+    # One rule with evaluation: same class set, any order, reordered to the first member's order (before: refused).
+    imgs, _ = fer_crops
+    classes, w = ["angry", "happy", "neutral"], [-0.03, 0.01, 0.02]
+    a = make_tiny_model(tmp_path / "a.onnx", classes, weights=w)
+    b = make_tiny_model(tmp_path / "b.onnx", classes[::-1], weights=w[::-1])  # the same model, classes reversed
+    pa = EmotionRecognizer(a).predict_proba(imgs)
+    assert not np.allclose(pa, pa[:, ::-1])
+    ens = EmotionRecognizer([a, b])
+    assert ens.classes == classes
+    np.testing.assert_allclose(ens.predict_proba(imgs), pa, atol=1e-6)
+    np.testing.assert_allclose(EmotionRecognizer(b).predict_proba(imgs)[:, ::-1], pa, atol=1e-6)
 
 
 def test_bad_model_file_is_one_line_error(tmp_path: Path) -> None:

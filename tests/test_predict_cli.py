@@ -64,31 +64,54 @@ def make_video(path: Path, astronaut: np.ndarray, frames: int = 24, faces: int =
     return path
 
 
-def invoke(args: list[str]):
-    return runner.invoke(app, args, catch_exceptions=False)
+def invoke(args: list[str], columns: int = 80):
+    # 80 columns, as in a default terminal: nothing a test reads may depend on a wide one.
+    return runner.invoke(app, args, catch_exceptions=False, env={"COLUMNS": str(columns)})
 
 
-def test_single_image_table(photos: Path, model_args: list[str]) -> None:
-    r = runner.invoke(app, ["predict", str(photos / "astronaut.jpg"), *model_args], env={"COLUMNS": "300"},
-                      catch_exceptions=False)  # wide enough that the long temporary path is not folded
+def lines(stdout: str) -> list[dict]:
+    """JSON lines output: one record per line, every line JSON."""
+    return [json.loads(ln) for ln in stdout.splitlines() if ln.strip()]
+
+
+def test_single_image_json_is_one_result(photos: Path, model_args: list[str]) -> None:
+    r = invoke(["predict", str(photos / "astronaut.jpg"), "--json", *model_args])
     assert r.exit_code == 0, r.output
-    assert "astronaut" in r.output and "1 face(s)" in r.output
+    res = json.loads(r.stdout)  # one line: the whole of stdout is one JSON document
+    assert res["schema"] == 1 and res["source"].endswith("astronaut.jpg") and (res["width"], res["height"]) == (512, 512)
+    face = res["faces"][0]
+    assert len(res["faces"]) == 1 and len(face["box"]) == 4 and face["label"] in face["probabilities"]
 
 
-def test_folder_json_skips_and_lists_bad_files(photos: Path, model_args: list[str]) -> None:
+@pytest.mark.parametrize("columns", [80, 60])
+def test_table_never_folds_a_value(photos: Path, tmp_path: Path, model_args: list[str], columns: int) -> None:
+    # Before: at 80 columns rich folded long paths and boxes mid-token ('691,102,160,18' / '9').
+    deep = tmp_path / "a_rather_long_folder_name" / "and_another_one_below_it" / "holiday_photos_2024"
+    deep.mkdir(parents=True)
+    (deep / "astronaut_on_the_launch_pad.jpg").write_bytes((photos / "astronaut.jpg").read_bytes())
+    r = invoke(["predict", str(deep / "astronaut_on_the_launch_pad.jpg"), *model_args], columns=columns)
+    assert r.exit_code == 0, r.output
+    row = next(ln for ln in r.stdout.splitlines() if "pad.jpg" in ln)
+    box = lines(invoke(["predict", str(deep / "astronaut_on_the_launch_pad.jpg"), "--json", *model_args]).stdout)[0]
+    x, y, w, h = box["faces"][0]["box"]
+    assert f"{x},{y},{w},{h}" in row  # the box whole, on the row of its file
+    assert "_pad.jpg │" in row and "│ ..." in row  # the path's end stays, its start gives way
+    assert len(row) <= max(columns, 73)  # 73: the narrowest the table gets (a 12-character source)
+
+
+def test_folder_json_lines_skip_and_list_bad_files(photos: Path, model_args: list[str]) -> None:
     r = invoke(["predict", str(photos), "--json", *model_args])
     assert r.exit_code == 0, r.output
-    out = json.loads(r.stdout)
-    by_source = {}
-    for row in out["rows"]:
-        by_source.setdefault(Path(row["source"]).name, []).append(row)
-    assert set(by_source) == {"astronaut.jpg", "astronaut_gray.png", "wall.png"}
-    assert len(by_source["astronaut.jpg"]) == 1 and by_source["astronaut.jpg"][0]["label"] is not None
-    assert by_source["wall.png"][0]["face"] is None  # reported as "no face", not an error
-    assert sorted(Path(s["source"]).name for s in out["skipped"]) == ["cut.jpg", "notes.jpg", "readme.txt"]
-    why = {Path(s["source"]).name: s["error"] for s in out["skipped"]}
-    assert "not an image file (.txt)" in why["readme.txt"] and "not a readable image" in why["cut.jpg"]
-    assert out["summary"]["skipped"] == 3 and out["summary"]["faces"] == 2 and out["summary"]["without_face"] == 1
+    recs = lines(r.stdout)
+    assert all(rec["schema"] == 1 for rec in recs)
+    ok = {Path(rec["source"]).name: rec for rec in recs if "error" not in rec}
+    bad = {Path(rec["source"]).name: rec["error"]["message"] for rec in recs if "error" in rec}
+    assert set(ok) == {"astronaut.jpg", "astronaut_gray.png", "wall.png"}
+    assert len(ok["astronaut.jpg"]["faces"]) == 1 and ok["astronaut.jpg"]["faces"][0]["label"]
+    assert ok["wall.png"]["faces"] == []  # "no face" is a result, not an error
+    assert sorted(bad) == ["cut.jpg", "notes.jpg", "readme.txt"]
+    assert "not an image file (.txt)" in bad["readme.txt"] and "not a readable image" in bad["cut.jpg"]
+    assert "3 skipped" in r.stderr and "2 face(s)" in r.stderr and "1 without a face" in r.stderr
 
 
 def test_glob_csv_one_row_per_face(photos: Path, model_args: list[str]) -> None:
@@ -97,7 +120,7 @@ def test_glob_csv_one_row_per_face(photos: Path, model_args: list[str]) -> None:
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert [Path(x["source"]).name for x in rows] == ["astronaut.jpg"]
     p = {k: float(v) for k, v in rows[0].items() if k not in
-         ("source", "frame", "time", "face", "track", "x", "y", "w", "h", "score", "label", "confidence")}
+         ("source", "frame", "time", "face", "track_id", "x", "y", "w", "h", "score", "label", "confidence")}
     assert abs(sum(p.values()) - 1) < 0.01 and rows[0]["label"] == max(p, key=p.get)
 
 
@@ -125,8 +148,8 @@ def test_no_detect_on_fer2013_crops(tmp_path: Path, model_args: list[str]) -> No
             (tmp_path / Path(n).name).write_bytes(z.read(n))
     r = invoke(["predict", str(tmp_path), "--json", "--no-detect", *model_args])
     assert r.exit_code == 0, r.output
-    rows = json.loads(r.stdout)["rows"]
-    assert len(rows) == 3 and all((x["x"], x["y"], x["w"], x["h"]) == (0, 0, 48, 48) for x in rows)
+    recs = lines(r.stdout)
+    assert len(recs) == 3 and all(x["faces"][0]["box"] == [0, 0, 48, 48] and x["detector"] is None for x in recs)
 
 
 def test_video_tracks_timeline_and_annotated_video(astronaut: np.ndarray, tmp_path: Path,
@@ -136,15 +159,19 @@ def test_video_tracks_timeline_and_annotated_video(astronaut: np.ndarray, tmp_pa
     r = invoke(["predict", str(video), "--json", "--vid-stride", "2", "--save", str(out), "--smooth", "3",
                 *model_args])
     assert r.exit_code == 0, r.output
-    rows = json.loads(r.stdout)["rows"]
-    assert [x["frame"] for x in rows] == list(range(0, 24, 2))
-    assert {x["track"] for x in rows} == {1}  # one face, one track all along
-    assert rows[1]["time"] == pytest.approx(2 / 12, abs=1e-3)
-    cap = cv2.VideoCapture(str(out / "clip.mp4"))
+    recs = lines(r.stdout)
+    assert [x["frame"] for x in recs] == list(range(0, 24, 2))
+    assert {f["track_id"] for x in recs for f in x["faces"]} == {1}  # one face, one track all along
+    assert recs[1]["time"] == pytest.approx(2 / 12, abs=1e-3)
+    written = [Path(ln.removeprefix("wrote ")) for ln in r.stderr.splitlines() if ln.startswith("wrote ")]
+    annotated = next(p for p in written if p.stem == "clip" and p.suffix in (".mp4", ".webm"))
+    assert annotated.parent == out and {p.name for p in written} >= {"clip_timeline.csv", annotated.name}
+    assert all(p.is_file() and p.stat().st_mode & 0o044 for p in written)  # every file said, readable by others
+    cap = cv2.VideoCapture(str(annotated))
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
     cap.release()
     timeline = list(csv.DictReader((out / "clip_timeline.csv").open()))
-    assert len(timeline) == 12 and timeline[0]["track"] == "1"
+    assert len(timeline) == 12 and timeline[0]["track_id"] == "1"
     pytest.importorskip("matplotlib")
     assert (out / "clip_track1.png").stat().st_size > 5000
 
@@ -153,10 +180,10 @@ def test_video_five_faces_max_faces_and_detect_every(astronaut: np.ndarray, tmp_
                                                      model_args: list[str]) -> None:
     video = make_video(tmp_path / "five.avi", astronaut, frames=6, faces=3)
     r = invoke(["predict", str(video), "--json", "--detect-every", "3", *model_args])
-    rows = json.loads(r.stdout)["rows"]
-    assert r.exit_code == 0 and len(rows) == 18 and len({x["track"] for x in rows}) == 3
+    faces = [f for x in lines(r.stdout) for f in x["faces"]]
+    assert r.exit_code == 0 and len(faces) == 18 and len({f["track_id"] for f in faces}) == 3
     r = invoke(["predict", str(video), "--json", "--max-faces", "2", *model_args])
-    assert len(json.loads(r.stdout)["rows"]) == 12
+    assert sum(len(x["faces"]) for x in lines(r.stdout)) == 12
 
 
 @pytest.mark.parametrize("case", ["not_image", "truncated", "missing", "bad_video", "no_camera", "empty_dir",
@@ -209,9 +236,9 @@ def test_file_names_with_markup_are_printed_as_written(tmp_path: Path, astronaut
     cv2.imwrite(str(d / "x].jpg"), astronaut)  # the path reads 'markup[/x].jpg'
     (d / "[red]bad[").mkdir()
     (d / "[red]bad[" / "x].png").write_bytes(b"not an image")  # ... '[red]bad[/x].png'
-    r = runner.invoke(app, ["predict", str(tmp_path), *model_args], env={"COLUMNS": "300"})
+    r = runner.invoke(app, ["predict", str(tmp_path), *model_args], env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
     assert "markup[/x].jpg" in r.stdout and "[red]bad[/x].png: not a readable image" in r.stderr
-    r = runner.invoke(app, ["predict", str(d / "[red]bad[" / "x].png"), *model_args], env={"COLUMNS": "300"})
+    r = runner.invoke(app, ["predict", str(d / "[red]bad[" / "x].png"), *model_args], env={"COLUMNS": "80"})
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and "[red]bad[/x].png" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

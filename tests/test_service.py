@@ -165,6 +165,26 @@ def test_predict_multipart(client, recognizer, face_jpeg):
     assert_prediction(res, recognizer)
 
 
+def test_one_result_schema_for_api_library_and_cli(client, recognizer, face_jpeg, tmp_path):
+    # Before: `ferkit predict --json` gave flat rows (x, y, w, h, classes as keys, `track`) unlike these two.
+    from typer.testing import CliRunner
+
+    from ferkit.cli import app
+
+    api = client.post("/v1/predict", content=face_jpeg, headers={"content-type": "image/jpeg",
+                                                                 "x-filename": "face.jpg"}).json()
+    lib = recognizer.predict(face_jpeg, name="face.jpg").to_dict()
+    (tmp_path / "face.jpg").write_bytes(face_jpeg)
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "face.jpg"), "--json"])
+    cli = json.loads(r.stdout)
+    assert api["schema"] == lib["schema"] == cli["schema"] == 1
+    assert set(api) - {"model", "time_ms"} == set(lib) == set(cli)
+    assert api["faces"] == lib["faces"] == cli["faces"] and api["faces"]
+    assert api["source"] == lib["source"] == "face.jpg" and cli["source"].endswith("face.jpg")
+    item = client.post("/v1/predict/batch", files=[("f", ("face.jpg", face_jpeg, "image/jpeg"))]).json()["results"][0]
+    assert item["schema"] == 1 and item["faces"] == lib["faces"]
+
+
 def test_predict_raw_png_json_and_data_url(client, recognizer, face_png, face_jpeg):
     a = client.post("/v1/predict", content=face_png, headers={"content-type": "image/png"}).json()
     b = client.post("/v1/predict", json={"image": base64.b64encode(face_png).decode(), "name": "p.png"}).json()

@@ -144,6 +144,41 @@ def decode_image(data: bytes, name: str = "image", gray: bool = False) -> np.nda
     return load(data, name, gray=gray).image
 
 
+def fetch(url: str, max_bytes: int = MAX_BYTES, timeout: float = 30.0) -> bytes:
+    """The bytes of an http(s) URL, for `load`: refused past `max_bytes` (by its Content-Length before reading, else
+    while reading), redirects only to http(s), every failure one FerkitError line naming the URL."""
+    import urllib.error
+    import urllib.request
+
+    if not url.lower().startswith(("http://", "https://")):
+        raise FerkitError(f"{url}: only http:// and https:// URLs are read")
+
+    class _HttpOnly(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+            if not newurl.lower().startswith(("http://", "https://")):
+                raise FerkitError(f"{url}: redirected to {newurl[:100]!r}, which is not an http(s) URL")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    opener = urllib.request.build_opener(_HttpOnly)
+    request = urllib.request.Request(url, headers={"User-Agent": "ferkit", "Accept": "image/*"})
+    try:
+        with opener.open(request, timeout=timeout) as r:
+            declared = r.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise ImageTooLarge(f"{url}: {int(declared):,} bytes, over the limit of {max_bytes:,}", "bytes")
+            data = r.read(max_bytes + 1)
+    except FerkitError:
+        raise
+    except urllib.error.HTTPError as e:
+        raise FerkitError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        why = getattr(e, "reason", None) or e
+        raise FerkitError(f"{url}: cannot download ({_why(why) if isinstance(why, BaseException) else why})") from None
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"{url}: over the limit of {max_bytes:,} bytes", "bytes")
+    return data
+
+
 def find_images(source: str | Path) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """Image files of a folder (recursive) or a glob, with their paths relative to it, and every other entry met
     on the way as (path, reason): files that are not images (videos, text, ...), broken links, pipes and devices,

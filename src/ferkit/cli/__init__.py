@@ -5,12 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from typer.core import TyperArgument, TyperCommand, TyperOption
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ferkit import __version__
 from ferkit.cli.common import set_verbosity
 
+GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose")
+
+
+class _AnywhereFlags(TyperGroup):
+    """-q/-v are accepted after the subcommand too (`ferkit predict x.jpg -q`): moved in front before parsing."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+        rest = [a for a in args[:end] if a not in GLOBAL_FLAGS]
+        return super().parse_args(ctx, flags + rest + args[end:])
+
+
 app = typer.Typer(
+    cls=_AnywhereFlags,
     name="ferkit",
     help="Facial expression recognition: explore data, train, evaluate, predict and serve, offline.",
     no_args_is_help=True,
@@ -25,7 +39,7 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(cls=_AnywhereFlags)
 def _root(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Less output: warnings and errors only."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="More output, and tracebacks for internal errors."),

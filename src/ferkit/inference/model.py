@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from ferkit.data.preprocess import preprocess
 from ferkit.errors import FerkitError
+from ferkit.inference.resolve import ModelRef, builtin_file, resolve_model
 from ferkit.views import TTA_MODES, apply_temperature, tta_mode, tta_views
 
 MAX_INPUT_SIZE = 1024  # a face is preprocessed to input_size x input_size; larger is a broken or hostile file
@@ -51,16 +51,21 @@ def _positive(path: Path, key: str, raw: str) -> float:
 
 def default_model_path() -> Path:
     """The model that ships inside the package."""
-    return Path(str(resources.files("ferkit") / "assets" / "ferkit_default.onnx"))
+    return builtin_file("default")
 
 
 class OnnxClassifier:
-    """Classify face crops: `predict_proba(crops)` for N uint8 crops of any size (gray or colour)."""
+    """Classify face crops: `predict_proba(crops)` for N uint8 crops of any size (gray or colour).
 
-    def __init__(self, path: str | Path | None = None, threads: int | None = None):
+    path: any model spec (ferkit.inference.resolve: a built-in name, a .onnx file, a run folder; None = "default").
+    """
+
+    def __init__(self, path: str | Path | ModelRef | None = None, threads: int | None = None):
         import onnxruntime as ort
 
-        self.path = Path(path) if path is not None else default_model_path()
+        ref = path if isinstance(path, ModelRef) else resolve_model(path)
+        self.ref = ref
+        self.path = ref.onnx()
         if not self.path.is_file():
             raise FerkitError(f"{self.path}: no such model file")
         opts = ort.SessionOptions()
@@ -79,7 +84,7 @@ class OnnxClassifier:
         self.classes: list[str] = _classes(self.path, meta["classes"])
         self.input_size = _int(self.path, "input_size", meta.get("input_size", "48"), 1, MAX_INPUT_SIZE)
         self.crop = _int(self.path, "crop", meta.get("crop", str(self.input_size)), 1, self.input_size)
-        self.name = meta.get("name", self.path.stem)
+        self.name = meta.get("name", ref.name)
         self.version = meta.get("version", "")
         self.temperature = _positive(self.path, "temperature", meta.get("temperature", "1.0"))
         if "tta" in meta:

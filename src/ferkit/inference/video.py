@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -17,11 +18,14 @@ import numpy as np
 from ferkit.errors import FerkitError
 from ferkit.images import MAX_PIXELS, ImageTooLarge
 from ferkit.inference.detect import Detection
-from ferkit.inference.recognizer import EmotionRecognizer, Prediction
+from ferkit.inference.results import Prediction
+from ferkit.inference.sources import VIDEO_SUFFIXES  # noqa: F401 - re-exported: where callers found it
 from ferkit.inference.tracking import FaceTracker
 from ferkit.utils import atomic_write, atomic_write_text
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
+if TYPE_CHECKING:
+    from ferkit.inference.recognizer import EmotionRecognizer
+
 
 
 @contextlib.contextmanager
@@ -93,31 +97,44 @@ class FrameSource:
     def __len__(self) -> int:
         return 0 if self.frame_count is None else (self.frame_count + self.stride - 1) // self.stride
 
+    def release(self) -> None:
+        self.cap.release()
+
 
 @dataclass
 class VideoPipeline:
-    """Per frame: detect (every `detect_every`-th processed frame, reusing boxes in between), classify, track."""
+    """Per frame: detect (every `detect_every`-th processed frame, reusing boxes in between), classify, track and
+    smooth. The one video loop body: `EmotionRecognizer.stream` and the service's /v1/stream both run frames
+    through it. detect=False takes each whole frame as one face crop."""
 
     recognizer: EmotionRecognizer
     tracker: FaceTracker = field(default_factory=FaceTracker)
     detect_every: int = 1
+    detect: bool | None = None
+    keep_crops: bool = False
     _count: int = 0
     _last: list[Detection] = field(default_factory=list)
 
-    def process(self, frame: np.ndarray, index: int, time: float, keep_crops: bool = False) -> Prediction:
+    def process(self, frame: np.ndarray, index: int | None = None, time: float | None = None) -> Prediction:
         rec = self.recognizer
-        if self._count % max(1, self.detect_every) == 0:
-            self._last = rec.detect(frame)
+        index = self._count if index is None else index
+        if self.detect is False:
+            pred = rec.predict(frame, detect=False, keep_crops=self.keep_crops)
+            faces = pred.faces
+        else:
+            if self._count % max(1, self.detect_every) == 0:
+                self._last = rec.detect(frame)
+            crops = [rec.crop(frame, d) for d in self._last]
+            prob = rec.predict_proba(crops) if crops else np.zeros((0, len(rec.classes)), np.float32)
+            faces = [
+                rec._face(p, d.box, d.score, d.landmarks, c if self.keep_crops else None)
+                for p, d, c in zip(prob, self._last, crops, strict=True)
+            ]
         self._count += 1
-        crops = [rec.crop(frame, d) for d in self._last]
-        prob = rec.predict_proba(crops) if crops else np.zeros((0, len(rec.classes)), np.float32)
-        faces = [
-            rec._face(p, d.box, d.score, d.landmarks, c if keep_crops else None)
-            for p, d, c in zip(prob, self._last, crops, strict=True)
-        ]
         self.tracker.update(faces)
         h, w = frame.shape[:2]
-        return Prediction(faces, w, h, detector=rec.detector.name, frame=index, time=time)
+        return Prediction(faces, w, h, detector=None if self.detect is False else rec.detector.name, frame=index,
+                          time=time, image=frame)
 
 
 class Timeline:
@@ -135,7 +152,7 @@ class Timeline:
     def to_csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["time", "frame", "track", *self.classes])
+        w.writerow(["time", "frame", "track_id", *self.classes])
         for t, fr, tr, p in self.rows:
             w.writerow([f"{t:.3f}", fr, tr, *(f"{v:.4f}" for v in p)])
         return buf.getvalue()
@@ -149,10 +166,9 @@ class Timeline:
         if not self.rows:
             return out
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            # A Figure with its own Agg canvas: pyplot (and matplotlib.use) would touch the caller's backend.
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
         except ImportError:
             import logging
 
@@ -167,7 +183,9 @@ class Timeline:
             rows = [r for r in self.rows if r[2] == tr]
             t = np.array([r[0] for r in rows])
             p = np.array([r[3] for r in rows])
-            fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
+            fig = Figure(figsize=(8, 3.2), dpi=100)
+            FigureCanvasAgg(fig)
+            ax = fig.add_subplot()
             for k, name in enumerate(self.classes):
                 b, g, r_ = class_colour(name)
                 ax.plot(t, p[:, k], label=name, color=(r_ / 255, g / 255, b / 255), lw=1.6)
@@ -179,28 +197,42 @@ class Timeline:
             fig.tight_layout()
             png = folder / f"{stem}_track{tr}.png"
             atomic_write(png, lambda p_, fig=fig: fig.savefig(p_, format="png"))
-            plt.close(fig)
             out.append(png)
         return out
 
 
-class VideoSink:
-    """An annotated video written to a temporary file and renamed into place when closed."""
+# Browser-playable codecs first (H.264 in MP4, then VP8 and VP9 in WebM), then MPEG-4 Part 2, which every OpenCV build
+# with FFmpeg writes but browsers do not play. VP8 before VP9: libvpx's VP9 took 37 ms a 640x480 frame here, VP8 7 ms
+# (mp4v 0.8 ms), and both play everywhere WebM does.
+VIDEO_CODECS = (("avc1", ".mp4"), ("vp80", ".webm"), ("vp09", ".webm"), ("mp4v", ".mp4"))
 
-    def __init__(self, path: Path, fps: float, size: tuple[int, int]):
-        import os
+
+class VideoSink:
+    """An annotated video, written to a temporary file and renamed into place when closed, in the first codec of
+    `codecs` this OpenCV build can write (checked by opening the writer); `path` has the suffix it chose."""
+
+    def __init__(self, folder: str | Path, stem: str, fps: float, size: tuple[int, int],
+                 codecs: tuple[tuple[str, str], ...] = VIDEO_CODECS):
         import tempfile
 
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-        os.close(fd)
-        fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix.lower() == ".avi" else "mp4v"))
-        self.writer = cv2.VideoWriter(self.tmp, fourcc, fps, size)
-        if not self.writer.isOpened():
-            Path(self.tmp).unlink(missing_ok=True)
-            raise FerkitError(f"{path}: cannot write video (codec not available)")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         self.size = size
+        self.writer = None
+        for fourcc, suffix in codecs:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=suffix)
+            os.close(fd)
+            with _quiet_stderr():  # FFmpeg explains on stderr why a tag does not fit a container
+                writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*fourcc), fps, size)
+            if writer.isOpened():
+                self.writer, self.tmp, self.codec = writer, tmp, fourcc
+                self.path = folder / f"{stem}{suffix}"
+                break
+            writer.release()
+            Path(tmp).unlink(missing_ok=True)
+        if self.writer is None:
+            raise FerkitError(f"{folder / stem}: cannot write video (none of the codecs "
+                              f"{', '.join(c for c, _ in codecs)} is available in this OpenCV)")
 
     def write(self, frame: np.ndarray) -> None:
         if (frame.shape[1], frame.shape[0]) != self.size:
@@ -208,10 +240,11 @@ class VideoSink:
         self.writer.write(frame)
 
     def close(self, keep: bool = True) -> None:
-        import os
-
         self.writer.release()
         if keep:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; a video is shared like any output
             os.replace(self.tmp, self.path)
         else:
             Path(self.tmp).unlink(missing_ok=True)

