@@ -349,3 +349,29 @@ def test_inference_package_does_not_import_torch_or_sklearn() -> None:
 def test_decode_image_still_reads_plain_jpeg(astronaut: np.ndarray) -> None:
     img = decode_image(cv2.imencode(".jpg", astronaut)[1].tobytes(), "a.jpg")
     assert img.shape == astronaut.shape
+
+
+@needs_detector
+def test_adaptive_detection_finds_small_faces_in_large_photos(rec: EmotionRecognizer, astronaut: np.ndarray) -> None:
+    # A 2048 x 1536 photo with a 40 px face and a 300 px one: at the detection size (320 px) the small face is
+    # 6 px wide and lost; adaptive detection looks again at 1280 px (benchmarks/small_faces.py for every size).
+    from skimage import data
+
+    photo = cv2.resize(cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), (2048, 1536))
+    x, y, w, h = ASTRONAUT_FACE
+    head = astronaut[y - 50 : y + h + 50, x - 50 : x + w + 50]
+    truth = []
+    for width, (px, py) in ((40, (300, 900)), (300, (1200, 300))):
+        s = width / w
+        patch = cv2.resize(head, (round(head.shape[1] * s), round(head.shape[0] * s)), interpolation=cv2.INTER_AREA)
+        photo[py : py + patch.shape[0], px : px + patch.shape[1]] = patch
+        truth.append((px + 50 * s, py + 50 * s, w * s, h * s))
+
+    def found(dets) -> list[bool]:
+        return [any(iou(d.box, t) > 0.3 for d in dets) for t in truth]
+
+    assert found(rec.detect(photo, adaptive=False)) == [False, True]
+    assert found(rec.detect(photo)) == [True, True]
+    assert len(rec.detect(photo)) == 2  # the large face once, not once per pass
+    assert found(rec.detect(photo, max_faces=1)) == [False, True]  # max_faces found already: no second look
+    assert len(rec.predict(photo, threshold=0.99).faces) < len(rec.predict(photo).faces)  # per-call settings

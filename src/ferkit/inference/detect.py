@@ -41,15 +41,20 @@ class FaceDetector:
         self.threshold = threshold
         self.min_size = min_size
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        """Faces in a BGR, BGRA or gray uint8 image, best first."""
+    def detect(self, image: np.ndarray, detect_size: int | None = None, threshold: float | None = None
+               ) -> list[Detection]:
+        """Faces in a BGR, BGRA or gray uint8 image, best first. detect_size / threshold: this call's own (the
+        detector's otherwise), so concurrent callers with different settings share one detector."""
+        size = self.detect_size if detect_size is None else detect_size
+        threshold = self.threshold if threshold is None else threshold
         h, w = image.shape[:2]
-        scale = min(1.0, self.detect_size / max(h, w)) if self.detect_size else 1.0
-        small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        scale = min(1.0, size / max(h, w)) if size else 1.0
+        small = image if scale == 1.0 else cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                                      interpolation=cv2.INTER_AREA)
         dets = self._detect(small)
         out = []
         for d in dets:
-            if d.score < self.threshold:
+            if d.score < threshold:
                 continue
             x, y, bw, bh = (v / scale for v in d.box)
             # Clip to the image: a box half outside the frame still gives a usable crop.

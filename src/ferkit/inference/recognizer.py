@@ -70,6 +70,8 @@ __all__ = ["DEFAULT_MARGIN", "DEFAULT_SMOOTH", "Batch", "EmotionRecognizer", "Fa
 # Crop side / detector box side. FER2013 faces are cropped tight (brows to chin); 1.0 on the detector's box
 # matched them best in benchmarks/crop_margin.py (see docs/inference.md).
 DEFAULT_MARGIN = 1.0
+# Adaptive detection's second look at a large frame: this many times the detection size (320 -> 1280 px).
+ADAPTIVE_FACTOR = 4
 # EMA window (processed frames) of each track's probabilities in videos and streams: see docs/inference.md
 # ("Smoothing") and benchmarks/smoothing.py for the measurement behind it.
 DEFAULT_SMOOTH = 5
@@ -107,18 +109,13 @@ class EmotionRecognizer:
             self._orders.append(None if (order == np.arange(len(order))).all() else order)
         if margin <= 0:
             raise FerkitError(f"margin {margin}: must be > 0")
-        if not 0 <= threshold <= 1:
-            raise FerkitError(f"threshold {threshold}: must be between 0 and 1")
-        if detect_size < 0:
-            raise FerkitError(f"detect_size {detect_size}: must be >= 0 (0 = full size)")
-        if max_faces is not None and max_faces < 1:
-            raise FerkitError(f"max_faces {max_faces}: must be >= 1 (or None for all)")
+        check_detection(detect_size, threshold, max_faces)
         self.classes: list[str] = list(first.classes)
         self.input_size = first.input_size
         self.model_names = [m.name for m in self.models]
         self.tta = tta
         self.margin = margin
-        self.max_faces = max_faces
+        self.max_faces = max_faces or None
         self.adaptive = adaptive
         self._detector_spec = detector
         self._detect_size = detect_size
@@ -144,9 +141,23 @@ class EmotionRecognizer:
             probs.append(p if order is None else p[:, order])
         return probs[0] if len(probs) == 1 else np.mean(probs, axis=0).astype(np.float32)
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        dets = self.detector.detect(to_u8(image))
-        return dets[: self.max_faces] if self.max_faces else dets
+    def detect(self, image: np.ndarray, *, detect_size: int | None = None, threshold: float | None = None,
+               max_faces: int | None = None, adaptive: bool | None = None) -> list[Detection]:
+        """Faces, best first. The keyword arguments override the recognizer's settings for this call only.
+
+        Adaptive detection: a frame whose long side is over twice the detection size was seen at under half its
+        resolution, where faces of a few dozen pixels vanish; unless max_faces faces were found already, it is
+        searched again at up to ADAPTIVE_FACTOR times the detection size and the two passes' faces merged
+        (benchmarks/small_faces.py measures what it finds and costs)."""
+        img = to_u8(image)
+        size = self._detect_size if detect_size is None else detect_size
+        limit = self.max_faces if max_faces is None else (max_faces or None)
+        dets = self.detector.detect(img, size, threshold)
+        long_side = max(img.shape[:2])
+        if (self.adaptive if adaptive is None else adaptive) and size and long_side > 2 * size and not (
+                limit and len(dets) >= limit):
+            dets = merge_detections(dets, self.detector.detect(img, min(long_side, ADAPTIVE_FACTOR * size), threshold))
+        return dets[:limit] if limit else dets
 
     def crop(self, image: np.ndarray, detection: Detection) -> np.ndarray:
         return aligned_crop(to_u8(image), detection, self.margin)
@@ -164,8 +175,10 @@ class EmotionRecognizer:
         )
 
     def video(self, smooth: int = DEFAULT_SMOOTH, detect_every: int = 1, detect: bool | None = None,
-              keep_crops: bool = False):
-        """The per-frame pipeline of a video or camera (tracking, smoothing): `.process(frame)` -> Prediction."""
+              keep_crops: bool = False, **detection: Any):
+        """The per-frame pipeline of a video or camera (tracking, smoothing): `.process(frame)` -> Prediction.
+        Frames are detected at the detection size without the adaptive second look (rate matters more there),
+        unless adaptive=True is given."""
         from ferkit.inference.tracking import FaceTracker
         from ferkit.inference.video import VideoPipeline
 
@@ -173,7 +186,7 @@ class EmotionRecognizer:
             if v < 1:
                 raise FerkitError(f"{what} {v}: must be >= 1")
         return VideoPipeline(self, FaceTracker(window=smooth), detect_every=detect_every, detect=detect,
-                             keep_crops=keep_crops)
+                             keep_crops=keep_crops, detection={"adaptive": False, **check_detection(**detection)})
 
     # -- entry points -------------------------------------------------------------------------------------------
     def predict_crops(self, crops: np.ndarray | Sequence[np.ndarray], batch: int = 64) -> list[Face]:
@@ -182,15 +195,15 @@ class EmotionRecognizer:
 
     def predict(self, source: Any, *, detect: bool | None = None, name: str | None = None,
                 keep_crops: bool = False, save: str | Path | None = None, crops: str | Path | None = None,
-                progress: ProgressFn | None = None, **video: Any) -> Prediction | Batch:
+                progress: ProgressFn | None = None, **options: Any) -> Prediction | Batch:
         """One image -> Prediction; several, a folder, a glob, a video -> Batch. See the module docstring."""
-        if isinstance(source, np.ndarray) and save is None and crops is None:  # the hot path: no source to expand
-            return self._predict_array(source, detect, name, keep_crops)
+        if isinstance(source, np.ndarray) and save is None and crops is None and set(options) <= set(DETECTION_OPTIONS):
+            return self._predict_array(source, detect, name, keep_crops, **check_detection(**options))
         stream = self.stream(source, detect=detect, name=name, keep_crops=keep_crops, save=save, crops=crops,
-                             keep_images=False, **video)
+                             keep_images=False, **options)
         if stream.single and stream.kind == "image":
             return next(iter(stream))
-        if stream.kind == "camera" and not video.get("max_frames"):
+        if stream.kind == "camera" and not options.get("max_frames"):
             raise FerkitError(f"{stream.entries[0].name}: a camera never ends; use stream() or give max_frames")
         items = []
         for pred in stream:
@@ -206,7 +219,7 @@ class EmotionRecognizer:
         return PredictionStream(self, source, **options)
 
     def _predict_array(self, image: np.ndarray, detect: bool | None, name: str | None,
-                       keep_crops: bool) -> Prediction:
+                       keep_crops: bool, **detection: Any) -> Prediction:
         img = to_u8(np.asarray(image))
         h, w = img.shape[:2]
         if detect is None:
@@ -215,7 +228,7 @@ class EmotionRecognizer:
             p = self.predict_proba([img])[0]
             face = self._face(p, (0, 0, w, h), 1.0, crop=img if keep_crops else None)
             return Prediction([face], w, h, source=name, detector=None, image=image)
-        dets = self.detect(img)
+        dets = self.detect(img, **detection)
         crops = [aligned_crop(img, d, self.margin) for d in dets]
         prob = self.predict_proba(crops) if crops else np.zeros((0, len(self.classes)), np.float32)
         faces = [
@@ -223,6 +236,33 @@ class EmotionRecognizer:
             for p, d, c in zip(prob, dets, crops, strict=True)
         ]
         return Prediction(faces, w, h, source=name, detector=self.detector.name, image=image)
+
+
+DETECTION_OPTIONS = ("detect_size", "threshold", "max_faces", "adaptive")
+
+
+def check_detection(detect_size: int | None = None, threshold: float | None = None, max_faces: int | None = None,
+                    adaptive: bool | None = None) -> dict[str, Any]:
+    """Per-call detection settings (EmotionRecognizer.detect's keywords), checked; None ones left out."""
+    if detect_size is not None and detect_size < 0:
+        raise FerkitError(f"detect_size {detect_size}: must be >= 0 (0 = full size)")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise FerkitError(f"threshold {threshold}: must be between 0 and 1")
+    if max_faces is not None and max_faces < 0:
+        raise FerkitError(f"max_faces {max_faces}: must be >= 0 (0 = all)")
+    given = {"detect_size": detect_size, "threshold": threshold, "max_faces": max_faces, "adaptive": adaptive}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def merge_detections(first: list[Detection], second: list[Detection], iou_threshold: float = 0.3) -> list[Detection]:
+    """The faces of two detection passes, each face once (the higher-scoring of two overlapping boxes), best first."""
+    from ferkit.inference.tracking import iou
+
+    kept: list[Detection] = []
+    for d in sorted([*first, *second], key=lambda d: -d.score):
+        if all(iou(d.box, k.box) <= iou_threshold for k in kept):
+            kept.append(d)
+    return kept
 
 
 def to_u8(image: np.ndarray) -> np.ndarray:

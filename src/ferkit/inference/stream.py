@@ -45,9 +45,14 @@ class PredictionStream:
         max_frames: int | None = None,
         shard: tuple[int, int] | None = None,
         skip: Collection[str] = (),
+        detect_size: int | None = None,
+        threshold: float | None = None,
+        max_faces: int | None = None,
+        adaptive: bool | None = None,
     ):
-        from ferkit.inference.recognizer import DEFAULT_SMOOTH
+        from ferkit.inference.recognizer import DEFAULT_SMOOTH, check_detection
 
+        self.detection = check_detection(detect_size, threshold, max_faces, adaptive)
         for what, v in (("vid_stride", vid_stride), ("detect_every", detect_every), ("smooth", smooth or 1)):
             if v < 1:
                 raise FerkitError(f"{what} {v}: must be >= 1")
@@ -117,12 +122,13 @@ class PredictionStream:
         rec = self.rec
         try:
             if e.kind == "array":
-                pred = rec._predict_array(e.ref, self.opts["detect"], self.name, self.opts["keep_crops"])
+                pred = rec._predict_array(e.ref, self.opts["detect"], self.name, self.opts["keep_crops"],
+                                          **self.detection)
             else:
                 data = images.fetch(e.ref) if e.kind == "url" else e.ref
                 decoded = images.load(data, e.name or self.name or "image")
                 pred = rec._predict_array(decoded.image, self.opts["detect"], e.name or self.name,
-                                          self.opts["keep_crops"])
+                                          self.opts["keep_crops"], **self.detection)
                 pred = pred.scaled_to(decoded.width, decoded.height)
                 pred.image = decoded.image
         except Exception as err:
@@ -151,7 +157,7 @@ class PredictionStream:
         from ferkit.inference.video import Timeline, VideoSink
 
         pipe = self.rec.video(smooth=self.smooth, detect_every=self.detect_every, detect=self.opts["detect"],
-                              keep_crops=self.opts["keep_crops"])
+                              keep_crops=self.opts["keep_crops"], **self.detection)
         stem = f"camera{e.ref}" if e.kind == "camera" else (
             str(Path(e.key).with_suffix("")).replace("/", "__") if e.key else Path(str(e.ref)).stem)
         timeline = Timeline(self.rec.classes)

@@ -112,6 +112,7 @@ class VideoPipeline:
     detect_every: int = 1
     detect: bool | None = None
     keep_crops: bool = False
+    detection: dict = field(default_factory=dict)  # EmotionRecognizer.detect's keywords
     _count: int = 0
     _last: list[Detection] = field(default_factory=list)
 
@@ -123,7 +124,7 @@ class VideoPipeline:
             faces = pred.faces
         else:
             if self._count % max(1, self.detect_every) == 0:
-                self._last = rec.detect(frame)
+                self._last = rec.detect(frame, **self.detection)
             crops = [rec.crop(frame, d) for d in self._last]
             prob = rec.predict_proba(crops) if crops else np.zeros((0, len(rec.classes)), np.float32)
             faces = [
