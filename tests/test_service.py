@@ -295,8 +295,8 @@ def test_bomb_refused_by_the_decoder_too(recognizer):
     with pytest.raises(ApiError) as e:
         engine.predict_bytes(img, "big.png", None, False, None)
     assert (e.value.status, e.value.code) == (413, "too_many_pixels") and "big.png" in e.value.message
-    with pytest.raises(FerkitError, match="max pixels"):  # the setting may lower ferkit's one limit, not raise it
-        ServiceConfig(max_pixels=10**8).validate()
+    with pytest.raises(FerkitError, match="--max-pixels"):  # the setting may lower ferkit's one limit, not raise it
+        ServiceConfig(max_pixels=10**8)
 
 
 def test_upload_over_size_limit(recognizer, face_jpeg):
@@ -530,21 +530,36 @@ def test_stream_smoothing_moves_towards_new_frames(client, face_jpeg):
 
 
 # -- configuration and command line ----------------------------------------------------------------------------
-def test_config_env_and_flags():
+def test_config_env_and_flags(monkeypatch):
     env = {"FERKIT_HOST": "0.0.0.0", "FERKIT_PORT": "9001", "FERKIT_WORKERS": "3", "FERKIT_MAX_UPLOAD_MB": "2.5",
-           "FERKIT_CORS_ORIGINS": "http://a.example, http://b.example", "FERKIT_API_KEY": "k", "FERKIT_MODEL": "a.onnx"}
-    cfg = ServiceConfig.from_env(env)
+           "FERKIT_CORS_ORIGINS": "http://a.example, http://b.example", "FERKIT_API_KEY": "k", "FERKIT_MODEL": "a.onnx",
+           "FERKIT_DETECT_SIZE": "640", "FERKIT_THRESHOLD": "0.7", "FERKIT_MAX_FACES": "3", "FERKIT_ACCESS_LOG": "1",
+           "FERKIT_PRECISION": "int8"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    cfg = ServiceConfig.from_env()
     assert (cfg.host, cfg.port, cfg.workers, cfg.max_upload_mb, cfg.api_key) == ("0.0.0.0", 9001, 3, 2.5, "k")
     assert cfg.cors_origins == ("http://a.example", "http://b.example") and cfg.model == ("a.onnx",)
+    assert (cfg.detect_size, cfg.threshold, cfg.max_faces, cfg.access_log, cfg.precision) == (640, 0.7, 3, True, "int8")
     assert cfg.max_upload_bytes == int(2.5 * 1024 * 1024) and not cfg.is_loopback
-    flags = ServiceConfig.from_env(env, port=8123, workers=None)  # None: flag not given
+    flags = ServiceConfig.from_env(port=8123, workers=None)  # None: flag not given
     assert (flags.port, flags.workers) == (8123, 3)
-    default = ServiceConfig.from_env({})
-    assert default.host == "127.0.0.1" and default.is_loopback and default.api_key is None
-    for bad in ({"FERKIT_PORT": "abc"}, {"FERKIT_PORT": "70000"}, {"FERKIT_WORKERS": "0"},
-                {"FERKIT_MAX_UPLOAD_MB": "-1"}):
-        with pytest.raises(FerkitError, match="FERKIT_PORT|port|workers|upload"):
-            ServiceConfig.from_env(bad)
+    for k in env:
+        monkeypatch.delenv(k)
+    default = ServiceConfig.from_env()
+    assert default.host == "127.0.0.1" and default.is_loopback and default.api_key is None and not default.access_log
+    for var, value, expect in (("FERKIT_PORT", "abc", "FERKIT_PORT='abc'"), ("FERKIT_PORT", "70000", "FERKIT_PORT"),
+                               ("FERKIT_WORKERS", "0", "FERKIT_WORKERS='0'"),
+                               ("FERKIT_MAX_UPLOAD_MB", "-1", "FERKIT_MAX_UPLOAD_MB"),
+                               ("FERKIT_MAX_UPLOAD_MB", "nan", "FERKIT_MAX_UPLOAD_MB"),
+                               ("FERKIT_THRESHOLD", "1.5", "FERKIT_THRESHOLD"), ("FERKIT_PRECISION", "int4", "int4")):
+        monkeypatch.setenv(var, value)
+        with pytest.raises(FerkitError, match=expect) as e:
+            ServiceConfig.from_env()
+        assert "\n" not in str(e.value)
+        monkeypatch.delenv(var)
+    with pytest.raises(FerkitError, match="--port 0: Input should be greater than or equal to 1"):
+        ServiceConfig.from_env(port=0)  # a flag is named as a flag
 
 
 def test_cli_serve(monkeypatch, tmp_path):
@@ -553,12 +568,87 @@ def test_cli_serve(monkeypatch, tmp_path):
     from ferkit.cli import app
 
     runner = CliRunner()
-    r = runner.invoke(app, ["serve", "--help"])
+    r = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "120"})
     assert r.exit_code == 0 and "Example: ferkit serve" in r.output and "FERKIT_API_KEY" in r.output
-    r = runner.invoke(app, ["serve", "--model", str(tmp_path / "missing.onnx")])
-    assert r.exit_code == 2
+    assert "<" not in r.output and "--detect-size" in r.output and "--access-log" in r.output
+    port = str(_free_port())
+    r = runner.invoke(app, ["serve", "--port", port, "--model", str(tmp_path / "missing.onnx")])
+    assert r.exit_code == 2 and "missing.onnx" in r.stderr
     monkeypatch.setenv("FERKIT_WORKERS", "zero")
-    assert runner.invoke(app, ["serve"]).exit_code == 2
+    r = runner.invoke(app, ["serve", "--port", port])
+    assert r.exit_code == 2 and "FERKIT_WORKERS='zero'" in r.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_serve_port_in_use_exits_2_before_loading_the_model(monkeypatch):
+    # Before: the model loaded, then uvicorn failed to bind and the command exited 3.
+    import socket
+
+    from typer.testing import CliRunner
+
+    import ferkit.service
+    from ferkit.cli import app
+
+    def no_model(*a, **kw):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(ferkit.service, "create_app", no_model)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = CliRunner().invoke(app, ["serve", "--port", str(port)])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip() == f"error: port {port} on 127.0.0.1 is in use (another server?); choose another with " \
+                               "--port or FERKIT_PORT"
+
+
+def test_access_log_flag():
+    from ferkit.cli.serve import uvicorn_config
+
+    assert uvicorn_config(None, ServiceConfig(access_log=True)).access_log is True
+    assert uvicorn_config(None, ServiceConfig()).access_log is False
+
+
+def test_detection_settings_per_server_and_per_request(recognizer, face_jpeg):
+    # Two astronauts side by side: the server's max_faces and each request's own settings.
+    img = cv2.imdecode(np.frombuffer(face_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    two = cv2.imencode(".jpg", np.hstack([img, img[:, ::-1]]))[1].tobytes()
+    jpeg = {"content-type": "image/jpeg"}
+    with make_client(recognizer) as c:
+        assert len(c.post("/v1/predict", content=two, headers=jpeg).json()["faces"]) == 2
+        assert len(c.post("/v1/predict?max_faces=1", content=two, headers=jpeg).json()["faces"]) == 1
+        assert c.post("/v1/predict?threshold=1", content=two, headers=jpeg).json()["faces"] == []
+        assert len(c.post("/v1/predict?detect_size=0", content=two, headers=jpeg).json()["faces"]) == 2
+        for bad in ("detect_size=-1", "threshold=2", "max_faces=-3"):
+            assert_error(c.post(f"/v1/predict?{bad}", content=two, headers=jpeg), 422, "invalid_parameter")
+        batch = c.post("/v1/predict/batch?max_faces=1", files=[("f", ("two.jpg", two, "image/jpeg"))]).json()
+        assert len(batch["results"][0]["faces"]) == 1
+        with c.websocket_connect("/v1/stream?max_faces=1") as ws:
+            ws.send_bytes(two)
+            assert len(ws.receive_json()["faces"]) == 1
+        info = c.get("/v1/models").json()
+        assert (info["detect_size"], info["threshold"], info["max_faces"]) == (320, 0.5, 0)
+    with make_client(recognizer, max_faces=1) as c:
+        assert len(c.post("/v1/predict", content=two, headers=jpeg).json()["faces"]) == 1
+        assert len(c.post("/v1/predict?max_faces=0", content=two, headers=jpeg).json()["faces"]) == 2
+
+
+def test_library_errors_map_to_statuses_by_type_not_text():
+    from ferkit import images
+    from ferkit.service.errors import from_ferkit_error
+
+    assert from_ferkit_error(images.EmptyImage("x: empty file")).code == "empty_body"
+    assert from_ferkit_error(FerkitError("my: empty file")).code == "bad_image"  # the words alone decide nothing
+    assert from_ferkit_error(images.ImageTooLarge("x", "bytes")).status == 413
+    assert from_ferkit_error(images.UnknownFormat("x")).status == 415
 
 
 def test_graceful_shutdown_finishes_in_flight_request(recognizer, face_jpeg):
@@ -618,13 +708,15 @@ def test_cli_imports_no_server_stack():
 
 
 # -- hostile clients (more kinds in test_hostile.py) -----------------------------------------------------------------
-def test_blank_api_key_is_refused_like_an_empty_flag():
-    for env in ({"FERKIT_API_KEY": ""}, {"FERKIT_API_KEY": "   "}):
+def test_blank_api_key_is_refused_like_an_empty_flag(monkeypatch):
+    for value in ("", "   "):
+        monkeypatch.setenv("FERKIT_API_KEY", value)
         with pytest.raises(FerkitError, match="api key: empty or blank"):
-            ServiceConfig.from_env(env)
+            ServiceConfig.from_env()
+    monkeypatch.delenv("FERKIT_API_KEY")
     with pytest.raises(FerkitError, match="api key"):
-        ServiceConfig.from_env({}, api_key=" ")
-    assert ServiceConfig.from_env({}).api_key is None
+        ServiceConfig.from_env(api_key=" ")
+    assert ServiceConfig.from_env().api_key is None
 
 
 def test_loopback_server_answers_only_loopback_hosts(recognizer):
@@ -640,7 +732,7 @@ def test_loopback_server_answers_only_loopback_hosts(recognizer):
             pass
     with Client(create_app(ServiceConfig(host="0.0.0.0", workers=1), recognizer=recognizer)) as c:
         assert c.get("/healthz", headers={"host": "anything.example"}).status_code == 200  # bound for the network
-    cfg = ServiceConfig.from_env({"FERKIT_ALLOWED_HOSTS": "faces.example, Proxy.Local"}, workers=1)
+    cfg = ServiceConfig(allowed_hosts="faces.example, Proxy.Local", workers=1)
     with Client(create_app(cfg, recognizer=recognizer)) as c:
         assert c.get("/healthz", headers={"host": "proxy.local:443"}).status_code == 200
         assert_error(c.get("/healthz", headers={"host": "other.example"}), 400, "bad_host")

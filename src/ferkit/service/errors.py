@@ -43,15 +43,16 @@ class ApiError(Exception):
 
 
 def from_ferkit_error(e: FerkitError) -> ApiError:
-    """Map the library's one-line user errors to HTTP: over a limit 413, not an image format 415, the rest 400."""
-    from ferkit.images import ImageTooLarge, UnknownFormat
+    """Map the library's one-line user errors to HTTP by their type: over a limit 413, not an image format 415, no
+    bytes at all 400 empty_body, any other 400 bad_image. The message is the library's."""
+    from ferkit.images import EmptyImage, ImageTooLarge, UnknownFormat
 
     msg = str(e)
     if isinstance(e, ImageTooLarge):
         return ApiError(413, "too_large" if e.limit == "bytes" else "too_many_pixels", msg)
     if isinstance(e, UnknownFormat):
         return ApiError(415, "unsupported_media_type", msg)
-    if msg.endswith(": empty file"):
+    if isinstance(e, EmptyImage):
         return ApiError(400, "empty_body", msg)
     return ApiError(400, "bad_image", msg)
 

