@@ -375,3 +375,21 @@ def test_adaptive_detection_finds_small_faces_in_large_photos(rec: EmotionRecogn
     assert len(rec.detect(photo)) == 2  # the large face once, not once per pass
     assert found(rec.detect(photo, max_faces=1)) == [False, True]  # max_faces found already: no second look
     assert len(rec.predict(photo, threshold=0.99).faces) < len(rec.predict(photo).faces)  # per-call settings
+
+
+def test_probability_bar_never_covers_the_label() -> None:
+    # Before: a box reaching the frame's bottom got its bar above the box, drawn over the label.
+    from ferkit.inference.draw import layout
+
+    def overlap(a, b) -> bool:
+        return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+    h = 480
+    for y in (0, 5, 30, 100, 300):
+        for bh in (3, 10, 40, 150, 400, 480):
+            label, bar = layout((50, y, 120, bh), (90, 22), max(4, bh // 12), h)
+            assert not overlap(label, bar), (y, bh, label, bar)
+            assert label[1] >= 0 and label[3] <= max(h - 1, y + 22)
+    tall_label, tall_bar = layout((50, 40, 120, 440), (90, 22), 36, h)  # the box fills the frame below the label
+    assert tall_label[3] <= 40 and tall_bar[1] > 40 and tall_bar[3] <= 480
+

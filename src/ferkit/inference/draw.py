@@ -49,18 +49,32 @@ def draw_faces(image: np.ndarray, faces: Sequence) -> np.ndarray:
         cv2.rectangle(img, (x, y), (x + bw, y + bh), colour, thick, cv2.LINE_AA)
         text = f"{f.label} {f.confidence:.0%}" + (f" #{f.track_id}" if f.track_id is not None else "")
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thick)
-        ty = y - 4 if y - th - base - 4 >= 0 else min(h - 1, y + bh + th + 4)
-        cv2.rectangle(img, (x, ty - th - base), (x + tw + 4, ty + 2), colour, -1)
-        cv2.putText(img, text, (x + 2, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thick,
+        label, bar = layout((x, y, bw, bh), (tw + 4, th + base + 2), max(4, bh // 12), h)
+        cv2.rectangle(img, label[:2], label[2:], colour, -1)
+        cv2.putText(img, text, (label[0] + 2, label[3] - base), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thick,
                     cv2.LINE_AA)
-        # Stacked bar under the box: each class's share of the width is its probability.
-        bar_h = max(4, bh // 12)
-        by = y + bh + 2 if y + bh + 2 + bar_h <= h else max(0, y - bar_h - 2)
-        bx = x
+        # Stacked bar: each class's share of the width is its probability.
+        bx, by, _, by1 = bar
         for name, p in f.probabilities.items():
             seg = int(round(p * bw))
             if seg > 0:
-                cv2.rectangle(img, (bx, by), (min(x + bw, bx + seg), by + bar_h), class_colour(name), -1)
+                cv2.rectangle(img, (bx, by), (min(x + bw, bx + seg), by1), class_colour(name), -1)
             bx += seg
-        cv2.rectangle(img, (x, by), (x + bw, by + bar_h), (255, 255, 255), 1)
+        cv2.rectangle(img, bar[:2], bar[2:], (255, 255, 255), 1)
     return img
+
+
+Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 (inclusive)
+
+
+def layout(box: tuple[int, int, int, int], label_size: tuple[int, int], bar_h: int, img_h: int) -> tuple[Rect, Rect]:
+    """Where a face's label and probability bar go: the label above the box, or inside its top when the box touches
+    the image's top; the bar under the box, or inside its bottom when the box reaches the image's bottom, and never
+    over the label (a box too short for both gets the bar right under the label)."""
+    x, y, bw, bh = box
+    lw, lh = label_size
+    label_top = y - lh if y - lh >= 0 else y
+    label = (x, label_top, x + lw, label_top + lh)
+    bar_top = y + bh + 2 if y + bh + 2 + bar_h <= img_h - 1 else y + bh - 2 - bar_h
+    bar_top = max(bar_top, label[3] + 2)  # the label starts at the same x: the bar stays below it
+    return label, (x, bar_top, x + bw, bar_top + bar_h)
