@@ -1,14 +1,18 @@
-# Everything runs inside .venv; `make setup` creates it. CPU-only PyTorch is pinned in pyproject.toml.
+# Everything runs inside .venv; `make setup` creates it. PyTorch is installed first, CPU-only: the version the
+# project is tested with (TORCH); on a machine whose package index serves CUDA builds, also pass the CPU wheel index,
+# e.g. `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast test-floor lint clean
 
 $(BIN)/ferkit: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH)'
 	$(BIN)/pip install -q -e '.[train,serve,dev]'
 	@touch $@
 
@@ -19,11 +23,22 @@ demo: setup
 	$(BIN)/python -c "import cv2, skimage.data; cv2.imwrite('out/astronaut.jpg', skimage.data.astronaut()[:, :, ::-1])"
 	$(BIN)/ferkit predict out/astronaut.jpg --save out/demo
 
+# The whole suite: what CI (.ci/run) runs.
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Day-to-day: everything but the tests marked slow (real datasets, training runs, installs, the browser).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The oldest dependencies pyproject.toml allows, all together (tests/constraints-floor.txt), in their own venv.
+test-floor:
+	$(PY) -m venv build/venv-floor
+	build/venv-floor/bin/pip install -q -c tests/constraints-floor.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e '.[train,serve]' pytest httpx
+	build/venv-floor/bin/python -m pytest -q -m "not slow" tests/test_training.py tests/test_train_cli.py tests/test_evaluation.py tests/test_evaluation_metrics.py tests/test_data_tools.py tests/test_inference.py
+
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) build/venv-floor out

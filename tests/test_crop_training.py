@@ -49,6 +49,7 @@ def test_random_crops_cover_every_window_position() -> None:
     assert len(seen) == 81  # 9 x 9 offsets of a 40-pixel window in 48
 
 
+@pytest.mark.slow
 def test_crop_run_exports_its_contract_and_every_consumer_follows_it(tiny_folders: Path, tmp_path: Path) -> None:
     from ferkit.evaluation.predictors import load_ensemble
     from ferkit.inference.model import OnnxClassifier
@@ -125,6 +126,7 @@ def test_resume_repairs_the_log_and_refuses_a_bad_state(tiny_folders: Path, tmp_
         Trainer(small_cfg(tiny_folders, out, "epochs=3"), resume=True)
 
 
+@pytest.mark.slow
 def test_member_script_trains_scores_and_keeps_finished_members(tiny_folders: Path, tmp_path: Path) -> None:
     import subprocess
     import sys

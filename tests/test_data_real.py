@@ -59,6 +59,7 @@ def readme_table() -> dict[str, dict[str, int]]:
     return out
 
 
+@pytest.mark.slow
 def test_fer2013_counts_equal_the_readme(fer2013):
     table = readme_table()
     assert set(table) == {"train", "val", "test"}
@@ -72,18 +73,21 @@ def test_fer2013_counts_equal_the_readme(fer2013):
     assert all(n.split("/")[-1].startswith("PrivateTest_") for n in fer2013["test"].names)
 
 
+@pytest.mark.slow
 def test_fer2013_second_load_comes_from_the_cache(fer2013):
     again = load_dataset(FER2013)
     assert again.from_cache
     np.testing.assert_array_equal(again["test"].images, fer2013["test"].images)
 
 
+@pytest.mark.slow
 def test_fer2013_four_class_subset(fer2013):
     four = load_dataset(FER2013, classes="happy,sad,surprise,neutral")
     assert four.classes == ["happy", "sad", "surprise", "neutral"]
     assert four.counts()["train"] == [7215, 4830, 3171, 4965]
 
 
+@pytest.mark.slow
 def test_ferplus_majority_counts(ferplus):
     """Majority-vote counts, checked against a direct count over the raw votes of every label.csv."""
     votes = ferplus_vote_table(FERPLUS)
@@ -104,6 +108,7 @@ def fer2013_audit(fer2013):
     return audit(fer2013)
 
 
+@pytest.mark.slow
 def test_fer2013_audit_finds_blanks_and_leakage(fer2013, fer2013_audit):
     counts = fer2013_audit.counts()
     assert 8 <= sum(counts["blank"].values()) <= 20  # FER2013's all-black images
@@ -115,6 +120,7 @@ def test_fer2013_audit_finds_blanks_and_leakage(fer2013, fer2013_audit):
     assert fer2013_audit.seconds < 60
 
 
+@pytest.mark.slow
 def test_ferplus_audit_reads_not_face_votes(ferplus):
     from ferkit.data.audit import Flag, _ferplus_flags
 

@@ -108,6 +108,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               splits=("train", "validation"))
 
 
+@pytest.mark.slow
 def test_two_processes_keep_identical_replicas_and_resume(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "one"
     settings = [f"data={data}", "epochs=2", "batch_size=16", "threads=1", "ema=0.9", "crop=32", "lr=0.05",
@@ -155,6 +156,7 @@ def test_two_processes_keep_identical_replicas_and_resume(data: Path, tmp_path: 
             assert torch.equal(x[k], y[k]), f"resumed run: {k} differs from the uninterrupted run"
 
 
+@pytest.mark.slow
 def test_torchrun_on_two_processes_matches_one_with_the_same_global_batch(data: Path, tmp_path: Path) -> None:
     ref, out = tmp_path / "one", tmp_path / "two"
     one = Trainer(load_config(None, [f"data={data}", f"out={ref}", *COMPARE]))

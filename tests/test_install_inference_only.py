@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("FERKIT_SKIP_INSTALL_TEST") == "1
                                 reason="FERKIT_SKIP_INSTALL_TEST=1")
 
 
+@pytest.mark.slow
 def test_plain_install_predicts_without_torch(tmp_path: Path) -> None:
     from skimage import data
 

@@ -153,6 +153,7 @@ async def _page(devtools_port: int):
     return await websockets.connect(page["webSocketDebuggerUrl"], max_size=None)
 
 
+@pytest.mark.slow
 def test_page_upload_shows_emotion(server, browser, images, tmp_path):
     base, classes = server
 
@@ -186,6 +187,7 @@ def test_page_upload_shows_emotion(server, browser, images, tmp_path):
     assert (tmp_path / "page_upload.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_page_camera_streams_live_labels(server, browser, tmp_path):
     base, classes = server
 

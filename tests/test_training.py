@@ -107,8 +107,24 @@ def test_resume_continues_exactly(tiny_folders: Path, tmp_path: Path) -> None:
 
 
 def test_imbalance_options_and_soft_labels_need_votes(tiny_folders: Path, tmp_path: Path) -> None:
-    for balance in ("weights", "sampler"):
-        Trainer(small_cfg(tiny_folders, tmp_path / balance, "epochs=1", f"balance={balance}")).fit()
+    # Unbalance the training split: 24 happy, 12 sad, 6 neutral.
+    for cls, keep in (("sad", 12), ("neutral", 6)):
+        for f in sorted((tiny_folders / "train" / cls).iterdir())[keep:]:
+            f.unlink()
+    counts = {}
+    for balance in ("none", "weights", "sampler"):
+        t = Trainer(small_cfg(tiny_folders, tmp_path / balance, "epochs=1", f"balance={balance}"))
+        counts[balance] = np.bincount(t.ds["train"].labels[t._order().cpu().numpy()], minlength=3)
+        summary = t.fit()
+        assert summary["epochs_run"] == 1 and np.isfinite(summary["val_acc"])
+    n = np.bincount(t.ds["train"].labels, minlength=3)
+    assert sorted(n.tolist()) == [6, 12, 24]
+    # Class weights are inverse frequencies (mean 1 over the images): a neutral image weighs 4 times a happy one.
+    w = t.class_weights.cpu().numpy()
+    np.testing.assert_allclose(w * n, n.sum() / 3, rtol=1e-6)
+    # Plain epochs show each image once; balanced sampling draws every class about equally often.
+    assert counts["none"].tolist() == n.tolist() and counts["weights"].tolist() == n.tolist()
+    assert counts["sampler"].min() >= 8 and counts["sampler"].max() <= 20  # 14 each on average, 42 draws
     with pytest.raises(FerkitError, match="vote distributions"):
         Trainer(small_cfg(tiny_folders, tmp_path / "soft", "soft_labels=true"))
 
@@ -172,6 +188,7 @@ def test_fine_tune_matches_classes_by_name_and_freezes_the_body(tiny_folders: Pa
                      ["happy", "contempt"]) == ["contempt"]
 
 
+@pytest.mark.slow
 def test_imbalance_study_script_trains_each_mode_and_reports(tiny_folders: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -235,3 +252,108 @@ def test_train_and_test_only_gets_a_seeded_stratified_val_split(tmp_path: Path, 
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["val_split"].startswith("20% of train")
     with pytest.raises(FerkitError, match="val_fraction"):
         Trainer(small_cfg(data, tmp_path / "none", "val_fraction=0"))
+
+
+def _scripted(t: Trainer, monkeypatch: pytest.MonkeyPatch, vals: list[dict[str, float]]) -> None:
+    """Make `t.fit()` quick and its validation scripted: no training steps, the given val rows in turn."""
+    it = iter(vals)
+    monkeypatch.setattr(t, "train_epoch", lambda: {"train_loss": 1.0, "train_acc": 0.5, "images_per_s": 1.0})
+    monkeypatch.setattr(t, "validate", lambda: {"val_loss": 1.0, "val_macro_f1": 0.5, **next(it)})
+
+
+def test_cosine_schedule_anneals_to_zero(tiny_folders: Path, tmp_path: Path) -> None:
+    t = Trainer(small_cfg(tiny_folders, tmp_path / "run", "schedule=cosine", "epochs=2", "lr=0.04"))
+    t.fit()
+    lrs = [json.loads(r)["lr"] for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert 0.04 > lrs[0] > lrs[1] and lrs[1] == pytest.approx(0, abs=1e-9)
+    assert lrs[0] == pytest.approx(0.02, rel=0.2)  # halfway through, half the peak
+
+
+def test_plateau_schedule_halves_after_three_epochs_without_progress(tiny_folders: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    t = Trainer(small_cfg(tiny_folders, tmp_path / "run", "schedule=plateau", "epochs=6", "lr=0.04"))
+    _scripted(t, monkeypatch, [{"val_acc": a} for a in (0.5, 0.5, 0.5, 0.5, 0.5, 0.6)])
+    t.fit()
+    lrs = [json.loads(r)["lr"] for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.04, 0.04, 0.04, 0.04, 0.02, 0.02])
+
+
+def test_patience_stops_early_and_keeps_the_best_epoch(tiny_folders: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    t = Trainer(small_cfg(tiny_folders, tmp_path / "run", "patience=2", "epochs=10"))
+    _scripted(t, monkeypatch, [{"val_acc": a} for a in (0.4, 0.6, 0.5, 0.55, 0.9, 0.9)])
+    summary = t.fit()
+    assert (summary["epochs_run"], summary["best_epoch"], summary["val_acc"]) == (4, 2, 0.6)
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize(("metric", "best"), [("val_acc", 3), ("val_loss", 1), ("val_macro_f1", 2)])
+def test_select_metric_chooses_the_checkpoint(tiny_folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              metric: str, best: int) -> None:
+    t = Trainer(small_cfg(tiny_folders, tmp_path / "run", f"select_metric={metric}"))
+    rows = [{"val_acc": 0.5, "val_loss": 0.7, "val_macro_f1": 0.3}, {"val_acc": 0.6, "val_loss": 0.9, "val_macro_f1": 0.6},
+            {"val_acc": 0.7, "val_loss": 0.8, "val_macro_f1": 0.4}]
+    _scripted(t, monkeypatch, rows)
+    saved = []
+    monkeypatch.setattr(t, "save_weights", lambda path: saved.append(t.epoch))
+    summary = t.fit()
+    assert summary["best_epoch"] == best and summary[metric] == rows[best - 1][metric]
+    assert saved[-1] == best  # best.safetensors was last written at the best epoch
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizers_train_and_leave_norms_and_biases_undecayed(tiny_folders: Path, tmp_path: Path, name: str) -> None:
+    t = Trainer(small_cfg(tiny_folders, tmp_path / "run", f"optimizer={name}", "epochs=1", "lr=0.002",
+                          "weight_decay=0.01"))
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
+    assert type(t.opt) is kind
+    decay, no_decay = t.opt.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in no_decay["params"])
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    row = t.train_epoch()
+    assert np.isfinite(row["train_loss"])
+    assert any(not torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+
+
+def test_grad_clip_bounds_every_step(tiny_folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):
+        params = list(params)
+        norm = real(params, max_norm, *a, **k)
+        after = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        calls.append((max_norm, float(norm), float(after)))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    t = Trainer(small_cfg(tiny_folders, tmp_path / "clip", "grad_clip=0.05", "epochs=1"))
+    t.train_epoch()
+    assert len(calls) == t.steps_per_epoch
+    assert all(m == 0.05 and after <= 0.05 * 1.001 for m, _, after in calls)
+    assert max(norm for _, norm, _ in calls) > 0.05  # the clip had something to do
+    calls.clear()
+    Trainer(small_cfg(tiny_folders, tmp_path / "free", "epochs=1")).train_epoch()
+    assert calls == []
+
+
+def test_on_epoch_sees_every_row_and_may_stop_the_run(tiny_folders: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def on_epoch(epoch: int, row: dict) -> None:
+        seen.append((epoch, row["val_acc"]))
+        if epoch == 2:
+            raise Stop
+
+    t = Trainer(small_cfg(tiny_folders, tmp_path / "run", "epochs=5"), on_epoch=on_epoch)
+    _scripted(t, monkeypatch, [{"val_acc": a} for a in (0.1, 0.2, 0.3)])
+    with pytest.raises(Stop):
+        t.fit()
+    assert seen == [(1, 0.1), (2, 0.2)]
+    # The epoch the callback stopped at is saved: a resume goes on from there.
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["epoch"] == 2
