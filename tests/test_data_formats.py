@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from ferkit.data import FER2013_CLASSES, FERPLUS_CLASSES, load_dataset, select_classes
-from ferkit.data.formats import detect_format, ferplus_majority, ferplus_vote_table
+from ferkit.data.ferplus import majority as ferplus_majority
+from ferkit.data.ferplus import vote_table as ferplus_vote_table
+from ferkit.data.formats import detect_format
 from ferkit.data.preprocess import decode_image, read_image
 from ferkit.errors import FerkitError
 

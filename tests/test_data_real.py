@@ -14,7 +14,7 @@ import pytest
 
 from ferkit.data import FER2013_CLASSES, FERPLUS_CLASSES, load_dataset
 from ferkit.data.audit import audit, exact_train_copies
-from ferkit.data.formats import ferplus_vote_table
+from ferkit.data.ferplus import vote_table as ferplus_vote_table
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 FER2013 = SHARED / "fer2013.zip"

@@ -114,7 +114,8 @@ def audit(
     Example: ferkit data audit fer2013.zip --out reports/fer2013-audit --write-clean
     """
     from ferkit.data import audit as A
-    from ferkit.data.formats import Tree, ferplus_vote_table
+    from ferkit.data.ferplus import vote_table
+    from ferkit.data.formats import Tree
     from ferkit.errors import FerkitError
 
     if write_clean and out is None:
@@ -122,7 +123,7 @@ def audit(
     ds, _ = _load(data, fmt, None, json_out)
     votes, read = None, None
     if ds.format == "ferplus":
-        votes = ferplus_vote_table(ds.source)
+        votes = vote_table(ds.source)
         tree = Tree(Path(ds.source))
 
         def read(name: str):

@@ -206,7 +206,7 @@ def audit(
     ferplus_votes: dict[str, tuple[list[str], np.ndarray]] | None = None,
     read_image: ImageReader | None = None,
 ) -> AuditResult:
-    """Flag every problem item of `ds`; see REASONS. `ferplus_votes` (from formats.ferplus_vote_table) adds
+    """Flag every problem item of `ds`; see REASONS. `ferplus_votes` (from ferplus.vote_table) adds
     the FER+ rows the loader left out; `read_image(name)` reads their pixels for the contact sheet."""
     t0 = time.perf_counter()
     splits = [s for s in SPLITS if s in ds.splits]
@@ -278,22 +278,15 @@ def audit(
 def _ferplus_flags(
     res: AuditResult, votes: dict[str, tuple[list[str], np.ndarray]], read_image: ImageReader | None
 ) -> None:
-    from ferkit.data.dataset import FERPLUS_CLASSES
+    from ferkit.data import ferplus
 
-    n_emo = len(FERPLUS_CLASSES)
     for split, (names, v) in votes.items():
         if not len(names):
             continue
-        kept = np.where(v <= 1, 0, v)  # the FER+ protocol drops single votes as outliers
-        total = kept.sum(1)
-        win = kept.argmax(1)
-        majority = kept[np.arange(len(v)), win] > total / 2
-        for k in range(len(names)):
-            if majority[k] and win[k] < n_emo:
-                continue
-            reason = "no_majority" if not majority[k] else ("unknown" if win[k] == n_emo else "not_face")
+        for k in np.flatnonzero(ferplus.majority(v) < 0):  # the items the FER+ majority rule leaves out
+            reason = ferplus.left_out_reason(v[k])
             res.flags.append(Flag(split, names[k], "", reason, ""))
-            if read_image is not None and reason in ("not_face", "unknown"):
+            if read_image is not None and reason in (ferplus.NOT_FACE, ferplus.UNKNOWN):
                 img = read_image(names[k])
                 if img is not None:
                     res.excluded_images[names[k]] = img

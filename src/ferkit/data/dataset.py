@@ -19,6 +19,8 @@ FERPLUS_COLUMNS = [
     "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF",
 ]
 FERPLUS_CLASSES = FERPLUS_COLUMNS[:8]
+# FER+'s folders and the splits they hold (ferkit.data.ferplus reads them).
+FERPLUS_DIRS = {"FER2013Train": "train", "FER2013Valid": "val", "FER2013Test": "test"}
 
 
 @dataclass

@@ -19,9 +19,11 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ferkit import images
+from ferkit.data.classes import remap_split, select_lut
 from ferkit.data.dataset import (
     FER2013_CLASSES,
     FERPLUS_CLASSES,
+    FERPLUS_DIRS,
     SPLITS,
     Dataset,
     Skipped,
@@ -40,7 +42,6 @@ SPLIT_ALIASES = {
     "val": "val", "valid": "val", "validation": "val", "publictest": "val", "dev": "val",
     "test": "test", "testing": "test", "privatetest": "test",
 }
-FERPLUS_DIRS = {"FER2013Train": "train", "FER2013Valid": "val", "FER2013Test": "test"}
 
 
 class Tree:
@@ -225,7 +226,9 @@ def detect_format(path: Path) -> str:
     tree = Tree(path)
     if not tree.files:
         raise FerkitError(f"{path}: empty; no files found")
-    if any(PurePosixPath(f).name == "label.csv" and f.split("/")[0] in FERPLUS_DIRS for f in tree.files):
+    from ferkit.data import ferplus
+
+    if ferplus.is_ferplus(tree.files):
         return "ferplus"
     csvs = [f for f in tree.files if f.lower().endswith((".csv", ".csv.gz"))]
     if any(PurePosixPath(f).suffix.lower() in IMAGE_EXTS for f in tree.files):
@@ -419,7 +422,7 @@ def _decode_all(
     """Decode (file, class) items; return images and the indices of items that decoded."""
     out, ok = [], []
     for i, (rel, _cls) in enumerate(items):
-        img, why = _decode_item(tree, rel)
+        img, why = decode_item(tree, rel)
         if img is None:
             skipped.append(Skipped(rel, why))
             continue
@@ -428,7 +431,7 @@ def _decode_all(
     return out, ok
 
 
-def _decode_item(tree: Tree, rel: str) -> tuple[np.ndarray | None, str]:
+def decode_item(tree: Tree, rel: str) -> tuple[np.ndarray | None, str]:
     """One dataset image as gray, or None and why (the caller skips it and lists it in the load report)."""
     data, why = tree.read_or_why(rel)
     if data is None:
@@ -477,116 +480,10 @@ def _load_folders(path: Path, size: int, val_fraction: float, test_fraction: flo
     return Dataset(classes, {s: splits[s] for s in SPLITS if s in splits}, skipped=skipped)
 
 
-_BAD_VOTES = "expected a file name, a face box and 10 vote counts"
-
-
-def ferplus_votes(row: list[str]) -> np.ndarray:
-    return np.array([float(x) for x in row[2:12]], dtype=np.float64)  # float32 after the range check
-
-
-def _vote_rows(tree: Tree, label_file: str, path: Path) -> list[tuple[int, list[str], np.ndarray]]:
-    """(row number, fields, 10 votes) of every row of a FER+ label.csv; a malformed row is one error naming it."""
-    where = f"{path}:{label_file}"
-    try:
-        data = tree.read(label_file, MAX_TEXT_BYTES)
-    except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error, RuntimeError, NotImplementedError) as e:
-        raise FerkitError(f"{where}: cannot read ({type(e).__name__}: {str(e)[:120]})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise FerkitError(f"{where}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
-    out = []
-    rowno = 0
-    try:
-        for rowno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
-            if not row:
-                continue
-            if len(out) >= MAX_ROWS:
-                raise FerkitError(f"{where}: more than {MAX_ROWS:,} rows; refused")
-            try:
-                v = ferplus_votes(row)
-                if len(v) != 10:
-                    raise ValueError
-            except (ValueError, IndexError):
-                raise FerkitError(f"{where}: row {rowno}: {_BAD_VOTES}") from None
-            if not np.isfinite(v).all() or (v < 0).any() or (v > 1e6).any():  # nan votes made an all-nan soft label
-                raise FerkitError(f"{where}: row {rowno}: votes must be counts 0..1e6 (got {', '.join(row[2:12])[:120]})")
-            out.append((rowno, row, v.astype(np.float32)))
-    except csv.Error as e:
-        raise FerkitError(f"{where}: row {rowno + 1}: {e}") from None
-    return out
-
-
-def ferplus_majority(votes: np.ndarray) -> int:
-    """The FER+ paper's majority label (index into the 8 emotions), or -1 when left out."""
-    v = np.where(votes <= 1, 0, votes)
-    total = v.sum()
-    if total <= 0:
-        return -1
-    win = int(v.argmax())
-    if v[win] <= total / 2 or win >= len(FERPLUS_CLASSES):
-        return -1
-    return win
-
-
-def ferplus_vote_table(path: str | Path) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Every row of each FER+ label.csv, kept or not: split -> (image paths, N x 10 raw votes).
-
-    The loader drops images without a majority or voted unknown / not-a-face; the audit reads them here.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FerkitError(f"{path}: no such file or folder")
-    tree = Tree(path)
-    files = set(tree.files)
-    out: dict[str, tuple[list[str], np.ndarray]] = {}
-    for folder, split in FERPLUS_DIRS.items():
-        label_file = f"{folder}/label.csv"
-        if label_file not in files:
-            continue
-        names, votes = [], []
-        for _rowno, row, v in _vote_rows(tree, label_file, path):
-            names.append(f"{folder}/{row[0]}")
-            votes.append(v)
-        out[split] = (names, np.array(votes, dtype=np.float32).reshape(-1, 10))
-    if not out:
-        raise FerkitError(f"{path}: FER+ layout without any label.csv")
-    return out
-
-
 def _load_ferplus(path: Path, size: int, val_fraction: float, test_fraction: float, seed: int) -> Dataset:
-    tree = Tree(path)
-    files = set(tree.files)
-    splits: dict[str, Split] = {}
-    skipped: list[Skipped] = []
-    for folder, split in FERPLUS_DIRS.items():
-        label_file = f"{folder}/label.csv"
-        if label_file not in files:
-            continue
-        imgs, labels, soft, names = [], [], [], []
-        for _rowno, row, votes in _vote_rows(tree, label_file, path):
-            label = ferplus_majority(votes)
-            rel = f"{folder}/{row[0]}"
-            if label < 0:
-                continue  # no majority, or unknown / not-a-face: the paper's protocol leaves it out
-            if rel not in files:
-                skipped.append(Skipped(rel, "listed in label.csv but missing"))
-                continue
-            img, why = _decode_item(tree, rel)
-            if img is None:
-                skipped.append(Skipped(rel, why))
-                continue
-            emo = votes[:8]
-            imgs.append(preprocess(img, size))
-            labels.append(label)
-            soft.append(emo / emo.sum())
-            names.append(rel)
-        if imgs:
-            splits[split] = Split(np.stack(imgs), np.array(labels, dtype=np.int64), names,
-                                  np.stack(soft).astype(np.float32))
-    if not splits:
-        raise FerkitError(f"{path}: FER+ layout without any readable label.csv")
-    return Dataset(list(FERPLUS_CLASSES), splits, skipped=skipped)
+    from ferkit.data import ferplus  # it reads archives through this module's Tree
+
+    return ferplus.load(path, size)
 
 
 def _stratified(all_: Split, val_fraction: float, test_fraction: float, seed: int) -> dict[str, Split]:
@@ -603,36 +500,11 @@ def _stratified(all_: Split, val_fraction: float, test_fraction: float, seed: in
     return {s: all_.subset(part == i) for i, s in enumerate(SPLITS) if (part == i).any()}
 
 
-def _parse_class_spec(spec: str | list[str]) -> list[tuple[str, str]]:
-    items = spec if isinstance(spec, list) else [s for s in re.split(r"[,\s]+", spec) if s]
-    return [tuple(x.split("=", 1)) if "=" in x else (x, x) for x in items]  # type: ignore[misc]
-
-
 def select_classes(ds: Dataset, spec: str | list[str]) -> Dataset:
-    """Keep some classes and/or rename them: 'happy,sad' or 'anger=angry' (old=new); several old may map to one new."""
-    pairs = _parse_class_spec(spec)
-    unknown = [old for old, _ in pairs if old not in ds.classes]
-    if unknown:
-        raise FerkitError(f"--classes: {', '.join(unknown)} not in the dataset's classes ({', '.join(ds.classes)})")
-    new_classes: list[str] = []
-    for _, new in pairs:
-        if new not in new_classes:
-            new_classes.append(new)
-    lut = np.full(len(ds.classes), -1, dtype=np.int64)
-    for old, new in pairs:
-        lut[ds.classes.index(old)] = new_classes.index(new)
-    splits = {}
-    for name, sp in ds.splits.items():
-        mapped = lut[sp.labels]
-        sub = sp.subset(mapped >= 0)
-        sub.labels = mapped[mapped >= 0]
-        if sub.soft is not None:
-            soft = np.zeros((len(sub), len(new_classes)), np.float32)
-            for old, new in pairs:
-                soft[:, new_classes.index(new)] += sub.soft[:, ds.classes.index(old)]
-            sums = soft.sum(1, keepdims=True)
-            sub.soft = np.where(sums > 0, soft / np.maximum(sums, 1e-12), 0).astype(np.float32)
-        splits[name] = sub
+    """Keep some classes and/or rename them: 'happy,sad' or 'anger=angry' (old=new); several old may map to one new
+    (ferkit.data.classes)."""
+    new_classes, lut = select_lut(ds.classes, spec)
+    splits = {name: remap_split(sp, lut, len(new_classes), renormalise=True)[0] for name, sp in ds.splits.items()}
     return Dataset(new_classes, splits, ds.source, ds.format, ds.skipped, ds.from_cache)
 
 
@@ -662,8 +534,6 @@ def _load_manifest(path: Path, size: int) -> Dataset:
     return Dataset(ds.classes, splits, str(path), "manifest", ds.skipped, ds.from_cache)
 
 
-__all__ = [
-    "FORMATS", "Tree", "detect_format", "ferplus_majority", "ferplus_vote_table", "load_dataset", "select_classes",
-]
+__all__ = ["FORMATS", "Tree", "decode_item", "detect_format", "load_dataset", "select_classes"]
 
 
