@@ -10,9 +10,12 @@ import typer
 from ferkit.cli.common import console, err_console, handle_errors, print_json, quiet
 
 app = typer.Typer(help="Explore, audit and convert datasets.", no_args_is_help=True)
+# ferkit.data.audit's BLANK_STD and NEAR_DISTANCE, for --help without importing NumPy at start-up
+# (tests/test_cli_help.py checks they agree).
+A_BLANK_STD, A_NEAR_DISTANCE = 10.0, 4
 
 DATA_HELP = "Dataset: fer2013.csv(.gz), class folders, FER+ folders, any of them in a .zip, or a manifest.json."
-FORMAT_HELP = "Force the format: csv, folders, ferplus or manifest (default: detected)."
+FORMAT_HELP = "Force the dataset format: csv, folders, ferplus or manifest (default: detected)."
 CLASSES_HELP = "Keep and/or rename classes, e.g. 'happy,sad,surprise,neutral' or 'anger=angry'."
 
 
@@ -47,13 +50,13 @@ def _print_skipped(skipped: list, limit: int = 20) -> None:
 @app.command()
 @handle_errors
 def info(
-    data: Path = typer.Argument(..., help=DATA_HELP),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for the figures (class_distribution.png, "
+    data: Path = typer.Argument(..., metavar="DATA", show_default=False, help=DATA_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the figures (class_distribution.png, "
                                     "samples.png); none are drawn without it."),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON on stdout, nothing else."),
-    classes: str | None = typer.Option(None, "--classes", help=CLASSES_HELP),
-    fmt: str | None = typer.Option(None, "--format", help=FORMAT_HELP),
-    seed: int = typer.Option(0, "--seed", help="Seed for the random samples figure."),
+    classes: str | None = typer.Option(None, "--classes", metavar="SPEC", help=CLASSES_HELP),
+    fmt: str | None = typer.Option(None, "--format", metavar="FORMAT", help=FORMAT_HELP),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed for the random samples figure."),
 ) -> None:
     """Counts per split and class, imbalance, pixel statistics, the load report, and figures.
 
@@ -97,16 +100,17 @@ def info(
 @app.command()
 @handle_errors
 def audit(
-    data: Path = typer.Argument(..., help=DATA_HELP),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for flagged.csv, summary.json, "
+    data: Path = typer.Argument(..., metavar="DATA", show_default=False, help=DATA_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for flagged.csv, summary.json, "
                                     "contact_sheet.png (and manifest.json); nothing is written without it."),
     write_clean: bool = typer.Option(False, "--write-clean", help="Also write manifest.json: the dataset without "
                                      "blanks, leaked val/test items, label conflicts and extra exact copies."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout, nothing else."),
-    fmt: str | None = typer.Option(None, "--format", help=FORMAT_HELP),
-    blank_std: float | None = typer.Option(None, "--blank-std", help="Pixel std under which an image is blank."),
-    near_distance: int | None = typer.Option(None, "--near-distance", min=0, max=15,
-                                             help="pHash bits that may differ for a near duplicate."),
+    fmt: str | None = typer.Option(None, "--format", metavar="FORMAT", help=FORMAT_HELP),
+    blank_std: float = typer.Option(A_BLANK_STD, "--blank-std", metavar="STD",
+                                    help="Pixel std under which an image is blank."),
+    near_distance: int = typer.Option(A_NEAR_DISTANCE, "--near-distance", min=0, max=15, metavar="BITS",
+                                      help="pHash bits that may differ for a near duplicate."),
 ) -> None:
     """Find blank images, exact and near duplicates, train/val/test leakage, label conflicts and (FER+)
     not-a-face / unknown votes. The source is never modified.
@@ -137,9 +141,7 @@ def audit(
             return img if img is not None and img.shape == ds[next(iter(ds.splits))].images.shape[1:] else None
 
     _status("Auditing ...", json_out)
-    res = A.audit(ds, blank_std=A.BLANK_STD if blank_std is None else blank_std,
-                  near_distance=A.NEAR_DISTANCE if near_distance is None else near_distance,
-                  ferplus_votes=votes, read_image=read)
+    res = A.audit(ds, blank_std=blank_std, near_distance=near_distance, ferplus_votes=votes, read_image=read)
     summary = res.summary()
     if out is not None:
         summary["outputs"] = A.write_outputs(res, ds, out, write_clean=write_clean)
@@ -170,11 +172,13 @@ def audit(
 @app.command()
 @handle_errors
 def convert(
-    data: Path = typer.Argument(..., help=DATA_HELP),
-    out: Path = typer.Argument(..., help="New folder (--to folders) or .csv / .csv.gz file (--to csv)."),
-    to: str = typer.Option(..., "--to", help="folders: train/val/test/<class>/*.png; csv: emotion,pixels,Usage."),
-    fmt: str | None = typer.Option(None, "--format", help=FORMAT_HELP),
-    classes: str | None = typer.Option(None, "--classes", help=CLASSES_HELP),
+    data: Path = typer.Argument(..., metavar="DATA", show_default=False, help=DATA_HELP),
+    out: Path = typer.Argument(..., metavar="OUT", show_default=False,
+                               help="New folder (--to folders) or .csv / .csv.gz file (--to csv)."),
+    to: str = typer.Option(..., "--to", metavar="folders|csv", show_default=False,
+                           help="folders: train/val/test/<class>/*.png; csv: emotion,pixels,Usage."),
+    fmt: str | None = typer.Option(None, "--format", metavar="FORMAT", help=FORMAT_HELP),
+    classes: str | None = typer.Option(None, "--classes", metavar="SPEC", help=CLASSES_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON on stdout."),
 ) -> None:
     """Write any loaded dataset as class folders of PNGs or as a fer2013-style CSV (lossless).

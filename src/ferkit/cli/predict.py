@@ -20,6 +20,9 @@ from ferkit.errors import FerkitError
 log = logging.getLogger("ferkit")
 
 TABLE_ROWS = 40
+# ferkit.inference.recognizer.DEFAULT_SMOOTH, for --help without importing the inference stack at start-up
+# (tests/test_cli_help.py checks they agree).
+SMOOTH = 5
 LISTED_FILES = 20  # files written, named one by one up to this many
 
 
@@ -30,12 +33,12 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def predict(
-    sources: list[str] = typer.Argument(None, metavar="SOURCE...", show_default=False,
+    sources: list[str] = typer.Argument(None, metavar="SOURCE", show_default=False,
                                         help="Images, folders (recursive), globs ('photos/*.jpg'), video files, a "
                                         "camera index or an http(s) URL of an image; with --merge, results files."),
-    model: list[str] = typer.Option(None, "--model", "-m", metavar="MODEL", show_default="default",
+    model: list[str] = typer.Option(None, "--model", "-m", metavar="MODEL", show_default=False,
                                     help="Built-in name (default, default-int8, ...), .onnx file or run folder; "
-                                    "repeat for an ensemble."),
+                                    "repeat for an ensemble. Default: default."),
     precision: str = typer.Option("fp32", "--precision", metavar="fp32|int8",
                                   help="int8: the int8 copy of the model (made by ferkit quantize)."),
     tta: str = typer.Option("none", "--tta", metavar="MODE", help="Test-time augmentation: none, flip, crops "
@@ -63,8 +66,9 @@ def predict(
     vid_stride: int = typer.Option(1, "--vid-stride", metavar="N", help="Video: process every N-th frame."),
     detect_every: int = typer.Option(1, "--detect-every", metavar="N", help="Video: detect every N-th processed "
                                      "frame, reuse the boxes in between."),
-    smooth: int = typer.Option(None, "--smooth", metavar="FRAMES", show_default="see docs/inference.md",
-                               help="Video: EMA window (frames) for each track's probabilities; 1 = off."),
+    smooth: int = typer.Option(SMOOTH, "--smooth", metavar="FRAMES",
+                               help="Video: EMA window (frames) for each track's probabilities; 1 = off "
+                               "(the default: benchmarks/smoothing.py)."),
     max_frames: int = typer.Option(0, "--max-frames", metavar="N", help="Video/camera: stop after this many "
                                    "processed frames (0 = all)."),
 ) -> None:
@@ -77,8 +81,6 @@ def predict(
     Example: ferkit predict photos/ --shard 3/8 --out results/   (one of 8 machines; then: ferkit predict --merge
     results/*.jsonl -o all.jsonl)
     """
-    from ferkit.inference.recognizer import DEFAULT_SMOOTH
-
     if not sources:
         raise FerkitError("SOURCE: give an image, folder, glob, video, camera index or URL (or results files with "
                           "--merge)")
@@ -101,7 +103,7 @@ def predict(
     source = sources[0] if len(sources) == 1 else list(sources)
     try:
         stream = rec.stream(source, detect=False if no_detect else None, save=save, crops=crops,
-                            vid_stride=vid_stride, detect_every=detect_every, smooth=smooth or DEFAULT_SMOOTH,
+                            vid_stride=vid_stride, detect_every=detect_every, smooth=smooth,
                             max_frames=max_frames or None, shard=share, skip=results.done if results else (),
                             keep_images=False)
         if results is not None and results.resumed and not quiet():
