@@ -292,3 +292,27 @@ def test_shard_argument_errors(folder: Path) -> None:
         assert r.exit_code == 2 and "--shard" in r.stderr, (bad, r.output)
     r = invoke(["predict", "0", "--shard", "1/2"])
     assert r.exit_code == 2 and "--shard" in r.stderr
+
+
+def test_video_sink_picks_a_codec_and_falls_back(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from ferkit.inference.video import VIDEO_CODECS, VideoSink
+
+    assert [c for c, _ in VIDEO_CODECS[:3]] == ["avc1", "vp80", "vp09"]  # browser-playable ones first
+    sink = VideoSink(tmp_path, "best", 10.0, (64, 48))
+    for i in range(3):
+        sink.write(np.full((48, 64, 3), 60 * i, np.uint8))
+    sink.close()
+    assert sink.path.is_file() and sink.path.suffix == dict(VIDEO_CODECS)[sink.codec]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(sink.path.stat().st_mode) == 0o666 & ~umask  # before: 0600, a private temporary file's
+    fallback = VideoSink(tmp_path, "old", 10.0, (64, 48), codecs=(("zzzz", ".mp4"), ("MJPG", ".avi")))
+    fallback.write(np.zeros((48, 64, 3), np.uint8))
+    fallback.close()
+    assert fallback.codec == "MJPG" and fallback.path.name == "old.avi"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    with pytest.raises(FerkitError, match="none of the codecs zzzz"):
+        VideoSink(tmp_path, "none", 10.0, (64, 48), codecs=(("zzzz", ".mp4"),))
