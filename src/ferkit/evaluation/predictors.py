@@ -49,7 +49,6 @@ class OnnxPredictor(Predictor):
         self.input_size = self.clf.input_size
         self.crop = self.clf.crop
         self.temperature = self.clf.temperature
-        self.metadata = self.clf.metadata
         # Evaluation works on uncalibrated outputs and applies T itself, after averaging augmented views.
         self.clf.temperature = 1.0
 
