@@ -203,8 +203,8 @@ class Timeline:
 
 
 # Browser-playable codecs first (H.264 in MP4, then VP8 and VP9 in WebM), then MPEG-4 Part 2, which every OpenCV build
-# with FFmpeg writes but browsers do not play. VP8 before VP9: libvpx's VP9 took 37 ms a 640x480 frame here, VP8 7 ms
-# (mp4v 0.8 ms), and both play everywhere WebM does.
+# with FFmpeg writes but browsers do not play. VP8 before VP9: both play wherever WebM does, and libvpx's VP9 encoder
+# is several times slower at its default settings (`python benchmarks/video_codecs.py` prints ms per frame).
 VIDEO_CODECS = (("avc1", ".mp4"), ("vp80", ".webm"), ("vp09", ".webm"), ("mp4v", ".mp4"))
 
 
