@@ -350,3 +350,34 @@ def test_cli_prints_user_text_as_plain_text(tmp_path, label):
     bad = root / "[bad]" / "x.csv"
     r = runner.invoke(app, ["data", "info", str(bad)], env={"COLUMNS": "200"})
     assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == f"error: {bad}: no such file or folder"
+
+
+def test_figures_leave_the_callers_matplotlib_alone(tmp_path, tiny_folders):
+    # Before: data info, audit and the video timeline called matplotlib.use("Agg"), switching the caller's backend.
+    import subprocess
+    import sys
+
+    pytest.importorskip("matplotlib")
+    code = f"""
+import sys, matplotlib
+matplotlib.use("svg")
+from ferkit.data import load_dataset
+from ferkit.data.info import write_figures
+from ferkit.data import audit as A
+from ferkit.inference.video import Timeline
+from ferkit.inference import Face, Prediction
+ds = load_dataset({str(tiny_folders)!r}, use_cache=False)
+write_figures(ds, __import__("pathlib").Path({str(tmp_path / "fig")!r}))
+res = A.audit(ds)
+A.write_outputs(res, ds, __import__("pathlib").Path({str(tmp_path / "audit")!r}))
+t = Timeline(["a", "b"])
+for i in range(3):
+    t.add(Prediction([Face((0, 0, 9, 9), 1.0, "a", 0.6, {{"a": 0.6, "b": 0.4}}, track_id=1)], 9, 9, frame=i, time=i / 10))
+t.write(__import__("pathlib").Path({str(tmp_path / "tl")!r}), "clip")
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["svg", "False"]
+    assert (tmp_path / "fig" / "class_distribution.png").stat().st_size > 1000
+    assert (tmp_path / "audit" / "contact_sheet.png").is_file() and (tmp_path / "tl" / "clip_track1.png").is_file()

@@ -192,19 +192,11 @@ def convert(
     if to not in TARGETS:
         raise FerkitError(f"--to {to!r}: unknown; choose one of {', '.join(TARGETS)}")
     ds, _ = _load(data, fmt, classes, json_out)
+    from ferkit.cli.progress import progress_bar
+
     t0 = time.perf_counter()
-    last = [t0]
-
-    def progress(done: int, total: int) -> None:
-        now = time.perf_counter()
-        if quiet() or json_out or (now - last[0] < 5 and done < total):
-            return  # a line every 5 s at most
-        last[0] = now
-        rate = done / max(now - t0, 1e-9)
-        err_console.print(f"  {done:,}/{total:,} images ({rate:,.0f}/s, ETA {(total - done) / rate:.0f} s)",
-                          highlight=False)
-
-    written = do_convert(ds, out, to, progress=progress)
+    with progress_bar("img") as update:
+        written = do_convert(ds, out, to, progress=None if json_out else update)
     result = {"source": str(data), "out": str(out), "to": to, "classes": ds.classes, "written": written,
               "seconds": round(time.perf_counter() - t0, 2)}
     if json_out:

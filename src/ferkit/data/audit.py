@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ferkit.data.dataset import SPLITS, Dataset
-from ferkit.utils import atomic_write_text
+from ferkit.utils import atomic_write, atomic_write_text
 
 # Thresholds measured on FER2013 (docs/data.md, "Audit"): its 12 blank images have a pixel std of 0 and the
 # flattest real face 42.6, so anything under 10 is blank or near-uniform.
@@ -319,10 +319,9 @@ def clean_manifest(res: AuditResult, ds: Dataset) -> dict:
 
 def contact_sheet(res: AuditResult, ds: Dataset, path: Path, per_reason: int = 6, seed: int = 0) -> None:
     """One PNG: a row of examples per reason; duplicates are shown as pairs (item, then the item it copies)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib's object API on its own Agg canvas: no pyplot state, the caller's backend left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     lookup = {(s, n): (s, k) for s in ds.splits for k, n in enumerate(ds[s].names)}
 
@@ -347,7 +346,9 @@ def contact_sheet(res: AuditResult, ds: Dataset, path: Path, per_reason: int = 6
         rows = [("no problems found", [])]
     cols = max(1, max(len(r[1]) * (2 if r[1] and r[1][0].other else 1) for r in rows))
     cols = min(cols, 12)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 0.9, len(rows) * 1.25 + 0.3), squeeze=False)
+    fig = Figure(figsize=(cols * 0.9, len(rows) * 1.25 + 0.3))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), cols, squeeze=False)
     for r, (reason, flags) in enumerate(rows):
         tiles: list[tuple[np.ndarray, str]] = []
         for f in flags:
@@ -371,8 +372,7 @@ def contact_sheet(res: AuditResult, ds: Dataset, path: Path, per_reason: int = 6
         axes[r][0].set_ylabel(reason.replace("_", "\n"), fontsize=7, rotation=0, ha="right", va="center", labelpad=4)
     fig.suptitle(f"ferkit data audit: examples per reason ({Path(res.source).name})", fontsize=9)
     fig.tight_layout(rect=(0.04, 0, 1, 0.97), h_pad=0.4, w_pad=0.1)
-    fig.savefig(path, dpi=85)
-    plt.close(fig)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=85))
 
 
 def write_outputs(

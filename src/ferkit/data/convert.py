@@ -6,21 +6,20 @@ import gzip
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import cv2
 
 from ferkit.data.dataset import FER2013_CLASSES, SPLITS, Dataset
 from ferkit.errors import FerkitError
-from ferkit.utils import atomic_write
+from ferkit.utils import ProgressFn, atomic_write
 
 TARGETS = ("folders", "csv")
 USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
-Progress = Callable[[int, int], None]
 
 
-def convert(ds: Dataset, out: str | Path, to: str, progress: Progress | None = None) -> dict[str, int]:
+def convert(ds: Dataset, out: str | Path, to: str, progress: ProgressFn | None = None) -> dict[str, int]:
     """Write `ds` to `out` as `to` ('folders' or 'csv'); returns items written per split.
 
     The output appears whole or not at all: it is built next to `out` and renamed into place.
@@ -45,7 +44,7 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
-def write_folders(ds: Dataset, out: Path, progress: Progress | None = None) -> dict[str, int]:
+def write_folders(ds: Dataset, out: Path, progress: ProgressFn | None = None) -> dict[str, int]:
     """train/val/test/<class>/<name>.png, lossless, so loading the folders gives back identical arrays."""
     total = sum(len(sp) for sp in ds.splits.values())
     folders = _class_folders(ds)
@@ -77,7 +76,7 @@ def write_folders(ds: Dataset, out: Path, progress: Progress | None = None) -> d
                 _checked(tmp, split, cls, f"{rel.split('/', 1)[1]}.png").write_bytes(buf.tobytes())
                 done += 1
                 if progress is not None and (done % 500 == 0 or done == total):
-                    progress(done, total)
+                    progress("convert", done, total)
             written[split] = len(sp)
         if out.exists():
             out.rmdir()  # convert() checked it is empty
@@ -118,7 +117,7 @@ def _checked(root: Path, *parts: str) -> Path:
     return path
 
 
-def write_csv(ds: Dataset, out: Path, progress: Progress | None = None) -> dict[str, int]:
+def write_csv(ds: Dataset, out: Path, progress: ProgressFn | None = None) -> dict[str, int]:
     """emotion,pixels,Usage rows (Training / PublicTest / PrivateTest); gzipped when `out` ends in .gz.
 
     emotion is FER2013's integer when the classes are FER2013's seven in challenge order, else the class name.
@@ -145,7 +144,7 @@ def write_csv(ds: Dataset, out: Path, progress: Progress | None = None) -> dict[
                 yield f"{emotion},{' '.join(map(text.__getitem__, sp.images[i].ravel().tolist()))},{USAGE[split]}\n"
                 done += 1
                 if progress is not None and (done % 2000 == 0 or done == total):
-                    progress(done, total)
+                    progress("convert", done, total)
             written[split] = len(sp)
 
     def write(tmp: str) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ferkit.utils import atomic_write
 
 SPLITS = ("train", "val", "test")
 
@@ -110,14 +111,11 @@ def save_cache(ds: Dataset, key: str) -> None:
         if sp.soft is not None:
             arrays[f"{name}_soft"] = sp.soft
     arrays["meta"] = np.array(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
             np.savez(f, **arrays)
-        os.replace(tmp, d / f"{key}.npz")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(d / f"{key}.npz", write)
 
 
 def load_cache(key: str, source: str) -> Dataset | None:

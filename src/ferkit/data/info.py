@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ferkit.data.dataset import SPLITS, Dataset
+from ferkit.utils import atomic_write
 
 
 def dataset_info(ds: Dataset) -> dict:
@@ -52,16 +53,17 @@ def pixel_stats(images: np.ndarray, chunk: int = 1024) -> dict[str, float]:
 
 def plot_distribution(ds: Dataset, path: Path) -> None:
     """Grouped bar chart: images per class, one bar per split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib's object API on its own Agg canvas: no pyplot state, the caller's backend left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     splits = [s for s in SPLITS if s in ds.splits]
     n = len(ds.classes)
     x = np.arange(n)
     width = 0.8 / max(1, len(splits))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 2), 3.8))
+    fig = Figure(figsize=(max(6.0, 0.9 * n + 2), 3.8))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for k, s in enumerate(splits):
         c = np.bincount(ds[s].labels, minlength=n)
         bars = ax.bar(x + (k - (len(splits) - 1) / 2) * width, c, width, label=f"{s} ({c.sum():,})")
@@ -73,22 +75,22 @@ def plot_distribution(ds: Dataset, path: Path) -> None:
     ax.legend(frameon=False, fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
 
 
 def plot_samples(ds: Dataset, path: Path, per_class: int = 8, seed: int = 0, split: str | None = None) -> None:
     """A grid of random samples (seeded): one row per class, from `split` (train by default)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib's object API on its own Agg canvas: no pyplot state, the caller's backend left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     split = split or ("train" if "train" in ds.splits else next(iter(ds.splits)))
     sp = ds[split]
     rng = np.random.default_rng(seed)
     n = len(ds.classes)
-    fig, axes = plt.subplots(n, per_class, figsize=(per_class * 0.85 + 1.0, n * 0.9 + 0.4), squeeze=False)
+    fig = Figure(figsize=(per_class * 0.85 + 1.0, n * 0.9 + 0.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n, per_class, squeeze=False)
     for c in range(n):
         idx = np.flatnonzero(sp.labels == c)
         pick = rng.choice(idx, size=min(per_class, len(idx)), replace=False) if len(idx) else []
@@ -103,8 +105,7 @@ def plot_samples(ds: Dataset, path: Path, per_class: int = 8, seed: int = 0, spl
         axes[c][0].set_ylabel(ds.classes[c], fontsize=8, rotation=0, ha="right", va="center")
     fig.suptitle(f"Random {split} samples per class (seed {seed}): {Path(ds.source).name}", fontsize=9)
     fig.tight_layout(rect=(0.03, 0, 1, 0.96), h_pad=0.2, w_pad=0.1)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=80))
 
 
 def write_figures(ds: Dataset, out: Path, seed: int = 0) -> dict[str, str]:
