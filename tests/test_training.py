@@ -357,3 +357,54 @@ def test_on_epoch_sees_every_row_and_may_stop_the_run(tiny_folders: Path, tmp_pa
     assert seen == [(1, 0.1), (2, 0.2)]
     # The epoch the callback stopped at is saved: a resume goes on from there.
     assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["epoch"] == 2
+
+
+def test_trainer_and_evaluate_report_the_same_validation_metrics(tmp_path: Path) -> None:
+    """One definition (ferkit.metrics): the log's val_* equal evaluate's figures on the val split, even when val
+    lacks a class (macro-F1 over the classes present in both)."""
+    import shutil
+
+    from conftest import make_class_folders
+
+    from ferkit.evaluation import evaluate
+
+    data = make_class_folders(tmp_path / "d", ["happy", "sad", "neutral"], per_class=16)
+    shutil.rmtree(data / "validation" / "neutral")
+    train(small_cfg(data, tmp_path / "run", "epochs=2", "augment.flip=false", "ema=0"))
+    rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    # best.safetensors holds the weights of the best epoch: its row is what they scored.
+    best_epoch = json.loads((tmp_path / "run" / "metrics.json").read_text())["best_epoch"]
+    best = next(r for r in rows if r["epoch"] == best_epoch)
+    m = evaluate(str(tmp_path / "run" / "best.safetensors"), data, split="val", report=False,
+                 out=tmp_path / "ev", n_boot=100).metrics["metrics"]
+    assert m["n"] == 32
+    assert m["accuracy"] == pytest.approx(best["val_acc"])
+    assert m["macro_f1"] == pytest.approx(best["val_macro_f1"], abs=1e-6)
+    assert m["log_loss"] == pytest.approx(best["val_loss"], abs=1e-4)
+
+
+def test_layers_import_downwards_and_the_library_draws_nothing() -> None:
+    """training and models never import evaluation, inference, service or the CLI; nothing below the CLI imports
+    rich or switches matplotlib's backend (the caller's choice)."""
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "ferkit"
+    above = {"training": ("evaluation", "inference", "service", "cli"), "models": ("training", "evaluation",
+             "inference", "service", "cli"), "runs.py": ("training", "evaluation", "inference", "service", "cli"),
+             "metrics.py": ("training", "evaluation", "inference", "service", "cli")}
+    checked = 0
+    for part in ("training", "models", "evaluation", "runs.py", "metrics.py", "utils.py", "views.py"):
+        files = [src / part] if part.endswith(".py") else sorted((src / part).glob("*.py"))
+        for f in files:
+            if f.name == "__main__.py":  # `python -m ferkit.training` is the command line's entry, not the library
+                continue
+            tree = ast.parse(f.read_text())
+            names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+            for bad in above.get(part, ()):
+                assert not any(n.startswith(f"ferkit.{bad}") for n in names), f"{f.name} imports ferkit.{bad}"
+            assert not any(n.split(".")[0] == "rich" for n in names), f"{f.name} imports rich"
+            calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+            assert not any(c.func.attr == "use" and getattr(c.func.value, "id", "") == "matplotlib" for c in calls), f
+            checked += 1
+    assert checked > 20
