@@ -1,6 +1,6 @@
 """Measure what class-weighted loss and balanced sampling do to accuracy and macro-F1 (docs/training.md).
 
-    python scripts/imbalance_study.py configs/fer2013_default.toml --epochs 12 --out runs/imbalance
+    python scripts/imbalance_study.py fer2013_default -s data=../shared/datasets/fer2013.zip --epochs 12 --out runs/imbalance
 
 Trains one recipe three times, with balance = none, weights and sampler, and scores each best checkpoint on
 PublicTest (val): accuracy, macro-F1 and per-class recall. The study chooses a default, so PrivateTest is never

@@ -135,8 +135,8 @@ figure below comes from that command, which you can re-run.
   the temperature and the test-time augmentation. PrivateTest (test) was touched once, after those choices.
 
 ## Recipe and cost
-- `configs/fer2013_default.toml`: {recipe(c['recipe'])}.
-- Reproduce: `ferkit train configs/fer2013_default.toml` (or `python -m ferkit.training configs/fer2013_default.toml`),
+- The `fer2013_default` recipe (it ships with ferkit, `src/ferkit/configs/fer2013_default.toml`): {recipe(c['recipe'])}.
+- Reproduce: `ferkit train fer2013_default --data ../shared/datasets/fer2013.zip --out runs/fer2013_default`,
   then `python scripts/ship_default_model.py runs/fer2013_default`.
 - Training curves (`runs/fer2013_default/curves.png`):
 

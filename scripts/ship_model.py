@@ -220,7 +220,8 @@ Python {platform.python_version()}); every figure below comes from that command,
 {recipes}
 - Training time in total, across resumed runs: {c['train_minutes']} minutes ({c['train_minutes'] / 60:.1f} CPU-hours of
   wall-clock) on {c['machine']}.
-- Reproduce: `ferkit train CONFIG -s model=... -s seed=...` with each run's `config.toml`, then the command above.
+- Reproduce: `ferkit train RUN/config.toml --out NEW_RUN` for each run (its config records every setting and the
+  data's path), then the command above.
 
 ## Results on FER2013 PrivateTest (3,589 images)
 {c['note']}

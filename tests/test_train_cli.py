@@ -138,7 +138,7 @@ def test_export_names_the_model_after_the_run_and_never_overwrites(tiny_folders:
 
 
 def test_help_has_no_type_placeholders_and_keeps_brackets() -> None:
-    for cmd in ("train", "tune", "export", "evaluate", "compare", "calibrate"):
+    for cmd in ("train", "tune", "export", "quantize", "evaluate", "compare", "calibrate"):
         r = CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "200"})
         assert r.exit_code == 0
         for placeholder in ("<bool>", "<str>", "<int>", "<path>", "<list", "<float>"):

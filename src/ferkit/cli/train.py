@@ -149,11 +149,11 @@ def register(app: typer.Typer) -> None:
     def quantize(
         model: str = typer.Argument(..., help="A ferkit .onnx model, or 'default' for the shipped one."),
         out: Path = typer.Argument(..., help="The int8 ONNX file to write."),
-        data: Path = typer.Option(..., "--data", help="Dataset (any format `ferkit data info` reads) whose training split calibrates the activations; its val and test splits are never used."),
-        images: int = typer.Option(2000, "--images", min=1, help="Training images to calibrate on (drawn at random, fixed seed)."),
-        method: str = typer.Option("minmax", "--method", help="Activation ranges: minmax, percentile or entropy."),
+        data: Path = typer.Option(..., "--data", metavar="PATH", help="Dataset (any format `ferkit data info` reads) whose training split calibrates the activations; its val and test splits are never used."),
+        images: int = typer.Option(2000, "--images", min=1, metavar="N", help="Training images to calibrate on (drawn at random, fixed seed)."),
+        method: str = typer.Option("minmax", "--method", metavar="METHOD", help="Activation ranges: minmax, percentile or entropy."),
         reduce_range: bool = typer.Option(False, "--reduce-range", help="7-bit weights, for x86 CPUs without VNNI."),
-        seed: int = typer.Option(0, "--seed", help="Seed for drawing the calibration images."),
+        seed: int = typer.Option(0, "--seed", metavar="N", help="Seed for drawing the calibration images."),
         force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
         json_out: bool = typer.Option(False, "--json", help="Print the written model's summary as JSON."),
     ) -> None:
