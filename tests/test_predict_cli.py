@@ -84,8 +84,12 @@ def test_single_image_json_is_one_result(photos: Path, model_args: list[str]) ->
 
 
 @pytest.mark.parametrize("columns", [80, 60])
-def test_table_never_folds_a_value(photos: Path, tmp_path: Path, model_args: list[str], columns: int) -> None:
+def test_table_never_folds_a_value(photos: Path, tmp_path: Path, model_args: list[str], columns: int,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # Before: at 80 columns rich folded long paths and boxes mid-token ('691,102,160,18' / '9').
+    from ferkit.cli.common import console
+
+    monkeypatch.setattr(console, "width", columns)  # the console's width is fixed when COLUMNS is set at import
     deep = tmp_path / "a_rather_long_folder_name" / "and_another_one_below_it" / "holiday_photos_2024"
     deep.mkdir(parents=True)
     (deep / "astronaut_on_the_launch_pad.jpg").write_bytes((photos / "astronaut.jpg").read_bytes())
