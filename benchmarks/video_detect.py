@@ -174,10 +174,10 @@ def run(clip: Path, detector: str, size: int, every: int, mode: str, threads: in
     spent = [0.0]
     real = det.detect
 
-    def timed_detect(image: np.ndarray) -> list[Detection]:
+    def timed_detect(image: np.ndarray, *args, **kwargs) -> list[Detection]:
         t0 = time.perf_counter()
         try:
-            return real(image)
+            return real(image, *args, **kwargs)
         finally:
             spent[0] += time.perf_counter() - t0
 

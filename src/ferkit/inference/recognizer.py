@@ -150,7 +150,7 @@ class EmotionRecognizer:
         searched again at up to ADAPTIVE_FACTOR times the detection size and the two passes' faces merged
         (benchmarks/small_faces.py measures what it finds and costs)."""
         img = to_u8(image)
-        size = self._detect_size if detect_size is None else detect_size
+        size = self.detector.detect_size if detect_size is None else detect_size  # a detector given has its own
         limit = self.max_faces if max_faces is None else (max_faces or None)
         dets = self.detector.detect(img, size, threshold)
         long_side = max(img.shape[:2])
