@@ -507,6 +507,22 @@ def test_stream_tracks_and_smooths(client, recognizer, face_jpeg):
         assert after["frame"] == 6 and after["faces"][0]["track_id"] == 1  # a fresh tracker
 
 
+def test_stream_endpoint_and_library_stream_agree(client, recognizer, face_jpeg):
+    # The service's stream runs the frames through the library's own generator: the same tracks and smoothing.
+    from ferkit import images
+
+    img = cv2.imdecode(np.frombuffer(face_jpeg, np.uint8), cv2.IMREAD_COLOR)[0:240, 103:343]
+    jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in (img, img[:, ::-1], img, cv2.GaussianBlur(img, (9, 9), 3))]
+    frames = [images.load(j).image for j in jpegs]
+    lib = [p.to_dict()["faces"] for p in recognizer.stream(iter(frames), smooth=3)]
+    with client.websocket_connect("/v1/stream?window=3") as ws:
+        api = []
+        for j in jpegs:
+            ws.send_bytes(j)
+            api.append(ws.receive_json()["faces"])
+    assert api == lib and len(lib) == 4 and all(lib)
+
+
 def test_stream_smoothing_moves_towards_new_frames(client, face_jpeg):
     # A mirrored face gives other probabilities; with smoothing, the answer lies between the two raw ones.
     # Cut the frame around the face so that its mirror image stays in place (one track across both frames).

@@ -22,7 +22,7 @@ Public API (``from ferkit import EmotionRecognizer``; all of it needs only ONNX 
                 vid_stride=1, detect_every=1, smooth=DEFAULT_SMOOTH, max_frames=None) -> Prediction | Batch
         source: an image (numpy array in OpenCV order: BGR, BGRA or gray; uint8, uint16 or float 0..1), encoded
         bytes, a path, an http(s) URL of an image, a folder (recursive), a glob, a list of any of these, a video
-        file or a camera index (ferkit.inference.sources). One image gives a Prediction (a FerkitError if it cannot
+        file, a camera index or an iterator of frames (ferkit.inference.sources). One image gives a Prediction (a FerkitError if it cannot
         be read); anything else a Batch, in which an input that cannot be read is a result with `error` set and the
         rest go on. A very large image is decoded reduced (ferkit.images) and its boxes come back in its full-size
         pixels. detect=None: detect faces unless the image is exactly input_size x input_size (already a crop);

@@ -1,7 +1,8 @@
 """What `EmotionRecognizer.predict/stream(source)` may be given, expanded into a stable list of inputs.
 
 A source is an image array, encoded bytes, a path (image or video file), a folder (recursive), a glob, a camera
-index (an int, or a string of digits that is no file), an http(s) URL of an image, or a list of any of these.
+index (an int, or a string of digits that is no file), an http(s) URL of an image, a list of any of these, or an
+iterator of video frames (arrays, e.g. from your own capture loop: tracked like a video's).
 Folders and globs list their images (sorted) and every other entry met on the way, which becomes a skipped item
 with its reason (ferkit.images.find_images). `Entry.key` is the input's name relative to the folder or glob it came
 from: stable across machines, it decides the shard an input belongs to.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 from ferkit.errors import FerkitError
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
-KINDS = ("image", "video", "camera", "url", "array", "bytes", "skip")
+KINDS = ("image", "video", "camera", "frames", "url", "array", "bytes", "skip")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ def is_url(source: object) -> bool:
 
 def expand(source: Any) -> tuple[list[Entry], bool]:
     """(entries, single): single is True for one explicit input, whose failure is an error rather than a skip."""
+    if isinstance(source, Iterator) and not isinstance(source, str | bytes):
+        return [Entry("frames", source, None)], True
     if isinstance(source, list | tuple):
         if not source:
             raise FerkitError("source: empty list")

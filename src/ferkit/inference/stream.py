@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 
 class PredictionStream:
-    """Iterate for Predictions. `kind`: "image" (one), "images", "video" or "camera" (one of them), "mixed" (a list
-    with videos); `total`: how many results to expect when known (images, or a video's frames); `written`: files
+    """Iterate for Predictions. `kind`: "image" (one), "images", "video", "camera" or "frames" (an iterator of
+    frames), "mixed" (a list with videos); `total`: how many results to expect when known (images, or a video's frames); `written`: files
     saved so far; `entries`: the inputs. Closing it early (or Ctrl-C) keeps what was written."""
 
     def __init__(
@@ -73,7 +73,7 @@ class PredictionStream:
         self.max_frames = max_frames or None
         self.written: list[Path] = []
         kinds = {e.kind for e in self.entries}
-        media = kinds & {"video", "camera"}
+        media = kinds & {"video", "camera", "frames"}
         if self.single:
             self.kind = "image" if not media else next(iter(media))
         else:
@@ -81,9 +81,10 @@ class PredictionStream:
         self._frames = None
         if self.single and media:
             # Opened now: a video that cannot be opened fails before anything else happens.
-            from ferkit.inference.video import FrameSource
+            from ferkit.inference.video import FrameSource, IterFrames
 
-            self._frames = FrameSource(self.entries[0].ref, stride=vid_stride)
+            ref = self.entries[0].ref
+            self._frames = IterFrames(ref) if self.kind == "frames" else FrameSource(ref, stride=vid_stride)
         if self._frames is not None:
             n = len(self._frames) or None
             self.total = min(n, self.max_frames) if n and self.max_frames else (n or self.max_frames)
@@ -106,7 +107,7 @@ class PredictionStream:
         for e in self.entries:
             if e.kind == "skip":
                 yield Prediction([], 0, 0, source=e.name, error=e.error, path=e.key)
-            elif e.kind in ("video", "camera"):
+            elif e.kind in ("video", "camera", "frames"):
                 try:
                     frames = self._frames if self._frames is not None else self._open(e)
                 except FerkitError as err:
@@ -158,7 +159,7 @@ class PredictionStream:
 
         pipe = self.rec.video(smooth=self.smooth, detect_every=self.detect_every, detect=self.opts["detect"],
                               keep_crops=self.opts["keep_crops"], **self.detection)
-        stem = f"camera{e.ref}" if e.kind == "camera" else (
+        stem = f"camera{e.ref}" if e.kind == "camera" else "frames" if e.kind == "frames" else (
             str(Path(e.key).with_suffix("")).replace("/", "__") if e.key else Path(str(e.ref)).stem)
         timeline = Timeline(self.rec.classes)
         sink = None

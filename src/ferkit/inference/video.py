@@ -101,6 +101,24 @@ class FrameSource:
         self.cap.release()
 
 
+class IterFrames:
+    """FrameSource's interface over any iterator of frames (arrays, or (index, time, frame) tuples): the frames of a
+    caller's own capture loop, or of the service's WebSocket stream."""
+
+    def __init__(self, frames: Iterator, fps: float = 30.0):
+        self.frames, self.fps, self.stride, self.is_camera = frames, fps, 1, True
+
+    def __iter__(self) -> Iterator[tuple[int, float | None, np.ndarray]]:
+        for i, item in enumerate(self.frames):
+            yield item if isinstance(item, tuple) else (i, None, item)
+
+    def __len__(self) -> int:
+        return 0
+
+    def release(self) -> None:
+        pass
+
+
 @dataclass
 class VideoPipeline:
     """Per frame: detect (every `detect_every`-th processed frame, reusing boxes in between), classify, track and

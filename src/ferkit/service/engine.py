@@ -63,26 +63,26 @@ class Engine:
             raise
         return self._answer(pred, top_k, start)
 
-    def video(self, window: int, detect: bool | None, tta: bool, detection: dict | None = None) -> Any:
-        """A stream's per-frame pipeline: the library's own video loop body (detect, classify, track, smooth)."""
+    def video(self, window: int, detect: bool | None, tta: bool, detection: dict | None = None) -> StreamSession:
+        """One WebSocket stream's session: its frames go through the library's own stream (tracking, smoothing)."""
+        rec = self.rec_tta if tta else self.rec
         try:
-            return (self.rec_tta if tta else self.rec).video(smooth=window, detect=detect,
-                                                             **{**self.detection, **(detection or {})})
+            return StreamSession(rec, window, detect, {**self.detection, **(detection or {})})
         except FerkitError as e:
             raise ApiError(422, "invalid_parameter", str(e)) from None
 
-    def predict_frame(self, data: bytes, pipeline: Any, top_k: int | None) -> dict:
-        """One frame of a stream through its pipeline (from `video()`), under the same decode limits as an upload."""
+    def predict_frame(self, data: bytes, session: StreamSession, top_k: int | None) -> dict:
+        """One frame of a stream through its session, under the same decode limits as an upload."""
         start = time.perf_counter()
         try:
             info = images.probe(data, "frame", formats=FORMATS, max_pixels=self.max_pixels)
             with self.pixels.hold(info.pixels):
                 decoded = images.load(data, "frame", formats=FORMATS, max_pixels=self.max_pixels)
-                if pipeline.detect is not False and self.detector is None:
+                if session.detect is not False and self.detector is None:
                     raise ApiError(501, "no_detector", "no face detector is installed on this server; pass "
                                    "detect=false for face crops")
                 with self._lock:
-                    pred = pipeline.process(decoded.image)
+                    pred = session.process(decoded.image)
             pred = pred.scaled_to(decoded.width, decoded.height)
         except FerkitError as e:
             raise from_ferkit_error(e) from None
@@ -171,3 +171,32 @@ def _maybe_number(raw: str) -> Any:
         return float(raw)
     except ValueError:
         return raw
+
+
+class StreamSession:
+    """The frames of one WebSocket, handed one at a time to `EmotionRecognizer.stream`, the generator `ferkit predict`
+    consumes for a video: the same tracking and smoothing, frame by frame as the client sends them."""
+
+    def __init__(self, rec: Any, window: int, detect: bool | None, detection: dict):
+        self._args = (rec, window, detect, detection)
+        self.detect = detect
+        self._start()
+
+    def _start(self) -> None:
+        rec, window, detect, detection = self._args
+        self._next: np.ndarray | None = None
+        self._results = iter(rec.stream(self._frames(), detect=detect, smooth=window, keep_images=False,
+                                        **detection))
+
+    def _frames(self) -> Any:
+        while self._next is not None:
+            frame, self._next = self._next, None
+            yield frame
+
+    def process(self, frame: np.ndarray) -> Any:
+        self._next = frame
+        try:
+            return next(self._results)
+        except BaseException:
+            self._start()  # a generator that raised is finished: the next frame starts a fresh one (new tracks)
+            raise

@@ -1,5 +1,6 @@
 """WebSocket /v1/stream: JPEG frames in, one JSON result per frame out, faces tracked and smoothed across frames by
-the library's own video pipeline (EmotionRecognizer.video)."""
+the library's own stream (EmotionRecognizer.stream over the stream's frames, engine.StreamSession), the generator
+`ferkit predict clip.mp4` consumes."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ async def _serve(ws: WebSocket, detect: bool | None, tta: bool, top_k: int | Non
         await ws.close(code=1008, reason="top_k must be 1..number of classes and window >= 1")
         return
     try:
-        pipeline = engine.video(window or config.stream_window, detect, tta, detection)
+        session = engine.video(window or config.stream_window, detect, tta, detection)
     except ApiError as e:
         await ws.close(code=1008, reason=e.message)
         return
@@ -90,7 +91,7 @@ async def _serve(ws: WebSocket, detect: bool | None, tta: bool, top_k: int | Non
                                                   "message": "text messages must be JSON, e.g. {\"type\": \"reset\"}"}})
                     continue
                 if isinstance(doc, dict) and doc.get("type") == "reset":
-                    pipeline = engine.video(window or config.stream_window, detect, tta, detection)
+                    session = engine.video(window or config.stream_window, detect, tta, detection)
                     await ws.send_json({"type": "reset"})
                     continue
                 await ws.send_json({"error": {"status": 400, "code": "unknown_message",
@@ -99,7 +100,7 @@ async def _serve(ws: WebSocket, detect: bool | None, tta: bool, top_k: int | Non
             frame += 1
             try:
                 check_image_bytes(data, f"frame {frame}", config.max_upload_bytes, config.max_pixels)
-                result = await run(ws.app, engine.predict_frame, data, pipeline, top_k)
+                result = await run(ws.app, engine.predict_frame, data, session, top_k)
             except ApiError as e:
                 await ws.send_json({"frame": frame, "error": e.to_dict()})
                 continue
