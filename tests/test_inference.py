@@ -393,3 +393,29 @@ def test_probability_bar_never_covers_the_label() -> None:
     tall_label, tall_bar = layout((50, 40, 120, 440), (90, 22), 36, h)  # the box fills the frame below the label
     assert tall_label[3] <= 40 and tall_bar[1] > 40 and tall_bar[3] <= 480
 
+
+
+def test_data_inference_and_service_import_downwards_and_draw_nothing() -> None:
+    """data imports no layer above it, inference none but data (never torch), the service nothing of the command
+    line; none of them imports rich or switches matplotlib's backend (the caller's choice)."""
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "ferkit"
+    above = {"data": ("models", "training", "evaluation", "inference", "service", "cli"),
+             "images.py": ("data", "models", "training", "evaluation", "inference", "service", "cli"),
+             "inference": ("models", "training", "evaluation", "service", "cli"), "service": ("cli",)}
+    checked = 0
+    for part, bad in above.items():
+        files = [src / part] if part.endswith(".py") else sorted((src / part).rglob("*.py"))
+        for f in files:
+            tree = ast.parse(f.read_text())
+            names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+            for layer in bad:
+                assert not any(n.startswith(f"ferkit.{layer}") for n in names), f"{f.name} imports ferkit.{layer}"
+            assert not any(n.split(".")[0] in ("rich", "torch") for n in names), f"{f.name} imports rich or torch"
+            assert "matplotlib.pyplot" not in names, f"{f.name} imports pyplot"
+            calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+            assert not any(c.func.attr == "use" and getattr(c.func.value, "id", "") == "matplotlib" for c in calls)
+            checked += 1
+    assert checked > 30
