@@ -9,7 +9,7 @@ import pytest
 
 from ferkit.data.dataset import Split
 from ferkit.errors import FerkitError
-from ferkit.evaluation.align import align_split, class_lut, parse_map
+from ferkit.data.classes import class_lut, parse_map, remap_split
 from ferkit.evaluation.core import summarize
 from ferkit.evaluation.metrics import (
     bootstrap_ci,
@@ -153,7 +153,7 @@ def test_class_lut_maps_drops_and_explains():
 def test_align_split_moves_votes_to_model_classes():
     sp = Split(np.zeros((3, 4, 4), np.uint8), np.array([0, 1, 2]), ["x", "y", "z"],
                np.array([[0.6, 0.2, 0.2], [0.1, 0.9, 0], [0.3, 0.3, 0.4]], np.float32))
-    out, keep = align_split(sp, np.array([1, 0, -1]), 2)
+    out, keep = remap_split(sp, np.array([1, 0, -1]), 2, renormalise=False)
     assert keep.tolist() == [0, 1] and out.labels.tolist() == [1, 0]
     np.testing.assert_allclose(out.soft, [[0.2, 0.6], [0.9, 0.1]], rtol=1e-6)
 

@@ -16,7 +16,7 @@ from ferkit import runs
 from ferkit.data.audit import exact_train_copies
 from ferkit.data.dataset import Dataset, Split
 from ferkit.errors import FerkitError
-from ferkit.evaluation.align import align_split, class_lut, parse_map
+from ferkit.data.classes import class_lut, parse_map, remap_split
 from ferkit.evaluation.metrics import (
     bootstrap_ci,
     classification_metrics,
@@ -85,7 +85,7 @@ def prepare(ds: Dataset, classes: list[str], split: str, map_spec: str | None, c
     if restrict:
         lut = np.array([int(np.searchsorted(data_cols, v)) if v >= 0 else -1 for v in lut], dtype=np.int64)
         classes = [classes[c] for c in data_cols]
-    sp, keep = align_split(ds.splits[split], lut, len(classes))
+    sp, keep = remap_split(ds.splits[split], lut, len(classes), renormalise=False)
     if len(sp) == 0:
         raise FerkitError(f"{ds.source}: the {split} split has no items of the model's classes")
     prep = Prepared(sp, list(classes), data_cols, restrict, mapping, len(ds.splits[split]) - len(sp))

@@ -87,29 +87,14 @@ class TorchPredictor(Predictor):
 
 
 def load_predictor(spec: str) -> Predictor:
-    """'default', a run folder (model.onnx preferred, else best.safetensors), a .onnx or a .safetensors file."""
-    if spec == "default":
-        p = OnnxPredictor(None)
-        p.name = "default"
-        return p
-    path = Path(spec)
-    if not path.exists():
-        raise FerkitError(f"{spec}: no such model; give 'default', a run folder, a .onnx or a .safetensors file")
-    if path.is_dir():
-        if (path / "model.onnx").is_file():
-            pred: Predictor = OnnxPredictor(path / "model.onnx", name=path.name)
-        elif (path / "best.safetensors").is_file():
-            pred = TorchPredictor(path / "best.safetensors", name=path.name)
-        else:
-            raise FerkitError(f"{path}: not a run folder (no model.onnx or best.safetensors inside)")
-        pred.run_dir = path
-        return pred
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return OnnxPredictor(path, name=path.stem)
-    if suffix == ".safetensors":
-        return TorchPredictor(path, name=path.stem)
-    raise FerkitError(f"{path}: not a model; expected 'default', a run folder, a .onnx or a .safetensors file")
+    """Any model spec the one resolver (ferkit.inference.resolve) reads; safetensors weights run under PyTorch."""
+    from ferkit.inference.resolve import resolve_model
+
+    ref = resolve_model(spec)
+    pred: Predictor = (OnnxPredictor(ref.path, name=ref.name) if ref.kind == "onnx"
+                       else TorchPredictor(ref.path, name=ref.name))
+    pred.run_dir = ref.run_dir
+    return pred
 
 
 def parse_model_specs(specs: list[str] | str) -> list[str]:
