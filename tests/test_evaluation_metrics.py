@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from ferkit.data.classes import class_lut, parse_map, remap_split
 from ferkit.data.dataset import Split
 from ferkit.errors import FerkitError
-from ferkit.data.classes import class_lut, parse_map, remap_split
 from ferkit.evaluation.core import summarize
 from ferkit.evaluation.metrics import (
     bootstrap_ci,

@@ -14,9 +14,9 @@ import numpy as np
 
 from ferkit import runs
 from ferkit.data.audit import exact_train_copies
+from ferkit.data.classes import class_lut, parse_map, remap_split
 from ferkit.data.dataset import Dataset, Split
 from ferkit.errors import FerkitError
-from ferkit.data.classes import class_lut, parse_map, remap_split
 from ferkit.evaluation.metrics import (
     bootstrap_ci,
     classification_metrics,
