@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ferkit.data.classes import ensemble_orders
 from ferkit.errors import FerkitError
 from ferkit.utils import ProgressFn
 from ferkit.views import apply_temperature, tta_mode, tta_views
@@ -114,12 +115,7 @@ class Ensemble:
             raise FerkitError("MODEL: give at least one model")
         self.members = members
         self.classes = list(members[0].classes)
-        self.orders = []
-        for m in members:
-            if sorted(m.classes) != sorted(self.classes):
-                raise FerkitError(f"{m.source}: classes {', '.join(m.classes)} differ from {members[0].source}'s "
-                                  f"({', '.join(self.classes)}); an ensemble needs one class set")
-            self.orders.append(np.array([m.classes.index(c) for c in self.classes]))
+        self.orders = ensemble_orders([(m.source, m.classes) for m in members])
         self.input_size = members[0].input_size
 
     @property

@@ -57,6 +57,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ferkit.data.classes import ensemble_orders
 from ferkit.errors import FerkitError
 from ferkit.inference.detect import Detection, FaceDetector, create_detector
 from ferkit.inference.model import OnnxClassifier
@@ -96,17 +97,7 @@ class EmotionRecognizer:
         refs = resolve_models(model, precision=precision)
         self.models = [OnnxClassifier(ref, threads=threads) for ref in refs]
         first = self.models[0]
-        # An ensemble averages probabilities per class: members may order their classes differently (each is
-        # reordered to the first member's order) but must know the same ones.
-        self._orders: list[np.ndarray | None] = []
-        for m in self.models:
-            if sorted(m.classes) != sorted(first.classes):
-                raise FerkitError(
-                    f"{m.path}: classes {', '.join(m.classes)} differ from {first.path}'s ({', '.join(first.classes)}); "
-                    "an ensemble needs one class set (in any order)"
-                )
-            order = np.array([m.classes.index(c) for c in first.classes])
-            self._orders.append(None if (order == np.arange(len(order))).all() else order)
+        self._orders = ensemble_orders([(str(m.path), m.classes) for m in self.models])
         if margin <= 0:
             raise FerkitError(f"margin {margin}: must be > 0")
         check_detection(detect_size, threshold, max_faces)
@@ -138,7 +129,7 @@ class EmotionRecognizer:
         probs = []
         for m, order in zip(self.models, self._orders, strict=True):
             p = m.predict_proba(crops, batch=batch, tta=self.tta)
-            probs.append(p if order is None else p[:, order])
+            probs.append(p[:, order])
         return probs[0] if len(probs) == 1 else np.mean(probs, axis=0).astype(np.float32)
 
     def detect(self, image: np.ndarray, *, detect_size: int | None = None, threshold: float | None = None,

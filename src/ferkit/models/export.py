@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ferkit.data.classes import ensemble_orders
 from ferkit.errors import FerkitError
 from ferkit.models.registry import create_model
 
@@ -83,17 +84,16 @@ class WeightedEnsemble(nn.Module):
 
 def load_ensemble(paths: list[str | Path], weights: list[float] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A WeightedEnsemble of ferkit safetensors files (same classes in any order, same input size and crop)."""
-    members, orders, infos = [], [], []
+    members, infos = [], []
     for p in paths:
         model, info = load_weights(p)
         first = infos[0] if infos else info
-        if sorted(info["classes"]) != sorted(first["classes"]) or (info["input_size"], info["crop"]) != (
-                first["input_size"], first["crop"]):
-            raise FerkitError(f"{p}: classes/input size/crop {info['classes']}/{info['input_size']}/{info['crop']} "
-                              f"differ from {paths[0]}'s; an ensemble needs the same ones")
+        if (info["input_size"], info["crop"]) != (first["input_size"], first["crop"]):
+            raise FerkitError(f"{p}: input size/crop {info['input_size']}/{info['crop']} differ from {paths[0]}'s; "
+                              "an ensemble needs the same ones")
         members.append(model)
-        orders.append([info["classes"].index(c) for c in first["classes"]])
         infos.append(info)
+    orders = [o.tolist() for o in ensemble_orders([(str(p), i["classes"]) for p, i in zip(paths, infos, strict=True)])]
     weights = weights or [1.0] * len(members)
     if len(weights) != len(members) or min(weights) < 0 or sum(weights) <= 0:
         raise FerkitError(f"ensemble weights {weights}: give one non-negative weight per member")
