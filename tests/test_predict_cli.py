@@ -246,3 +246,21 @@ def test_file_names_with_markup_are_printed_as_written(tmp_path: Path, astronaut
     r = runner.invoke(app, ["predict", str(d / "[red]bad[" / "x].png"), *model_args], env={"COLUMNS": "80"})
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and "[red]bad[/x].png" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_json_lines_into_a_closed_pipe_stop_quietly(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), rng.integers(0, 255, (48, 48), dtype=np.uint8))
+    ferkit = Path(sys.executable).with_name("ferkit")
+    done = subprocess.run(f"'{ferkit}' predict '{tmp_path}' --json -q | head -c 100", shell=True,
+                          capture_output=True, text=True, timeout=300)
+    assert done.stdout.startswith('{"schema": 1') and len(done.stdout) == 100
+    assert "error" not in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except BrokenPipeError:
+            # The reader went away (`ferkit predict ... --json | head`): stop quietly, as Unix tools do; stdout is
+            # pointed at /dev/null so the interpreter's final flush does not complain again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except Exception as e:
             if _verbosity["level"] > 0:
                 raise
