@@ -53,9 +53,9 @@ def test_plain_install_predicts_without_torch(tmp_path: Path) -> None:
     r = subprocess.run([str(bindir / "ferkit"), "predict", str(photo), "--json"], capture_output=True, text=True,
                        env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout)
-    faces = [row for row in out["rows"] if row["face"] is not None]
-    assert len(faces) == 1 and faces[0]["label"] in faces[0]  # the label is one of the probability columns
+    (out,) = [json.loads(line) for line in r.stdout.splitlines()]  # one JSON line per image
+    assert out["schema"] == 1 and len(out["faces"]) == 1
+    assert out["faces"][0]["label"] in out["faces"][0]["probabilities"]
     # The library entry point too, in the same torch-free environment.
     code = ("import sys; from ferkit import EmotionRecognizer; p = EmotionRecognizer().predict(sys.argv[1]); "
             "assert len(p.faces) == 1; assert 'torch' not in sys.modules; print(p.faces[0].label)")
