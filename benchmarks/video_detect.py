@@ -35,6 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -146,11 +147,11 @@ class MotionDetect:
     def __getattr__(self, name: str):
         return getattr(self.rec, name)
 
-    def detect(self, frame: np.ndarray) -> list[Detection]:
+    def detect(self, frame: np.ndarray, **detection: Any) -> list[Detection]:
         k = self._count % self.every
         self._count += 1
         if k == 0:
-            dets = self.rec.detect(frame)
+            dets = self.rec.detect(frame, **detection)
             self._velocity = []
             for d in dets:
                 prev = max(self._last, key=lambda p, d=d: iou(p.box, d.box), default=None)
@@ -184,9 +185,10 @@ def run(clip: Path, detector: str, size: int, every: int, mode: str, threads: in
     det.detect = timed_detect  # type: ignore[method-assign]
     rec = EmotionRecognizer(detector=det, threads=threads)
     if mode == "motion" and every > 1:
-        pipe = VideoPipeline(MotionDetect(rec, every), FaceTracker(window=5))  # type: ignore[arg-type]
+        pipe = VideoPipeline(MotionDetect(rec, every), FaceTracker(window=5),  # type: ignore[arg-type]
+                             detection={"adaptive": False})
     else:
-        pipe = VideoPipeline(rec, FaceTracker(window=5), detect_every=every)
+        pipe = rec.video(smooth=5, detect_every=every)  # the library's own video pipeline and settings
     preds = []
     t_all, c_all = time.perf_counter(), time.process_time()
     for index, t, frame in FrameSource(str(clip)):
