@@ -218,7 +218,7 @@ Python {platform.python_version()}); every figure below comes from that command,
 
 ## Recipe and cost
 {recipes}
-- Training time in total, across resumed runs: {c['train_minutes']} minutes ({c['train_minutes'] / 60:.1f} CPU-hours of
+- Training time in total, across resumed runs: {c['train_minutes']} minutes ({c['train_minutes'] / 60:.1f} hours of
   wall-clock) on {c['machine']}.
 - Reproduce: `ferkit train RUN/config.toml --out NEW_RUN` for each run (its config records every setting and the
   data's path), then the command above.
