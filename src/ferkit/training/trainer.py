@@ -32,7 +32,7 @@ from ferkit.metrics import validation_metrics
 from ferkit.models import create_model
 from ferkit.models.export import classifier_name, init_from
 from ferkit.training.augment import augment, mix
-from ferkit.training.config import TrainConfig, absolute_paths, to_toml
+from ferkit.training.config import TrainConfig, absolute_paths, to_toml, validate
 from ferkit.training.distill import Teacher, compute_teacher, distill_loss, teacher_specs
 from ferkit.utils import ProgressFn, assets_dir, atomic_write
 from ferkit.views import tta_views
@@ -154,6 +154,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = None,
                  exist_ok: bool = False, on_epoch: EpochFn | None = None):
         self.cfg = cfg
+        validate(cfg)  # a config built in code gets the same checks as one read from a file
         if cfg.data is None:
             raise FerkitError("no dataset to train on: pass --data PATH (any dataset `ferkit data info` reads, e.g. "
                               "fer2013.zip or a folder of class folders), or set data in the config")
@@ -312,8 +313,6 @@ class Trainer:
         cfg = self.cfg
         if cfg.augment.mixup or cfg.augment.cutmix:
             raise FerkitError("teacher: mixup and cutmix can't be used with distillation (the views are stored)")
-        if not 0 <= cfg.distill_alpha <= 1 or cfg.distill_temperature <= 0 or cfg.teacher_views < 1:
-            raise FerkitError("distill_alpha must lie in 0..1, distill_temperature be > 0 and teacher_views >= 1")
         specs = teacher_specs(cfg.teacher)
         if len(specs) == 1 and specs[0].endswith(".npz"):
             path = Path(specs[0])
