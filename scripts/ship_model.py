@@ -68,6 +68,43 @@ def choose_weights(probs: list[np.ndarray], labels: np.ndarray) -> list[float]:
     return [round(float(w), 4) for w in np.exp(z) / np.exp(z).sum()]
 
 
+def ship_int8(asset: Path, data: str, tta: str, work: Path) -> dict:
+    """The int8 variant (`<name>-int8`) beside the asset, calibrated on Training faces, measured like the fp32 one."""
+    from ferkit.evaluation.core import evaluate
+    from ferkit.models.quantize import quantize_int8
+
+    out = asset.with_name(asset.stem + "_int8.onnx")
+    quantize_int8(asset, out, data)
+    acc = {}
+    for split in ("val", "test"):
+        for t in dict.fromkeys(["none", tta]):
+            e = evaluate(str(out), data, split=split, tta=t, report=False, out=work / f"int8-{split}-{t}")
+            acc[f"{split}_{t}"] = e.metrics["metrics"]["accuracy"]
+    return {"size_bytes": out.stat().st_size, "accuracy": acc}
+
+
+def crops_per_s(model: Path, data: str, threads: int, batch: int = 64, seconds: float = 3.0) -> dict:
+    """Faces classified per second on PrivateTest crops (batch 64, a fixed thread count), without and with each TTA
+    the card names: the figure benchmarks/peers.py measures, here for the card (meaningful on an idle machine)."""
+    import time
+
+    from ferkit.data import load_dataset
+    from ferkit.inference.model import OnnxClassifier
+
+    m = OnnxClassifier(model, threads=threads)
+    crops = load_dataset(data)["test"].images[:1024]
+    out = {}
+    for t in dict.fromkeys(["none", m.metadata.get("tta", "none")]):
+        m.predict_proba(crops[:batch], tta=t)  # warm-up
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for i in range(0, len(crops), batch):
+                m.predict_proba(crops[i : i + batch], tta=t)
+            n += len(crops)
+        out[t] = round(n / (time.perf_counter() - start))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name", help="Built-in name: default, accurate, fast, ...")
@@ -79,6 +116,8 @@ def main() -> None:
     ap.add_argument("--assets", type=Path, default=ROOT / "src" / "ferkit" / "assets", help=argparse.SUPPRESS)
     ap.add_argument("--docs", type=Path, default=ROOT / "docs", help=argparse.SUPPRESS)
     ap.add_argument("--reports", type=Path, default=ROOT / "runs" / "ship", help="Where the evaluation reports go.")
+    ap.add_argument("--no-int8", dest="int8", action="store_false", help="Don't ship the int8 variant beside it.")
+    ap.add_argument("--threads", type=int, default=1, help="Threads for the crops/s figures (peers.py's default).")
     args = ap.parse_args()
     asset = args.assets / f"ferkit_{args.name}.onnx"
     if args.card_only:
@@ -151,6 +190,11 @@ def main() -> None:
     summary = {k: card[k] for k in ("test_accuracy", "test_accuracy_tta", "tta", "test_macro_f1", "val_accuracy")}
     set_onnx_metadata(asset, {"metrics": json.dumps(summary), "tta": tta})
     card["size_bytes"] = asset.stat().st_size
+    card["speed"] = {"fp32": crops_per_s(asset, args.data, args.threads)}
+    if args.int8:
+        card["int8"] = ship_int8(asset, args.data, tta, work)
+        card["speed"]["int8"] = crops_per_s(asset.with_name(asset.stem + "_int8.onnx"), args.data, args.threads)
+    card["speed"]["threads"] = args.threads
     asset.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     card_path(args.docs, args.name).write_text(render(card))
     print(json.dumps(summary, indent=2))
@@ -176,6 +220,30 @@ def recipe(r: dict) -> str:
             f"learning rate (peak {r['lr']:g}), weight decay {r['weight_decay']:g}, label smoothing "
             f"{r['label_smoothing']:g}, weight EMA {r['ema']:g}, class balance `{r['balance']}`{teacher}; "
             f"augmentation on whole batches: {', '.join(aug)}")
+
+
+def variants(c: dict) -> str:
+    """The int8 variant's accuracy and both variants' speed, for cards that measured them."""
+    if "speed" not in c:
+        return ""
+    sp, tta = c["speed"], c["tta"]
+    rows = [f"| `{c['builtin']}` (fp32) | {c['size_bytes'] / 1e6:.1f} MB | {pct(c['val_accuracy']['none'])} | "
+            f"{pct(c['test_accuracy'])} / {pct(c['test_accuracy_tta'])} | {sp['fp32']['none']:,} / "
+            f"{sp['fp32'][tta]:,} |"]
+    if "int8" in c:
+        a = c["int8"]["accuracy"]
+        rows.append(f"| `{c['builtin']}-int8` | {c['int8']['size_bytes'] / 1e6:.1f} MB | {pct(a['val_none'])} | "
+                    f"{pct(a['test_none'])} / {pct(a[f'test_{tta}'])} | {sp['int8']['none']:,} / {sp['int8'][tta]:,} |")
+    return f"""
+Variants: the int8 copy is quantised statically (QDQ, per-channel weights) with activations calibrated on 2,000
+Training faces (`ferkit quantize`). Speed: faces per second on PrivateTest crops, batch 64, {sp['threads']} thread(s) of
+ONNX Runtime, on the machine above, measured by the same command (`python benchmarks/peers.py` times the same against
+the `fer` package in one run).
+
+| variant | file | PublicTest, no TTA | PrivateTest, no TTA / TTA `{tta}` | faces/s, no TTA / TTA `{tta}` |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
 
 
 def render(c: dict) -> str:
@@ -235,6 +303,7 @@ Python {platform.python_version()}); every figure below comes from that command,
 | expected calibration error, before / after temperature | {c['test_ece']['before']:.3f} / {c['test_ece']['after']:.3f} |
 | PublicTest accuracy by TTA option (used to choose) | {', '.join(f"{k}: {pct(v)}" for k, v in c['val_accuracy'].items())} |
 
+{variants(c)}
 Per class, with TTA `{c['tta']}`:
 
 | class | precision | recall | F1 | support |

@@ -168,7 +168,13 @@ def test_ship_script_makes_one_onnx_ensemble_with_its_card(tiny_folders: Path, t
     w = [m["weight"] for m in card["members"]]
     assert len(w) == 2 and abs(sum(w) - 1) < 1e-3 and min(w) >= 0
     assert card["tta"] in ("none", "flip", "ten_crop") and card["crop"] == 40
-    assert "ensemble of 2 networks" in (docs / "model_card_accurate.md").read_text()
+    md = (docs / "model_card_accurate.md").read_text()
+    assert "ensemble of 2 networks" in md and "| `accurate-int8` |" in md
+    # The int8 variant ships beside it, measured like the fp32 one, and both have a speed figure.
+    int8 = OnnxClassifier(assets / "ferkit_accurate_int8.onnx")
+    assert int8.metadata["precision"] == "int8" and int8.crop == 40
+    assert set(card["int8"]["accuracy"]) >= {"val_none", "test_none", f"test_{card['tta']}"}
+    assert all(card["speed"][v]["none"] > 0 for v in ("fp32", "int8"))
     # The one ONNX file is the weighted average of its members' probabilities.
     ens = OnnxClassifier(assets / "ferkit_accurate.onnx")
     assert (ens.crop, ens.name) == (40, "ferkit-accurate") and ens.metadata["tta"] == card["tta"]
