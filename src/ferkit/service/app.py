@@ -68,19 +68,24 @@ def create_app(config: ServiceConfig | None = None, recognizer: Any = None) -> F
     engine = Engine(recognizer or build_recognizer(config), Metrics(), max_pixels=config.max_pixels,
                     pixel_budget=config.pixel_budget, detection={"detect_size": config.detect_size,
                                                                  "threshold": config.threshold,
-                                                                 "max_faces": config.max_faces})
+                                                                 "max_faces": config.max_faces},
+                    batch_window=config.batch_window_ms / 1000, batch_faces=config.batch_faces,
+                    batch_capacity=config.workers)
     pool = InferencePool(config.workers, config.queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await asyncio.get_running_loop().run_in_executor(None, engine.warm_up)
         app.state.ready = True
-        log.info("ferkit service ready: model %s, detector %s, %d workers", engine.model_ref["name"],
-                 engine.detector, config.workers)
+        batching = (f"batches of up to {config.batch_faces} faces within {config.batch_window_ms:g} ms"
+                    if engine.batcher is not None else "no batching")
+        log.info("ferkit service ready: model %s, detector %s, %d workers, %s", engine.model_ref["name"],
+                 engine.detector, config.workers, batching)
         yield
         # uvicorn has stopped accepting and waited for open requests (timeout_graceful_shutdown); drain the pool.
         app.state.ready = False
         await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        await asyncio.get_running_loop().run_in_executor(None, engine.close)  # the drained pool's last batch ran
 
     app = FastAPI(title="ferkit", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None,  # Swagger UI loads its JS from a CDN; /docs is an offline page

@@ -40,6 +40,10 @@ class ServiceConfig(BaseSettings):
     threshold: float = Field(0.5, ge=0, le=1)  # minimum detector score
     max_faces: int = Field(0, ge=0)  # most faces per image (0 = all)
     workers: int = Field(default_factory=_default_workers, ge=1)  # inference threads
+    # Micro-batching of the classification (ferkit.service.batcher): the faces of requests that arrive together are
+    # classified in one call. 0 (either): each request classifies its own faces.
+    batch_window_ms: float = Field(2.0, ge=0, le=1000, allow_inf_nan=False)  # longest wait for other requests' faces
+    batch_faces: int = Field(32, ge=0, le=4096)  # most face crops per batched call (0 or 1: no batching)
     queue: int = Field(32, ge=0)  # requests allowed to wait for a worker; beyond that: 503 + Retry-After
     max_upload_mb: float = Field(10.0, gt=0, allow_inf_nan=False)  # per image
     max_batch: int = Field(16, ge=1)  # images per /v1/predict/batch request

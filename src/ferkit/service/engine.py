@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from ferkit import images
 from ferkit.errors import FerkitError
+from ferkit.service.batcher import MicroBatcher
 from ferkit.service.errors import ApiError, from_ferkit_error
 from ferkit.service.limits import FORMATS
 from ferkit.service.metrics import Metrics
@@ -22,7 +25,10 @@ class Engine:
     """Wraps an EmotionRecognizer (or anything with its predict/classes/model_names) for the service."""
 
     def __init__(self, recognizer: Any, metrics: Metrics, max_pixels: int = images.MAX_PIXELS,
-                 pixel_budget: int | None = None, detection: dict | None = None):
+                 pixel_budget: int | None = None, detection: dict | None = None, batch_window: float = 0.0,
+                 batch_faces: int = 0, batch_capacity: int = 1):
+        """batch_window (seconds) and batch_faces: micro-batching of the classification (ferkit.service.batcher);
+        off when either is 0 (or batch_faces 1). batch_capacity: requests that may wait for a batch (the workers)."""
         self.rec = recognizer
         self.detection = dict(detection or {})  # the server's detection settings; a request may override them
         self.max_pixels = max_pixels
@@ -48,13 +54,60 @@ class Engine:
             self.detector = None  # crops only (detect=false) on this machine
         # OpenCV's CascadeClassifier keeps per-call scratch state in the object: one Haar detection at a time.
         self._lock = threading.Lock() if self.detector == "haar" else contextlib.nullcontext()
+        self.batcher: MicroBatcher | None = None
+        self._recs = {False: self.rec, True: self.rec_tta}  # what classifies an upload, by its TTA
+        if batch_window > 0 and batch_faces > 1:
+            self.batcher = MicroBatcher(
+                {tta: functools.partial(rec.predict_proba, batch=batch_faces) for tta, rec in self._recs.items()},
+                window=batch_window, max_faces=batch_faces, capacity=batch_capacity, observe=self._observe_batch)
+            self._recs = {tta: self._batched(rec, tta) for tta, rec in self._recs.items()}
+
+    def _batched(self, rec: Any, tta: bool) -> Any:
+        """A twin of `rec` (a shallow copy: the same ONNX sessions and detector, as the TTA twin) whose crops go to
+        the batcher: detection, alignment and the Prediction stay the library's own code (EmotionRecognizer.predict
+        classifies through self.predict_proba), only crops -> probabilities is shared with other requests."""
+        twin = copy.copy(rec)
+        batcher = self.batcher
+        assert batcher is not None
+
+        def predict_proba(crops: Any, batch: int = 64) -> np.ndarray:
+            with self._detector_released():
+                return batcher.classify(tta, crops)
+
+        twin.predict_proba = predict_proba
+        return twin
+
+    @contextlib.contextmanager
+    def _detector_released(self) -> Iterator[None]:
+        """The Haar lock (held around predict) is let go while a request waits for its batch: the other workers
+        must be able to detect meanwhile, or there would never be more than one request to gather."""
+        if isinstance(self._lock, contextlib.nullcontext):
+            yield
+            return
+        self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.acquire()
+
+    def _observe_batch(self, requests: int, faces: int, waits: list[float]) -> None:
+        self.metrics.batch_images.observe(requests)
+        self.metrics.batch_faces.observe(faces)
+        for w in waits:
+            self.metrics.batch_wait.observe(w)
+
+    def close(self) -> None:
+        """After the pool has drained: the batcher classifies what is left and stops."""
+        if self.batcher is not None:
+            self.batcher.close()
 
     # -- per image ----------------------------------------------------------------------------------------------
     def predict_bytes(self, data: bytes, name: str, detect: bool | None, tta: bool, top_k: int | None,
                       detection: dict | None = None) -> dict:
         start = time.perf_counter()
         try:
-            pred = self._decode_and_predict(data, name, detect, tta, {**self.detection, **(detection or {})})
+            with self.batcher.producing() if self.batcher is not None else contextlib.nullcontext():
+                pred = self._decode_and_predict(data, name, detect, tta, {**self.detection, **(detection or {})})
         except FerkitError as e:
             self.metrics.images.labels("bad").inc()
             raise from_ferkit_error(e) from None
@@ -108,7 +161,7 @@ class Engine:
             raise ApiError(
                 501, "no_detector", "no face detector is installed on this server; pass detect=false for face crops"
             )
-        rec = self.rec_tta if tta else self.rec
+        rec = self._recs[bool(tta)]
         with self._lock:
             pred = rec.predict(image, detect=detect, name=name, **detection)
         return pred.scaled_to(decoded.width, decoded.height)

@@ -40,6 +40,19 @@ class Metrics:
         self.pending = Gauge("ferkit_pool_pending", "Inference jobs running or queued", registry=r)
         self.streams = Gauge("ferkit_stream_connections", "Open /v1/stream WebSockets", registry=r)
         self.frames = Counter("ferkit_stream_frames", "Frames answered on /v1/stream", registry=r)
+        # Micro-batching (ferkit.service.batcher): one observation per batched classification call.
+        self.batch_images = Histogram(
+            "ferkit_batch_images", "Images (requests) whose faces were classified together in one batched call",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64), registry=r,
+        )
+        self.batch_faces = Histogram(
+            "ferkit_batch_faces", "Face crops per batched classification call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
+        )
+        self.batch_wait = Histogram(
+            "ferkit_batch_wait_seconds", "Time an image's crops waited for their batch to start",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

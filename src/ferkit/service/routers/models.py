@@ -27,4 +27,6 @@ async def models(request: Request) -> dict:
         "detect_size": config.detect_size,
         "threshold": config.threshold,
         "max_faces": config.max_faces,
+        "batch_window_ms": config.batch_window_ms if engine.batcher is not None else 0.0,
+        "batch_faces": config.batch_faces if engine.batcher is not None else 0,
     }
