@@ -56,7 +56,7 @@ class Engine:
         self._lock = threading.Lock() if self.detector == "haar" else contextlib.nullcontext()
         self.batcher: MicroBatcher | None = None
         self._recs = {False: self.rec, True: self.rec_tta}  # what classifies an upload, by its TTA
-        if batch_window > 0 and batch_faces > 1:
+        if batch_window > 0 and batch_faces > 1 and hasattr(recognizer, "predict_proba"):
             self.batcher = MicroBatcher(
                 {tta: functools.partial(rec.predict_proba, batch=batch_faces) for tta, rec in self._recs.items()},
                 window=batch_window, max_faces=batch_faces, capacity=batch_capacity, observe=self._observe_batch)
