@@ -60,15 +60,13 @@ class Engine:
             self.batcher = MicroBatcher(
                 {tta: functools.partial(rec.predict_proba, batch=batch_faces) for tta, rec in self._recs.items()},
                 window=batch_window, max_faces=batch_faces, capacity=batch_capacity, observe=self._observe_batch)
-            self._recs = {tta: self._batched(rec, tta) for tta, rec in self._recs.items()}
+            self._recs = {tta: self._batched(rec, tta, self.batcher) for tta, rec in self._recs.items()}
 
-    def _batched(self, rec: Any, tta: bool) -> Any:
+    def _batched(self, rec: Any, tta: bool, batcher: MicroBatcher) -> Any:
         """A twin of `rec` (a shallow copy: the same ONNX sessions and detector, as the TTA twin) whose crops go to
         the batcher: detection, alignment and the Prediction stay the library's own code (EmotionRecognizer.predict
         classifies through self.predict_proba), only crops -> probabilities is shared with other requests."""
         twin = copy.copy(rec)
-        batcher = self.batcher
-        assert batcher is not None
 
         def predict_proba(crops: Any, batch: int = 64) -> np.ndarray:
             with self._detector_released():
