@@ -587,9 +587,12 @@ def test_cli_serve(monkeypatch, tmp_path):
     r = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "120"})
     assert r.exit_code == 0 and "Example: ferkit serve" in r.output and "FERKIT_API_KEY" in r.output
     assert "<" not in r.output and "--detect-size" in r.output and "--access-log" in r.output
+    assert "--batch-window-ms" in r.output and "--batch-faces" in r.output
     port = str(_free_port())
     r = runner.invoke(app, ["serve", "--port", port, "--model", str(tmp_path / "missing.onnx")])
     assert r.exit_code == 2 and "missing.onnx" in r.stderr
+    r = runner.invoke(app, ["serve", "--port", port, "--batch-window-ms", "-1"])
+    assert r.exit_code == 2 and "--batch-window-ms" in r.stderr
     monkeypatch.setenv("FERKIT_WORKERS", "zero")
     r = runner.invoke(app, ["serve", "--port", port])
     assert r.exit_code == 2 and "FERKIT_WORKERS='zero'" in r.stderr

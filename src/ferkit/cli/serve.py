@@ -53,6 +53,11 @@ def serve(
                                         help=f"Largest image ({_env('MAX_UPLOAD_MB', '10')})."),
     max_batch: int = typer.Option(None, metavar="N", show_default=False,
                                   help=f"Images per batch request ({_env('MAX_BATCH', '16')})."),
+    batch_window_ms: float = typer.Option(None, metavar="MS", show_default=False,
+                                          help="Longest wait for concurrent requests' faces to share one model call, "
+                                          f"0 = no batching ({_env('BATCH_WINDOW_MS', '2')})."),
+    batch_faces: int = typer.Option(None, metavar="N", show_default=False,
+                                    help=f"Most faces per batched model call ({_env('BATCH_FACES', '32')})."),
     cors_origins: str = typer.Option(None, metavar="ORIGINS", show_default=False,
                                      help="Comma-separated origins allowed by CORS, e.g. https://app.example "
                                      f"({_env('CORS_ORIGINS', 'none')})."),
@@ -83,7 +88,8 @@ def serve(
     config = ServiceConfig.from_env(
         host=host, port=port, model=tuple(model) if model else None, precision=precision, detector=detector,
         detect_size=detect_size, threshold=threshold, max_faces=max_faces, workers=workers, queue=queue,
-        max_upload_mb=max_upload_mb, max_batch=max_batch, cors_origins=cors_origins, api_key=api_key,
+        max_upload_mb=max_upload_mb, max_batch=max_batch, batch_window_ms=batch_window_ms, batch_faces=batch_faces,
+        cors_origins=cors_origins, api_key=api_key,
         access_log=access_log, graceful_timeout=graceful_timeout,
     )
     check_port(config.host, config.port)  # before the model loads: a busy port is known in a millisecond
