@@ -320,7 +320,7 @@ class Trainer:
             path = self.out / runs.TEACHER
             if self.rank == 0:
                 compute_teacher(specs, self.ds["train"].images, self.ds["train"].labels, self.classes, cfg.augment,
-                                self.crop, cfg.teacher_views, cfg.seed, self.device, path)
+                                self.crop, cfg.teacher_views, cfg.seed, self.device, path, bf16=self.bf16)
             if self.world > 1:
                 dist.barrier()  # the others read the file rank 0 wrote (a shared run folder across nodes)
         return Teacher(path, self.classes, len(self.x_train), self.crop, cfg.distill_temperature, self.device,
