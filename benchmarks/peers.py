@@ -17,7 +17,8 @@ What is timed, per side:
   --detect-size, plus alignment and classification); fer `detect_emotions(frame)` (Haar on the full frame).
 
 Usage: python benchmarks/peers.py [--peer-python benchmarks/.peer-venv/bin/python] [--threads 1] [--int8]
-       [--model PATH ...] [--crops 3589] [--frames 30] [--seconds 3] [--rounds 2] [--json]
+       (e.g. --model default --model fast --int8: both built-ins and their int8 variants)
+       [--model NAME_OR_PATH ...] [--crops 3589] [--frames 30] [--seconds 3] [--rounds 2] [--json]
 Figures are only comparable when the machine is otherwise idle; the script prints the machine and the load.
 """
 
@@ -94,7 +95,7 @@ def timed(fn, n_items: int, seconds: float) -> float:
             return passes * n_items / elapsed
 
 
-def run_ferkit(model: str | None, crops, frames1, frames3, threads: int, detect_size: int, seconds: float) -> dict:
+def run_ferkit(model: str, crops, frames1, frames3, threads: int, detect_size: int, seconds: float) -> dict:
     from ferkit.inference import EmotionRecognizer
 
     rec = EmotionRecognizer(model, threads=threads, detect_size=detect_size)
@@ -137,23 +138,13 @@ def best(rounds: list[dict]) -> dict:
     return out
 
 
-def int8_default(folder: Path) -> str:
-    """The shipped model quantised to int8 here, calibrated on FER2013 Training images (ferkit.models.quantize)."""
-    from ferkit.inference import default_model_path
-    from ferkit.models.quantize import quantize_int8
-
-    out = folder / "default-int8.onnx"
-    quantize_int8(default_model_path(), out, ZIP)
-    return str(out)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peer-python", type=Path, default=PEER_PYTHON,
                     help="python of the venv made by benchmarks/peer_env.sh")
     ap.add_argument("--threads", type=int, default=1, help="threads for both sides (ONNX Runtime / TF Lite / OpenCV)")
     ap.add_argument("--model", action="append", default=None, help="ferkit ONNX model(s); default: the shipped one")
-    ap.add_argument("--int8", action="store_true", help="also the shipped model quantised to int8 here")
+    ap.add_argument("--int8", action="store_true", help="also each model's int8 variant (`default` -> `default-int8`)")
     ap.add_argument("--crops", type=int, default=3589, help="PrivateTest crops (3589 = all)")
     ap.add_argument("--frames", type=int, default=30, help="640x480 frames per set (one face, three faces)")
     ap.add_argument("--detect-size", type=int, default=320, help="ferkit's detection size (its default)")
@@ -176,9 +167,9 @@ def main() -> None:
     frames1, frames3 = build_frames(args.frames, 1), build_frames(args.frames, 3)
     with tempfile.TemporaryDirectory(prefix="ferkit-peers-") as tmp:
         tmp = Path(tmp)
-        models: list[str | None] = list(args.model or [None])
+        models = list(args.model or ["default"])
         if args.int8:
-            models.append(int8_default(tmp))
+            models += [f"{m}-int8" for m in models if not m.endswith("-int8")]
         np.save(tmp / "crops.npy", crops)
         np.save(tmp / "frames1.npy", frames1)
         np.save(tmp / "frames3.npy", frames3)
