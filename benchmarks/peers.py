@@ -17,8 +17,8 @@ What is timed, per side:
   --detect-size, plus alignment and classification); fer `detect_emotions(frame)` (Haar on the full frame).
 
 Usage: python benchmarks/peers.py [--peer-python benchmarks/.peer-venv/bin/python] [--threads 1] [--int8]
-       (e.g. --model default --model fast --int8: both built-ins and their int8 variants)
        [--model NAME_OR_PATH ...] [--crops 3589] [--frames 30] [--seconds 3] [--rounds 2] [--json]
+       (e.g. --model default --model fast --int8: both built-ins and their int8 variants)
 Figures are only comparable when the machine is otherwise idle; the script prints the machine and the load.
 """
 
