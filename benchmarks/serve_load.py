@@ -1,7 +1,7 @@
 """Load test of `ferkit serve`, micro-batching off against on: requests/s and latency at several client concurrencies.
 
 For each --model it starts two `ferkit serve` processes on 127.0.0.1 (free ports), one with batching off
-(FERKIT_BATCH_FACES=0) and one with it on (the server's defaults, or --window-ms / --batch-faces), and measures them
+(FERKIT_BATCH_FACES=0) and one with it on (--window-ms, default 2, and --batch-faces), and measures them
 in turns, level by level (off at 1 client, on at 1 client, off at 8, ...), so a change in the machine's load hits both
 alike. N concurrent clients post single-face JPEGs (skimage's astronaut, 512 x 512) to POST /v1/predict for a fixed
 time per level. It prints throughput, p50/p95/p99 latency, errors, the server's resident memory, and for the batching
@@ -220,8 +220,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of each level, per mode")
     ap.add_argument("--workers", type=int, default=None, help="server inference threads (default: the server's)")
     ap.add_argument("--queue", type=int, default=64, help="server queue (large enough: the test wants no 503)")
-    ap.add_argument("--window-ms", type=float, default=None,
-                    help="batching server's FERKIT_BATCH_WINDOW_MS (default: the server's)")
+    ap.add_argument("--window-ms", type=float, default=2.0,
+                    help="batching server's FERKIT_BATCH_WINDOW_MS (the server's default is 0: off)")
     ap.add_argument("--batch-faces", type=int, default=None,
                     help="batching server's FERKIT_BATCH_FACES (default: the server's)")
     ap.add_argument("--crops", action="store_true",

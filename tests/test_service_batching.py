@@ -335,7 +335,7 @@ def test_batch_endpoint_and_streams_with_batching_on(recognizer, bodies):
     with client(recognizer, workers=2, batch_faces=0) as off:
         want = off.post("/v1/predict/batch", files=[("f", (f"{i}.jpg", b, "image/jpeg"))
                                                      for i, b in enumerate(bodies)]).json()
-    with client(recognizer, workers=2) as on:  # the defaults: batching on
+    with client(recognizer, workers=2, batch_window_ms=2) as on:
         assert on.app.state.engine.batcher is not None
         got = on.post("/v1/predict/batch", files=[("f", (f"{i}.jpg", b, "image/jpeg"))
                                                   for i, b in enumerate(bodies)]).json()
@@ -348,7 +348,7 @@ def test_batch_endpoint_and_streams_with_batching_on(recognizer, bodies):
 
 def test_batching_settings(monkeypatch):
     default = ServiceConfig()
-    assert (default.batch_window_ms, default.batch_faces) == (2.0, 32)
+    assert (default.batch_window_ms, default.batch_faces) == (0.0, 32)  # off until a window is set
     monkeypatch.setenv("FERKIT_BATCH_WINDOW_MS", "5.5")
     monkeypatch.setenv("FERKIT_BATCH_FACES", "64")
     cfg = ServiceConfig.from_env()

@@ -55,7 +55,7 @@ def serve(
                                   help=f"Images per batch request ({_env('MAX_BATCH', '16')})."),
     batch_window_ms: float = typer.Option(None, metavar="MS", show_default=False,
                                           help="Longest wait for concurrent requests' faces to share one model call, "
-                                          f"0 = no batching ({_env('BATCH_WINDOW_MS', '2')})."),
+                                          f"0 = no batching, e.g. 2 ({_env('BATCH_WINDOW_MS', '0')})."),
     batch_faces: int = typer.Option(None, metavar="N", show_default=False,
                                     help=f"Most faces per batched model call ({_env('BATCH_FACES', '32')})."),
     cors_origins: str = typer.Option(None, metavar="ORIGINS", show_default=False,

@@ -42,7 +42,9 @@ class ServiceConfig(BaseSettings):
     workers: int = Field(default_factory=_default_workers, ge=1)  # inference threads
     # Micro-batching of the classification (ferkit.service.batcher): the faces of requests that arrive together are
     # classified in one call. 0 (either): each request classifies its own faces.
-    batch_window_ms: float = Field(2.0, ge=0, le=1000, allow_inf_nan=False)  # longest wait for other requests' faces
+    # Off by default: on 2 cores with 2 workers, batches held 1.1-1.6 uploads and cost 0-28% of req/s
+    # (benchmarks/serve_load.py, docs/service.md); it can pay with many workers and a large model.
+    batch_window_ms: float = Field(0.0, ge=0, le=1000, allow_inf_nan=False)  # longest wait for other requests' faces
     batch_faces: int = Field(32, ge=0, le=4096)  # most face crops per batched call (0 or 1: no batching)
     queue: int = Field(32, ge=0)  # requests allowed to wait for a worker; beyond that: 503 + Retry-After
     max_upload_mb: float = Field(10.0, gt=0, allow_inf_nan=False)  # per image
