@@ -36,3 +36,14 @@ def make_class_folders(root: Path, classes: list[str], per_class: int = 12, size
 @pytest.fixture
 def tiny_folders(tmp_path: Path) -> Path:
     return make_class_folders(tmp_path / "tiny", ["happy", "sad", "neutral"], per_class=24)
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    """The shipped default model, one thread (the service tests' recognizer)."""
+    from ferkit.inference import EmotionRecognizer
+    from ferkit.inference.model import default_model_path
+
+    if not default_model_path().is_file():
+        pytest.skip("no shipped model at src/ferkit/assets/ferkit_default.onnx")
+    return EmotionRecognizer(threads=1)

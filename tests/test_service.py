@@ -31,13 +31,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 # -- fixtures ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def recognizer() -> EmotionRecognizer:
-    if not default_model_path().is_file():
-        pytest.skip("no shipped model at src/ferkit/assets/ferkit_default.onnx")
-    return EmotionRecognizer(threads=1)
-
-
-@pytest.fixture(scope="module")
 def face_jpeg() -> bytes:
     skdata = pytest.importorskip("skimage.data")
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])

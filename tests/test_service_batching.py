@@ -201,13 +201,6 @@ JPEG = {"content-type": "image/jpeg"}
 
 
 @pytest.fixture(scope="module")
-def recognizer() -> EmotionRecognizer:
-    if not default_model_path().is_file():
-        pytest.skip("no shipped model at src/ferkit/assets/ferkit_default.onnx")
-    return EmotionRecognizer(threads=1)
-
-
-@pytest.fixture(scope="module")
 def bodies() -> list[bytes]:
     """Four different uploads, five faces: the astronaut, mirrored, darker, and two astronauts side by side."""
     skdata = pytest.importorskip("skimage.data")
