@@ -598,11 +598,14 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False, progre
     try:
         trainer = Trainer(cfg, resume=resume, progress=progress, exist_ok=exist_ok, on_epoch=on_epoch)
         summary = {"run": str(trainer.out), **trainer.fit()}
-        if trainer.rank != 0:
-            return summary
-        from ferkit.training.finish import finish_run
+        if trainer.rank == 0:
+            from ferkit.training.finish import finish_run
 
-        return finish_run(trainer.out, summary)
+            summary = finish_run(trainer.out, summary)
+        return summary
     finally:
         if started and dist.is_initialized():
+            # Every process tears the group down together: one that left while rank 0 was still exporting could
+            # abort at exit in gloo's threads (seen as a SIGABRT of rank 1 after a finished run).
+            dist.barrier()
             dist.destroy_process_group()
