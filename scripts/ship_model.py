@@ -74,7 +74,7 @@ def ship_int8(asset: Path, data: str, tta: str, work: Path) -> dict:
     from ferkit.evaluation.core import evaluate
     from ferkit.models.quantize import quantize_int8
 
-    out = asset.with_name(asset.stem + "_int8.onnx")
+    out = int8_path(asset)
     quantize_int8(asset, out, data)
     acc = {}
     for split in ("val", "test"):
@@ -84,23 +84,28 @@ def ship_int8(asset: Path, data: str, tta: str, work: Path) -> dict:
     return {"size_bytes": out.stat().st_size, "accuracy": acc}
 
 
+def int8_path(asset: Path) -> Path:
+    return asset.with_name(asset.stem + "_int8.onnx")
+
+
 def measure_speed(asset: Path, data: str, threads: int, int8: bool) -> dict:
-    speed = {"fp32": crops_per_s(asset, data, threads), "threads": threads}
+    from ferkit.data import load_dataset
+
+    crops = load_dataset(data)["test"].images[:1024]  # read once for both variants
+    speed = {"fp32": crops_per_s(asset, crops, threads), "threads": threads}
     if int8:
-        speed["int8"] = crops_per_s(asset.with_name(asset.stem + "_int8.onnx"), data, threads)
+        speed["int8"] = crops_per_s(int8_path(asset), crops, threads)
     return speed
 
 
-def crops_per_s(model: Path, data: str, threads: int, batch: int = 64, seconds: float = 3.0) -> dict:
+def crops_per_s(model: Path, crops: np.ndarray, threads: int, batch: int = 64, seconds: float = 3.0) -> dict:
     """Faces classified per second on PrivateTest crops (batch 64, a fixed thread count), without and with each TTA
     the card names: the figure benchmarks/peers.py measures, here for the card (meaningful on an idle machine)."""
     import time
 
-    from ferkit.data import load_dataset
     from ferkit.inference.model import OnnxClassifier
 
     m = OnnxClassifier(model, threads=threads)
-    crops = load_dataset(data)["test"].images[:1024]
     out = {}
     for t in dict.fromkeys(["none", m.metadata.get("tta", "none")]):
         m.predict_proba(crops[:batch], tta=t)  # warm-up
