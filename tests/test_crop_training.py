@@ -16,6 +16,7 @@ from test_training import small_cfg  # noqa: E402
 from ferkit.errors import FerkitError  # noqa: E402
 from ferkit.training import Trainer, train  # noqa: E402
 from ferkit.training.augment import AugmentConfig, augment  # noqa: E402
+from ferkit.models.export import load_weights  # noqa: E402
 from ferkit.training.distill import distill_loss  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -87,6 +88,15 @@ def test_distillation_learns_from_stored_teacher_views(tiny_folders: Path, tmp_p
     assert len({z["views"][0, k].tobytes() for k in range(3)}) == 3  # three different views
     summary = t.fit()
     assert summary["val_acc"] > 0.55
+    # A whole-face student of a crop-40 teacher: the teacher sees the centre 40 pixels of each 48-pixel view.
+    Trainer(small_cfg(tiny_folders, tmp_path / "whole", "epochs=1", f"teacher={tmp_path / 'teacher'}",
+                      "teacher_views=1", "augment.flip=false", "precision=fp32"))
+    z = np.load(tmp_path / "whole" / "teacher.npz")
+    assert z["views"].shape[2:] == (48, 48)
+    model, _ = load_weights(tmp_path / "teacher" / "best.safetensors")
+    with torch.no_grad():
+        p = torch.softmax(model.eval()(torch.from_numpy(z["views"][:, :1, 4:44, 4:44]).float()), 1)
+    np.testing.assert_allclose(z["probs"][:, 0].astype(np.float32), p.numpy(), atol=2e-3)
     # A resumed or repeated run reuses the stored views instead of running the teachers again.
     stamp = (tmp_path / "student" / "teacher.npz").stat().st_mtime_ns
     Trainer(cfg, resume=True)

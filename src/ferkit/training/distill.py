@@ -77,9 +77,11 @@ def compute_teacher(
         if missing:
             raise FerkitError(f"teacher {p}: has no class {', '.join(missing)}; its classes: {', '.join(info['classes'])}")
         order = torch.tensor([info["classes"].index(c) for c in classes], device=device)
-        if info["crop"] != crop:
+        if info["crop"] > crop:
             log.warning("teacher %s was trained on %d-pixel crops; the student's views are %d", p, info["crop"], crop)
-        teachers.append((model.to(device, memory_format=torch.channels_last).eval(), order))
+        # A teacher trained on smaller crops sees the centre crop of each view, as its own inference would.
+        tc = min(info["crop"], crop)
+        teachers.append((model.to(device, memory_format=torch.channels_last).eval(), order, (crop - tc) // 2, tc))
     n = len(images)
     out_views = np.zeros((n, views, crop, crop), np.uint8)
     out_probs = np.zeros((n, views, len(classes)), np.float16)
@@ -91,7 +93,8 @@ def compute_teacher(
             # The stored views are the uint8 pixels the student will see; the teachers see the same ones.
             v = augment(x, aug, gen, crop).round().clamp(0, 255)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                p = sum(_mirror_avg(m, v, aug.flip)[:, order] for m, order in teachers) / len(teachers)
+                p = sum(_mirror_avg(m, v[..., o : o + tc, o : o + tc], aug.flip)[:, order]
+                        for m, order, o, tc in teachers) / len(teachers)
             out_views[i : i + batch, k] = v[:, 0].to(torch.uint8).cpu().numpy()
             out_probs[i : i + batch, k] = p.float().cpu().numpy()
         log.info("teacher views %d/%d  %.0fs", k + 1, views, time.time() - t0)
