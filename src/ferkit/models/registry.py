@@ -151,7 +151,8 @@ def vgg_xs(num_classes: int = 7, dropout: float = 0.2) -> nn.Module:
 @register_model
 def vgg_f(num_classes: int = 7, dropout: float = 0.2) -> nn.Module:
     """VGG-style, thin where the image is large and wider where it is small, 16 to 192 channels (0.6 M parameters):
-    about twice vgg_xs's parameters for about a tenth less speed (benchmarks/arch_speed.py)."""
+    twice vgg_xs's parameters for 1.6 times its multiply-adds, where accuracy per unit of work is cheapest (the `fast`
+    built-in; benchmarks/arch_speed.py times it)."""
     return VGG(VGG_WIDTHS["f"], 2, num_classes, dropout)
 
 
