@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 from test_training import small_cfg  # noqa: E402
 
 from ferkit.errors import FerkitError  # noqa: E402
+from ferkit.models.export import load_weights  # noqa: E402
 from ferkit.training import Trainer, train  # noqa: E402
 from ferkit.training.augment import AugmentConfig, augment  # noqa: E402
-from ferkit.models.export import load_weights  # noqa: E402
 from ferkit.training.distill import distill_loss  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
