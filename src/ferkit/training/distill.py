@@ -90,7 +90,7 @@ def compute_teacher(
         gen = torch.Generator(device=device).manual_seed(seed * 1000 + k)
         for i in range(0, n, batch):
             x = torch.from_numpy(images[i : i + batch]).to(device).float().unsqueeze(1)
-            # The stored views are the uint8 pixels the student will see; the teachers see the same ones.
+            # The stored views are the uint8 pixels the student will see; the teachers see the same ones (see above).
             v = augment(x, aug, gen, crop).round().clamp(0, 255)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 p = sum(_mirror_avg(m, v[..., o : o + tc, o : o + tc], aug.flip)[:, order]
