@@ -69,12 +69,11 @@ def choose_weights(probs: list[np.ndarray], labels: np.ndarray) -> list[float]:
     return [round(float(w), 4) for w in np.exp(z) / np.exp(z).sum()]
 
 
-def ship_int8(asset: Path, data: str, tta: str, work: Path) -> dict:
+def ship_int8(asset: Path, out: Path, data: str, tta: str, work: Path) -> dict:
     """The int8 variant (`<name>-int8`) beside the asset, calibrated on Training faces, measured like the fp32 one."""
     from ferkit.evaluation.core import evaluate
     from ferkit.models.quantize import quantize_int8
 
-    out = int8_path(asset)
     quantize_int8(asset, out, data)
     acc = {}
     for split in ("val", "test"):
@@ -84,17 +83,13 @@ def ship_int8(asset: Path, data: str, tta: str, work: Path) -> dict:
     return {"size_bytes": out.stat().st_size, "accuracy": acc}
 
 
-def int8_path(asset: Path) -> Path:
-    return asset.with_name(asset.stem + "_int8.onnx")
-
-
-def measure_speed(asset: Path, data: str, threads: int, int8: bool) -> dict:
+def measure_speed(asset: Path, data: str, threads: int, int8: Path | None) -> dict:
     from ferkit.data import load_dataset
 
     crops = load_dataset(data)["test"].images[:1024]  # read once for both variants
     speed = {"fp32": crops_per_s(asset, crops, threads), "threads": threads}
     if int8:
-        speed["int8"] = crops_per_s(int8_path(asset), crops, threads)
+        speed["int8"] = crops_per_s(int8, crops, threads)
     return speed
 
 
@@ -134,12 +129,15 @@ def main() -> None:
     ap.add_argument("--no-int8", dest="int8", action="store_false", help="Don't ship the int8 variant beside it.")
     ap.add_argument("--threads", type=int, default=1, help="Threads for the crops/s figures (peers.py's default).")
     args = ap.parse_args()
-    asset = args.assets / f"ferkit_{args.name}.onnx"
+    from ferkit.inference.resolve import builtin_file
+
+    # The package's own naming rule for built-in files (ferkit_<name>.onnx, ferkit_<name>_int8.onnx), in --assets.
+    asset, asset8 = (args.assets / builtin_file(n).name for n in (args.name, f"{args.name}-int8"))
     if args.card_only or args.speed_only:
         card = json.loads(asset.with_suffix(".json").read_text())
         card["note"] = card.get("note", "") if args.note is None else args.note
         if args.speed_only:
-            card["speed"] = measure_speed(asset, args.data, args.threads, "int8" in card)
+            card["speed"] = measure_speed(asset, args.data, args.threads, asset8 if "int8" in card else None)
         asset.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
         card_path(args.docs, args.name).write_text(render(card))
         return
@@ -209,8 +207,8 @@ def main() -> None:
     set_onnx_metadata(asset, {"metrics": json.dumps(summary), "tta": tta})
     card["size_bytes"] = asset.stat().st_size
     if args.int8:
-        card["int8"] = ship_int8(asset, args.data, tta, work)
-    card["speed"] = measure_speed(asset, args.data, args.threads, args.int8)
+        card["int8"] = ship_int8(asset, asset8, args.data, tta, work)
+    card["speed"] = measure_speed(asset, args.data, args.threads, asset8 if args.int8 else None)
     asset.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     card_path(args.docs, args.name).write_text(render(card))
     print(json.dumps(summary, indent=2))
