@@ -20,10 +20,6 @@ torch = pytest.importorskip("torch")
 CLASSES = ["happy", "sad", "neutral", "surprise"]
 
 
-
-
-
-
 def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """48x48 images of noise with a bright blob, labelled by the blob's column (the class folders of conftest)."""
     rng = np.random.default_rng(seed)
@@ -46,8 +42,8 @@ def fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ferkit.models.export import export_onnx, set_onnx_metadata
 
     torch.manual_seed(0)
-    model = create_model("vgg_s", len(CLASSES))
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    model = create_model("vgg_f", len(CLASSES))  # the fast model's network: a 16-filter first layer
+    opt = torch.optim.Adam(model.parameters(), 5e-3)
     for step in range(20):
         x, y = blobs(32, seed=100 + step)
         loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x[:, None, 4:44, 4:44]).float()),
@@ -89,9 +85,30 @@ def test_int8_keeps_metadata_and_loads_as_a_ferkit_model(fp32: Path, int8: Path)
     assert json.loads(after["quantization"])["weights"] == "int8 per-channel"
     ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    # The convolution on the grey image stays float (the slowest int8 layer per unit of work); the others are int8.
+    graph = onnx.load(str(int8)).graph
+    floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert [n.input[1] in floats for n in convs] == [True] + [False] * (len(convs) - 1)
+    assert json.loads(after["quantization"])["float_layers"] == 1
     clf = OnnxClassifier(int8)
     assert (clf.classes, clf.input_size, clf.crop, clf.name, clf.version, clf.temperature) == (
         CLASSES, 48, 40, "tiny", "3", 0.9)
+
+
+def test_only_narrow_single_channel_convolutions_stay_float(tmp_path: Path) -> None:
+    import onnx
+
+    from ferkit.models import create_model
+    from ferkit.models.export import export_onnx
+    from ferkit.models.quantize import single_channel_convs
+
+    def stems(arch: str) -> list[str]:
+        path = export_onnx(create_model(arch, len(CLASSES)).eval(), tmp_path / f"{arch}.onnx", CLASSES, 48)
+        return single_channel_convs(onnx.load(str(path)).graph)
+
+    assert len(stems("vgg_f")) == 1
+    assert stems("vgg_s") == []  # 32 filters: int8 is as fast there
 
 
 def test_int8_outputs_close_to_fp32_and_file_smaller(fp32: Path, int8: Path) -> None:
