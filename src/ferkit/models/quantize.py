@@ -171,14 +171,28 @@ def quantize_int8(
 
 
 def single_channel_convs(graph, max_filters: int = 16) -> list[str]:
-    """The narrow convolutions (up to `max_filters` filters) that read the grey image itself: they stay float.
-    ONNX Runtime's int8 convolution does the least work per second there (9 products per output, few outputs): on
-    `fast` 2.0.0 its 16-filter first layer took a fifth of the int8 time for 1% of the work, and keeping it float
-    made the model 10% faster; with 32 filters (`default`, `accurate`) the change was within the noise (+2%, -4%)."""
+    """The narrow convolutions (up to `max_filters` filters) that read the grey image itself and feed another
+    convolution: they stay float. ONNX Runtime's int8 convolution does the least work per second there (9 products
+    per output, few outputs): on `fast` 2.0.0 (`vgg_f`) its 16-filter first layer took a fifth of the int8 time for 1%
+    of the work, and keeping it float made the model 10% faster. Not when a pooling layer follows: that pool would then
+    run on uint8 in ONNX Runtime's slow NCHW path (`vgg_f1` was 40% slower so); with 32 filters (`default`,
+    `accurate`) the change was within the noise (+2%, -4%). benchmarks/arch_speed.py measures it."""
     shapes = {t.name: list(t.dims) for t in graph.initializer}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def feeds_conv(node) -> bool:
+        nxt = readers.get(node.output[0], [])
+        while len(nxt) == 1 and nxt[0].op_type in ("Relu", "BatchNormalization"):
+            nxt = readers.get(nxt[0].output[0], [])
+        return len(nxt) == 1 and nxt[0].op_type == "Conv"
+
     return [n.name for n in graph.node
             if n.op_type == "Conv" and len(n.input) > 1 and len(shape := shapes.get(n.input[1], [])) == 4
-            and shape[1] == 1 and shape[0] <= max_filters and all(a.i == 1 for a in n.attribute if a.name == "group")]
+            and shape[1] == 1 and shape[0] <= max_filters and all(a.i == 1 for a in n.attribute if a.name == "group")
+            and feeds_conv(n)]
 
 
 def _ort_version() -> str:
