@@ -169,8 +169,11 @@ def main() -> None:
         tmp = Path(tmp)
         models = list(args.model or ["default"])
         if args.int8:
-            # Built-in names only: a file given by path is timed as it is (quantise it with `ferkit quantize`).
-            models += [f"{m}-int8" for m in models if not m.endswith(("-int8", ".onnx")) and "/" not in m]
+            from ferkit.inference.resolve import builtin_models
+
+            # Built-in models only: a file given by path is timed as it is (quantise it with `ferkit quantize`).
+            shipped = builtin_models()
+            models += [f"{m}-int8" for m in models if f"{m}-int8" in shipped]
         np.save(tmp / "crops.npy", crops)
         np.save(tmp / "frames1.npy", frames1)
         np.save(tmp / "frames3.npy", frames3)
