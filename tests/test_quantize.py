@@ -108,7 +108,7 @@ def test_only_narrow_single_channel_convolutions_stay_float(tmp_path: Path) -> N
         return single_channel_convs(onnx.load(str(path)).graph)
 
     assert len(stems("vgg_f")) == 1
-    assert len(stems("vgg_fs")) == 1  # its stride-2 stem: float there is 9% faster (benchmarks/arch_speed.py)
+    assert len(stems("vgg_fs")) == 1  # its stride-2 stem, which feeds a convolution
     assert stems("vgg_f1") == []  # a pool follows: it would run on uint8 in ONNX Runtime's slow layout
     assert stems("vgg_s") == []  # 32 filters: int8 is as fast there
 

@@ -174,7 +174,7 @@ def single_channel_convs(graph, max_filters: int = 16) -> list[str]:
     """The narrow convolutions (up to `max_filters` filters) that read the grey image itself and feed another
     convolution: they stay float. ONNX Runtime's int8 convolution does the least work per second there (9 products
     per output, few outputs): on `fast` 2.0.0 (`vgg_f`) its 16-filter first layer took a fifth of the int8 time for 1%
-    of the work, and keeping it float made the model 10% faster (`vgg_fs`'s stride-2 first layer: 9%). Not when a
+    of the work, and keeping it float made the model 10% faster (so is `vgg_fs`'s stride-2 first layer). Not when a
     pooling layer follows: that pool would then run on uint8 in ONNX Runtime's slow NCHW path (`vgg_f1` was 40% slower
     so); with 32 filters (`default`, `accurate`) the change was within the noise (+2%, -4%).
     benchmarks/arch_speed.py measures it."""
