@@ -144,7 +144,7 @@ def main() -> None:
     if not args.runs:
         ap.error("give one run folder, or several for an ensemble")
 
-    from ferkit.evaluation.core import calibrate, evaluate
+    from ferkit.evaluation.core import calibrate, evaluate, temperature_metadata
     from ferkit.models.export import export_onnx, load_ensemble, load_weights, set_onnx_metadata
     from ferkit.runs import read_log as read_training_log
     from ferkit.utils import atomic_write
@@ -180,6 +180,10 @@ def main() -> None:
            for t in options}
     val_acc = {t: e.metrics["metrics"]["accuracy"] for t, e in val.items()}
     tta = max(val_acc, key=lambda t: (val_acc[t], -options.index(t)))  # ties go to the cheaper option
+    cal_tta = None
+    if tta != "none":  # averaged views are less confident than one: that TTA gets its own temperature
+        cal_tta = calibrate(str(asset), args.data, split="val", write=False, tta=tta)
+        set_onnx_metadata(asset, temperature_metadata({}, tta, cal_tta["temperature"]))
 
     test_plain = evaluate(str(asset), args.data, split="test", tta="none", out=work / "test-none")
     test_tta = test_plain if tta == "none" else evaluate(str(asset), args.data, split="test", tta=tta,
@@ -199,6 +203,8 @@ def main() -> None:
         "test_accuracy_tta_without_train_copies": m1["train_copies"]["accuracy_without"],
         "test_train_copies": m0["train_copies"]["n_copies"],
         "test_ece": {"before": cal["test"]["before"]["ece"], "after": cal["test"]["after"]["ece"]},
+        "temperature_tta": cal_tta and cal_tta["temperature"],
+        "test_ece_tta": cal_tta and {"before": cal_tta["test"]["before"]["ece"], "after": cal_tta["test"]["after"]["ece"]},
         "per_class": m1["per_class"],
         "data": args.data,
         "note": args.note or "",
@@ -277,6 +283,15 @@ def render(c: dict) -> str:
                    f"(PublicTest accuracy alone, ten crops: {pct(m['val_accuracy_ten_crop'])})" for m in c["members"])
     crop = (f"the network sees a {c['crop']}x{c['crop']} window of it (the centre one, or ten with TTA `ten_crop`)"
             if c["crop"] < c["input_size"] else "the network sees the whole face")
+    ece_tta = ""
+    if c.get("test_ece_tta"):
+        e = c["test_ece_tta"]
+        ece_tta = (f"| expected calibration error with TTA `{c['tta']}`, before / after its own temperature "
+                   f"({c['temperature_tta']}) | {e['before']:.3f} / {e['after']:.3f} |\n")
+        own = (f"; TTA `{c['tta']}` averages views, which are less confident than one, so it has its own, "
+               f"{c['temperature_tta']} (`ferkit calibrate --tta {c['tta']}`)")
+    else:
+        own = ""
     recipes = "\n".join(f"- `{m['run']}`: {recipe(m['config'])}; best epoch {m['best_epoch']} of {m['epochs']}, "
                         f"{m['train_minutes']} minutes." for m in c["members"])
     return f"""# Model card: {c['name']} {c['version']}
@@ -290,8 +305,8 @@ Python {platform.python_version()}); every figure below comes from that command,
 {what}
 - Input: a face preprocessed to {c['input_size']}x{c['input_size']} gray pixels 0..255; {crop}. Normalisation is
   inside the graph. Output: probabilities over {', '.join(c['classes'])}.
-- Calibrated: temperature {c['temperature']} fitted on PublicTest (`ferkit calibrate`), stored in the model's metadata
-  and applied by inference.
+- Calibrated: temperature {c['temperature']} fitted on PublicTest (`ferkit calibrate`){own}; stored in the model's
+  metadata and applied by inference.
 
 ## Data and protocol
 - Trained on {c['train_data']}, labels as published; nothing else.
@@ -315,7 +330,7 @@ Python {platform.python_version()}); every figure below comes from that command,
 | macro-F1, no TTA / with TTA | {pct(c['test_macro_f1'])} / {pct(c['test_macro_f1_tta'])} |
 | accuracy without the {c['test_train_copies']} test images that have an exact pixel copy in Training, no TTA / TTA | {pct(c['test_accuracy_without_train_copies'])} / {pct(c['test_accuracy_tta_without_train_copies'])} |
 | expected calibration error, before / after temperature | {c['test_ece']['before']:.3f} / {c['test_ece']['after']:.3f} |
-| PublicTest accuracy by TTA option (used to choose) | {', '.join(f"{k}: {pct(v)}" for k, v in c['val_accuracy'].items())} |
+{ece_tta}| PublicTest accuracy by TTA option (used to choose) | {', '.join(f"{k}: {pct(v)}" for k, v in c['val_accuracy'].items())} |
 
 {variants(c)}
 Per class, with TTA `{c['tta']}`:

@@ -137,6 +137,34 @@ def test_calibrate_stores_temperature_and_evaluate_reports_both_eces(env, tmp_pa
     assert m["calibration"]["ece_uncalibrated"] == pytest.approx(base["ece"], abs=1e-3)  # T undone exactly
 
 
+def test_calibrate_with_tta_stores_a_temperature_for_that_mode_only(env, tmp_path):
+    from ferkit.inference.model import OnnxClassifier
+    from ferkit.models.export import set_onnx_metadata
+    from ferkit.views import apply_temperature
+
+    copy = tmp_path / "cal.onnx"
+    r = _run("calibrate", env["onnx"], env["data"], "--out", copy, "--tta", "flip", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    clf = OnnxClassifier(copy)
+    assert res["tta"] == "flip" and clf.temperature == 1.0
+    assert clf.temperatures == {"flip": pytest.approx(res["temperature"], rel=1e-3)}
+    # A far-off T so that applying it (or not) shows: used with its TTA, and only there; evaluate reports it.
+    set_onnx_metadata(copy, {"temperatures": json.dumps({"flip": 0.25})})
+    clf, raw = OnnxClassifier(copy), OnnxClassifier(env["onnx"])
+    faces = np.random.default_rng(0).integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    np.testing.assert_allclose(clf.predict_proba(faces, tta="flip"),
+                               apply_temperature(raw.predict_proba(faces, tta="flip"), 0.25), atol=1e-5)
+    np.testing.assert_allclose(clf.predict_proba(faces), raw.predict_proba(faces), atol=1e-6)
+    ev = json.loads(_run("evaluate", copy, env["data"], "--tta", "flip", "--out", tmp_path / "ev", "--json",
+                         "--saliency", "0").stdout)
+    assert ev["temperature"] == 0.25
+    for bad in ('[1]', '{"sideways": 2}', '{"flip": -1}', 'nope'):
+        set_onnx_metadata(copy, {"temperatures": bad})
+        r = _run("evaluate", copy, env["data"], "--out", tmp_path / "bad")
+        assert r.exit_code == 2 and "temperatures" in r.output and "Traceback" not in r.output, (bad, r.output)
+
+
 def test_compare_writes_table_with_mcnemar(env, tmp_path):
     r = _run("compare", env["onnx"], env["other"], "--data", env["data"], "--out", tmp_path, "--bootstrap", "100")
     assert r.exit_code == 0, r.output

@@ -90,6 +90,8 @@ def calibrate_cmd(
                                                                 "in place; a built-in model, which is read-only, to "
                                                                 "a new <name>-calibrated.onnx in the current folder)."),
     write: bool = typer.Option(True, "--write/--no-write", help="Store the temperature in the model's metadata."),
+    tta: str = typer.Option("none", "--tta", metavar="MODE", help="Fit T for predictions with this TTA (stored for "
+                            "that mode only: averaged views need their own T). " + TTA_HELP),
     map_spec: str | None = typer.Option(None, "--map", metavar="A=B,...", help=MAP_HELP),
     format: str | None = typer.Option(None, "--format", metavar="FORMAT", help=FORMAT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout, nothing else."),
@@ -102,13 +104,14 @@ def calibrate_cmd(
 
     with progress_bar() as prog:
         res = calibrate(model, data, split=split, out=out, write=write, map_spec=map_spec, format=format,
-                        progress=prog)
+                        progress=prog, tta=tta)
     if as_json:
         print_json(res)
         return
     if quiet():
         return
-    console.print(f"Temperature T = {res['temperature']:.4f} (was {res['temperature_before']:g}), "
+    mode = "" if res["tta"] == "none" else f" for TTA {res['tta']}"
+    console.print(f"Temperature T{mode} = {res['temperature']:.4f} (was {res['temperature_before']:g}), "
                   f"fitted on {res['split']} ({res['n']} images)", highlight=False)
     for part in (res["split"], "test"):
         if part in res:
@@ -119,7 +122,8 @@ def calibrate_cmd(
         console.print(f"{model} is a built-in model and stays as shipped: wrote a calibrated copy to "
                       f"{res['written_to']}; use it with --model {res['written_to']}", highlight=False)
     elif res["written_to"]:
-        console.print(f"Stored in {res['written_to']} (metadata 'temperature')", highlight=False)
+        key = "temperature" if res["tta"] == "none" else "temperatures"
+        console.print(f"Stored in {res['written_to']} (metadata '{key}')", highlight=False)
     else:
         console.print("Not written (--no-write)")
 

@@ -56,7 +56,7 @@ def compare(
             "model": names[-1], "spec": spec, "accuracy": m["accuracy"], "accuracy_ci95": m["ci95"]["accuracy"],
             "macro_f1": m["macro_f1"], "macro_f1_ci95": m["ci95"]["macro_f1"],
             "balanced_accuracy": m["balanced_accuracy"], "top2_accuracy": m["top2_accuracy"],
-            "log_loss": m["log_loss"], "ece": m["ece"], "temperature": ens.temperature,
+            "log_loss": m["log_loss"], "ece": m["ece"], "temperature": ens.temperature_for(tta),
             "accuracy_without_train_copies": (m["train_copies"] or {}).get("accuracy_without"),
             "in_votes_accuracy": (m["votes"] or {}).get("in_votes_accuracy"),
             "predicted_outside_data": outside,

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from ferkit.evaluation.metrics import (
 )
 from ferkit.evaluation.predictors import Ensemble, load_ensemble
 from ferkit.utils import ProgressFn, is_package_asset, next_free
+from ferkit.views import tta_mode
 
 log = logging.getLogger("ferkit.evaluation")
 
@@ -203,7 +205,7 @@ def evaluate(
         },
         "map": prep.mapping,
         "tta": tta,
-        "temperature": ens.temperature,
+        "temperature": ens.temperature_for(tta),
         "metrics": metrics,
         "saliency_method": "occlusion",
         "seconds": None,
@@ -275,11 +277,22 @@ def calibrated_path(member: Any, out: str | Path | None) -> Path:
     return next_free(Path.cwd() / f"{stem}-calibrated.onnx")
 
 
+def temperature_metadata(fitted: Mapping[str, float], tta: str, t: float) -> dict[str, str]:
+    """The metadata that stores T for a TTA mode: 'temperature' for none, else that mode in 'temperatures'."""
+    mode = tta_mode(tta)
+    if mode == "none":
+        return {"temperature": f"{t:.4f}"}
+    return {"temperatures": json.dumps({**fitted, mode: round(t, 4)}, sort_keys=True)}
+
+
 def calibrate(
     model: str, data: str | Path, split: str = "val", out: str | Path | None = None, write: bool = True,
-    map_spec: str | None = None, format: str | None = None, progress: ProgressFn | None = None,
+    map_spec: str | None = None, format: str | None = None, progress: ProgressFn | None = None, tta: str = "none",
 ) -> dict[str, Any]:
     """Fit a temperature on a split by minimising the NLL; store it in the ONNX model (or a copy at `out`).
+
+    With a `tta` other than none, T is fitted on that TTA's averaged views and stored for that mode only (metadata
+    'temperatures'): averaged views are less confident than one, so each mode needs its own.
 
     A built-in model is never changed: without `out` its calibrated copy is written to a new file in the current
     folder (`default-calibrated.onnx`, numbered if that exists), named in the result's `written_to`.
@@ -302,7 +315,7 @@ def calibrate(
 
     ds = load_dataset(data, format=format, size=ens.input_size)
     prep = prepare(ds, ens.classes, split, map_spec, copies=False)
-    _, raw = ens.predict(prep.split.images, progress=progress)
+    _, raw = ens.predict(prep.split.images, tta=tta, progress=progress)
     y = prep.split.labels
     t = fit_temperature(y, raw)
 
@@ -315,12 +328,12 @@ def calibrate(
 
     res: dict[str, Any] = {
         "model": member.source, "data": str(data), "split": split, "n": len(y),
-        "temperature_before": member.temperature, "temperature": round(t, 4),
+        "tta": tta_mode(tta), "temperature_before": member.temperature_for(tta), "temperature": round(t, 4),
         split: {"before": scores(y, raw), "after": scores(y, apply_temperature(raw, t))},
     }
     if split != "test" and "test" in ds.splits:
         tp = prepare(ds, ens.classes, "test", map_spec, copies=False)
-        _, traw = ens.predict(tp.split.images)
+        _, traw = ens.predict(tp.split.images, tta=tta)
         res["test"] = {"before": scores(tp.split.labels, traw),
                        "after": scores(tp.split.labels, apply_temperature(traw, t))}
     res["written_to"] = None
@@ -331,7 +344,7 @@ def calibrate(
         target = calibrated_path(member, out)
         res["copy_of_builtin"] = out is None and is_package_asset(member.source)
         try:
-            set_onnx_metadata(member.source, {"temperature": f"{t:.4f}"}, out=target)
+            set_onnx_metadata(member.source, temperature_metadata(member.temperatures, tta, t), out=target)
         except OSError as e:
             raise FerkitError(f"{target}: cannot write the calibrated model ({e.strerror or e}); "
                               "give a writable path with --out") from None

@@ -5,7 +5,9 @@ with optional test-time augmentation (horizontal flip, five crops).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,11 @@ class Predictor:
     input_size: int
     crop: int
     temperature: float = 1.0
+    temperatures: Mapping[str, float] = MappingProxyType({})  # per TTA mode, overriding `temperature`
     run_dir: Path | None = None
+
+    def temperature_for(self, tta: str) -> float:
+        return self.temperatures.get(tta_mode(tta), self.temperature)
 
     def raw_proba(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -49,9 +55,9 @@ class OnnxPredictor(Predictor):
         self.classes = list(self.clf.classes)
         self.input_size = self.clf.input_size
         self.crop = self.clf.crop
-        self.temperature = self.clf.temperature
+        self.temperature, self.temperatures = self.clf.temperature, self.clf.temperatures
         # Evaluation works on uncalibrated outputs and applies T itself, after averaging augmented views.
-        self.clf.temperature = 1.0
+        self.clf.temperature, self.clf.temperatures = 1.0, {}
 
     def raw_proba(self, images: np.ndarray) -> np.ndarray:
         return np.concatenate([self.clf.run(images[i : i + 256]) for i in range(0, len(images), 256)]
@@ -127,6 +133,10 @@ class Ensemble:
         ts = {m.temperature for m in self.members}
         return ts.pop() if len(ts) == 1 else float("nan")
 
+    def temperature_for(self, tta: str) -> float:
+        ts = {m.temperature_for(tta) for m in self.members}
+        return ts.pop() if len(ts) == 1 else float("nan")
+
     @property
     def calibrated(self) -> bool:
         return any(m.temperature != 1.0 for m in self.members)
@@ -148,7 +158,7 @@ class Ensemble:
                 views = tta_views(_resize(chunk, m.input_size), tta_mode(tta), m.crop)
                 p = np.mean([m.raw_proba(v) for v in views], axis=0)[:, order]
                 raw[i : i + len(chunk)] += p
-                cal[i : i + len(chunk)] += apply_temperature(p, m.temperature)
+                cal[i : i + len(chunk)] += apply_temperature(p, m.temperature_for(tta))
             if progress:
                 progress(what, i + len(chunk), n)
         k = len(self.members)

@@ -49,6 +49,24 @@ def _positive(path: Path, key: str, raw: str) -> float:
     return value
 
 
+def _temperatures(path: Path, raw: str | None) -> dict[str, float]:
+    """Metadata 'temperatures': JSON {TTA mode: T}. Views averaged over a TTA are less confident than one view, so a
+    temperature fitted on single views leaves them under-confident; these override 'temperature' for their mode."""
+    if raw is None:
+        return {}
+    try:
+        items = json.loads(raw)
+        if not isinstance(items, dict):
+            raise ValueError
+    except ValueError:
+        raise FerkitError(f"{path}: metadata 'temperatures' {raw[:40]!r}: not a JSON object of TTA mode -> T") from None
+    try:
+        modes = {tta_mode(k): v for k, v in items.items()}
+    except FerkitError as e:
+        raise FerkitError(f"{path}: metadata 'temperatures': {e}") from None
+    return {m: _positive(path, f"temperatures[{m}]", str(v)) for m, v in modes.items()}
+
+
 def default_model_path() -> Path:
     """The model that ships inside the package."""
     return builtin_file("default")
@@ -87,6 +105,7 @@ class OnnxClassifier:
         self.name = meta.get("name", ref.name)
         self.version = meta.get("version", "")
         self.temperature = _positive(self.path, "temperature", meta.get("temperature", "1.0"))
+        self.temperatures = _temperatures(self.path, meta.get("temperatures"))
         if "tta" in meta:
             try:
                 tta_mode(meta["tta"])
@@ -123,7 +142,7 @@ class OnnxClassifier:
         """N x C calibrated probabilities. crops: N x H x W uint8 array or a list of images of any size.
 
         tta: False/"none", True/"flip" (mirror), "crops" (centre and four corners) or "flip+crops" / "ten_crop"
-        (ten views); the views' probabilities are averaged before the temperature is applied. A model trained on
+        (ten views); the views' probabilities are averaged before the temperature (that TTA's, if fitted) is applied. A model trained on
         crops sees the centre crop without TTA (ferkit.views).
         """
         s = self.input_size
@@ -136,7 +155,10 @@ class OnnxClassifier:
             views = tta_views(x[i : i + batch], tta_mode(tta), self.crop)
             out.append(np.mean([self.run(v) for v in views], axis=0))
         prob = np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
-        return apply_temperature(prob, self.temperature)
+        return apply_temperature(prob, self.temperature_for(tta))
+
+    def temperature_for(self, tta: bool | str = False) -> float:
+        return self.temperatures.get(tta_mode(tta), self.temperature)
 
     def run(self, views: np.ndarray) -> np.ndarray:
         """Uncalibrated probabilities of N x crop x crop network-ready views (ferkit.views.tta_views)."""
