@@ -139,7 +139,7 @@ class Ensemble:
 
     @property
     def calibrated(self) -> bool:
-        return any(m.temperature != 1.0 for m in self.members)
+        return any(m.temperature != 1.0 or any(t != 1.0 for t in m.temperatures.values()) for m in self.members)
 
     @property
     def run_dir(self) -> Path | None:
