@@ -145,6 +145,7 @@ def main() -> None:
         ap.error("give one run folder, or several for an ensemble")
 
     from ferkit.evaluation.core import calibrate, evaluate, temperature_metadata
+    from ferkit.evaluation.metrics import fit_temperature
     from ferkit.models.export import export_onnx, load_ensemble, load_weights, set_onnx_metadata
     from ferkit.runs import read_log as read_training_log
     from ferkit.utils import atomic_write
@@ -180,10 +181,10 @@ def main() -> None:
            for t in options}
     val_acc = {t: e.metrics["metrics"]["accuracy"] for t, e in val.items()}
     tta = max(val_acc, key=lambda t: (val_acc[t], -options.index(t)))  # ties go to the cheaper option
-    cal_tta = None
+    t_tta = None
     if tta != "none":  # averaged views are less confident than one: that TTA gets its own temperature
-        cal_tta = calibrate(str(asset), args.data, split="val", write=False, tta=tta)
-        set_onnx_metadata(asset, temperature_metadata({}, tta, cal_tta["temperature"]))
+        t_tta = round(fit_temperature(val[tta].prepared.split.labels, val[tta].prob_raw), 4)
+        set_onnx_metadata(asset, temperature_metadata({}, tta, t_tta))
 
     test_plain = evaluate(str(asset), args.data, split="test", tta="none", out=work / "test-none")
     test_tta = test_plain if tta == "none" else evaluate(str(asset), args.data, split="test", tta=tta,
@@ -203,8 +204,9 @@ def main() -> None:
         "test_accuracy_tta_without_train_copies": m1["train_copies"]["accuracy_without"],
         "test_train_copies": m0["train_copies"]["n_copies"],
         "test_ece": {"before": cal["test"]["before"]["ece"], "after": cal["test"]["after"]["ece"]},
-        "temperature_tta": cal_tta and cal_tta["temperature"],
-        "test_ece_tta": cal_tta and {"before": cal_tta["test"]["before"]["ece"], "after": cal_tta["test"]["after"]["ece"]},
+        "temperature_tta": t_tta,
+        # evaluate() reports the ECE with the model's temperatures and without (T undone exactly).
+        "test_ece_tta": t_tta and {"before": m1["calibration"]["ece_uncalibrated"], "after": m1["ece"]},
         "per_class": m1["per_class"],
         "data": args.data,
         "note": args.note or "",

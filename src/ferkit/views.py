@@ -9,6 +9,7 @@ tensors; torch is never imported here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,11 @@ def tta_views(images: np.ndarray, tta: str, crop: int | None = None) -> list[np.
     if "flip" in tta:
         views = views + [np.ascontiguousarray(v[:, :, ::-1]) for v in views]
     return views
+
+
+def temperature_for(temperature: float, temperatures: Mapping[str, float], tta: bool | str) -> float:
+    """A model's temperature for a TTA: that mode's own (metadata 'temperatures') if fitted, else the plain one."""
+    return temperatures.get(tta_mode(tta), temperature)
 
 
 def apply_temperature(prob: np.ndarray, t: float) -> np.ndarray:

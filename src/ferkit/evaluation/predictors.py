@@ -15,7 +15,7 @@ import numpy as np
 from ferkit.data.classes import ensemble_orders
 from ferkit.errors import FerkitError
 from ferkit.utils import ProgressFn
-from ferkit.views import apply_temperature, tta_mode, tta_views
+from ferkit.views import apply_temperature, temperature_for, tta_mode, tta_views
 
 
 class Predictor:
@@ -33,7 +33,7 @@ class Predictor:
     run_dir: Path | None = None
 
     def temperature_for(self, tta: str) -> float:
-        return self.temperatures.get(tta_mode(tta), self.temperature)
+        return temperature_for(self.temperature, self.temperatures, tta)
 
     def raw_proba(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -130,8 +130,7 @@ class Ensemble:
 
     @property
     def temperature(self) -> float:
-        ts = {m.temperature for m in self.members}
-        return ts.pop() if len(ts) == 1 else float("nan")
+        return self.temperature_for("none")
 
     def temperature_for(self, tta: str) -> float:
         ts = {m.temperature_for(tta) for m in self.members}

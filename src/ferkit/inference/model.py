@@ -12,7 +12,7 @@ import numpy as np
 from ferkit.data.preprocess import preprocess
 from ferkit.errors import FerkitError
 from ferkit.inference.resolve import ModelRef, builtin_file, resolve_model
-from ferkit.views import TTA_MODES, apply_temperature, tta_mode, tta_views
+from ferkit.views import TTA_MODES, apply_temperature, temperature_for, tta_mode, tta_views
 
 MAX_INPUT_SIZE = 1024  # a face is preprocessed to input_size x input_size; larger is a broken or hostile file
 
@@ -158,7 +158,7 @@ class OnnxClassifier:
         return apply_temperature(prob, self.temperature_for(tta))
 
     def temperature_for(self, tta: bool | str = False) -> float:
-        return self.temperatures.get(tta_mode(tta), self.temperature)
+        return temperature_for(self.temperature, self.temperatures, tta)
 
     def run(self, views: np.ndarray) -> np.ndarray:
         """Uncalibrated probabilities of N x crop x crop network-ready views (ferkit.views.tta_views)."""
