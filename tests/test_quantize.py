@@ -174,3 +174,41 @@ def test_quantize_cli(fp32: Path, tmp_path: Path) -> None:
     assert out.read_bytes() == before  # never overwritten without being asked
     r = CliRunner().invoke(app, ["quantize", str(tmp_path / "nope.onnx"), str(tmp_path / "o.onnx"), "--data", str(data)])
     assert r.exit_code == 2 and "no such model" in r.output
+
+
+def test_half_weights_halve_the_file_compute_in_float32_and_still_quantise(fp32: Path, tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from ferkit.inference.model import OnnxClassifier
+    from ferkit.models.quantize import float_weights, half_weights, quantize_int8
+
+    proto = onnx.load(str(fp32))
+    assert half_weights(proto) > 0
+    half = tmp_path / "half.onnx"
+    onnx.save(proto, str(half))
+    assert half.stat().st_size < 0.6 * fp32.stat().st_size
+    assert meta(half) == meta(fp32)
+    # ONNX Runtime folds the Casts when it loads the model: what runs holds float32 weights only.
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(half), so, providers=["CPUExecutionProvider"])
+    assert not [n for n in onnx.load(so.optimized_model_filepath).graph.node if n.op_type == "Cast"]
+    x, _ = blobs(100, seed=3)
+    p32, p16 = OnnxClassifier(fp32).predict_proba(x), OnnxClassifier(half).predict_proba(x)
+    assert 0 < np.abs(p16 - p32).max() < 2e-3  # rounded weights, not the same file
+    assert float_weights(proto) > 0 and not [n for n in proto.graph.node if n.op_type == "Cast"]
+    quantize_int8(half, tmp_path / "half-int8.onnx", faces(64, seed=1))
+    p8 = OnnxClassifier(tmp_path / "half-int8.onnx").predict_proba(x)
+    assert (p8.argmax(1) == p32.argmax(1)).mean() >= 0.95
+
+
+def test_export_half_marks_the_file(tmp_path: Path) -> None:
+    from ferkit.models import create_model
+    from ferkit.models.export import export_onnx
+
+    model = create_model("vgg_xs", len(CLASSES)).eval()
+    full = export_onnx(model, tmp_path / "full.onnx", CLASSES)
+    half = export_onnx(model, tmp_path / "half.onnx", CLASSES, half=True)
+    assert meta(half)["weights"] == "float16" and "weights" not in meta(full)
+    assert half.stat().st_size < 0.6 * full.stat().st_size

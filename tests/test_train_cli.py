@@ -133,6 +133,9 @@ def test_export_names_the_model_after_the_run_and_never_overwrites(tiny_folders:
     assert r.exit_code == 2 and "--force" in r.output
     assert _run("export", run / "best.safetensors", out, "--force", "--name", "x").exit_code == 0
     assert OnnxClassifier(out).name == "x"
+    half = tmp_path / "half.onnx"
+    assert _run("export", run / "best.safetensors", half, "--half").exit_code == 0
+    assert OnnxClassifier(half).metadata["weights"] == "float16" and half.stat().st_size < out.stat().st_size
     r = _run("export", run / "best.safetensors", assets_dir() / "ferkit_default.onnx", "--force")
     assert r.exit_code == 2 and "read-only" in r.output
 

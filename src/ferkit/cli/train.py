@@ -124,6 +124,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Argument(..., metavar="OUT", help="The ONNX file to write."),
         name: str | None = typer.Option(None, metavar="NAME", help="Model name stored in the ONNX metadata.  \\[default: the run folder's name]"),
         version: str = typer.Option("1", metavar="TEXT", help="Model version stored in the ONNX metadata."),
+        half: bool = typer.Option(False, "--half", help="Store the weights as float16: half the file, float32 arithmetic."),
         force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
     ) -> None:
         """Export safetensors weights to a self-describing ONNX model for inference.
@@ -141,7 +142,7 @@ def register(app: typer.Typer) -> None:
             raise FerkitError(f"{out}: already exists; pass --force to overwrite it")
         model, info = load_weights(weights)
         export_onnx(model, out, info["classes"], info["input_size"], info["crop"],
-                    name=name or export_name(weights.parent), version=version)
+                    name=name or export_name(weights.parent), version=version, half=half)
         console.print(f"wrote {out}", highlight=False)
 
     @app.command()

@@ -1,4 +1,5 @@
-"""Static int8 quantisation of a ferkit ONNX model with ONNX Runtime's tools: QDQ format, per-channel weights.
+"""Smaller ferkit ONNX files: static int8 quantisation with ONNX Runtime's tools (QDQ format, per-channel weights),
+and float16 storage of the weights (half_weights) for a file half the size that computes exactly as in float32.
 
 Activations are calibrated on images of a dataset's *training* split only (never validation or test, which measure
 the result). The quantised file keeps every metadata entry of the source (classes, input_size, crop, name,
@@ -55,6 +56,52 @@ def _read_meta(model: str | Path):
     if meta.get("precision") == "int8":
         raise FerkitError(f"{path}: already quantised to int8")
     return proto, meta
+
+
+def half_weights(proto, min_size: int = 256) -> int:
+    """Store the float32 weights of an ONNX model (`onnx.ModelProto`, changed in place) as float16, each read back
+    through a Cast to float32 that ONNX Runtime folds once when it loads the model: the file is half the size and
+    the arithmetic stays float32, so speed is unchanged and only the weights' rounding differs (about 1e-3 of each).
+    That is how the `accurate` ensemble fits more networks in its 25 MB. Small tensors (biases) stay float32, and so
+    does any tensor float16 cannot hold. Returns the number of tensors converted; float_weights undoes it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = proto.graph
+    casts = []
+    for init in list(g.initializer):
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        a = numpy_helper.to_array(init)
+        if a.size < min_size or not np.all(np.abs(a) < np.finfo(np.float16).max):
+            continue
+        half = numpy_helper.from_array(a.astype(np.float16), f"{init.name}_fp16")
+        g.initializer.remove(init)
+        g.initializer.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], name=f"{init.name}_to_float",
+                                      to=TensorProto.FLOAT))
+    nodes = casts + list(g.node)  # the Casts first: a graph's nodes must come in a computable order
+    del g.node[:]
+    g.node.extend(nodes)
+    return len(casts)
+
+
+def float_weights(proto) -> int:
+    """Undo half_weights in place: every Cast of a float16 weight becomes a float32 weight again (what ONNX Runtime's
+    quantiser expects to find). Returns the number of tensors converted."""
+    from onnx import TensorProto, numpy_helper
+
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    done = 0
+    for node in list(g.node):
+        src = inits.get(node.input[0]) if node.op_type == "Cast" and node.input else None
+        if src is None or src.data_type != TensorProto.FLOAT16:
+            continue
+        g.initializer.remove(src)
+        g.initializer.append(numpy_helper.from_array(numpy_helper.to_array(src).astype(np.float32), node.output[0]))
+        g.node.remove(node)
+        done += 1
+    return done
 
 
 def _reader(views: np.ndarray, input_name: str, batch: int):
@@ -141,13 +188,16 @@ def quantize_int8(
 
         with tempfile.TemporaryDirectory(prefix="ferkit-int8-") as work:
             # ORT's graph clean-up first (constant folding, shape inference), as its quantisation guide advises.
-            pre = str(Path(work) / "pre.onnx")
+            src, pre = str(model), str(Path(work) / "pre.onnx")
+            if float_weights(proto):  # int8 weights are made from float32 ones
+                src = str(Path(work) / "float.onnx")
+                onnx.save(proto, src)
             try:
                 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-                quant_pre_process(str(model), pre, skip_symbolic_shape=True)
+                quant_pre_process(src, pre, skip_symbolic_shape=True)
             except Exception:  # pre-processing is an optimisation; quantise the model as it is if it fails
-                pre = str(model)
+                pre = src
             graph = onnx.load(pre).graph
             softmax = [n.name for n in graph.node if n.op_type == "Softmax"]
             stems = single_channel_convs(graph)
