@@ -15,7 +15,7 @@ _FACE = {
     "probabilities": _PROBS,
     "landmarks": [[205.1, 103.4], [240.2, 101.9], [224.0, 121.5], [210.3, 143.2], [238.8, 142.0]],
 }
-_MODEL = {"name": "ferkit-default", "version": "2.0.0"}
+_MODEL = {"name": "ferkit-default", "version": "4.0.0"}
 
 
 class ErrorBody(BaseModel):
@@ -121,7 +121,7 @@ class ModelsOut(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "models": [{"name": "ferkit-default", "version": "2.0.0", "classes": list(_PROBS),
+                    "models": [{"name": "ferkit-default", "version": "4.0.0", "classes": list(_PROBS),
                                 "input_size": 48, "arch": "resnet", "temperature": 1.2,
                                 "metrics": {"test_accuracy": 0.70, "test_macro_f1": 0.68}}],
                     "classes": list(_PROBS),
