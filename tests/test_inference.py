@@ -236,7 +236,7 @@ def test_ensemble_and_tta(model_path: Path, fer_crops) -> None:
     def raw(**kw) -> EmotionRecognizer:
         rec = EmotionRecognizer(model_path, **kw)
         for m in rec.models:
-            m.temperature = 1.0  # views are averaged before the temperature: compare uncalibrated outputs
+            m.temperature, m.temperatures = 1.0, {}  # views are averaged before the temperature: compare uncalibrated outputs
         return rec
 
     single = raw().predict_proba(imgs)
