@@ -140,9 +140,8 @@ def main() -> None:
         card["note"] = card.get("note", "") if args.note is None else args.note
         if args.speed_only:
             card["speed"] = measure_speed(asset, args.data, args.threads, asset8 if "int8" in card else None)
-        text = render(card)
         asset.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-        card_path(args.docs, args.name).write_text(text)
+        card_path(args.docs, args.name).write_text(render(card))
         return
     if not args.runs:
         ap.error("give one run folder, or several for an ensemble")
@@ -195,6 +194,9 @@ def main() -> None:
     m0, m1 = test_plain.metrics["metrics"], test_tta.metrics["metrics"]
     card = {
         "name": f"ferkit-{args.name}", "builtin": args.name, "version": args.version, "arch": info["arch"],
+        # The commit shipped from: --card-only and --speed-only re-render the card later and keep it.
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=ROOT).stdout.strip(),
         "classes": info["classes"], "input_size": info["input_size"], "crop": info["crop"],
         "train_data": "FER2013 Training (28,709 images)", "selection": "PublicTest (val)",
         "members": members, "machine": machine(),
@@ -220,9 +222,8 @@ def main() -> None:
     if args.int8:
         card["int8"] = ship_int8(asset, asset8, args.data, tta, work)
     card["speed"] = measure_speed(asset, args.data, args.threads, asset8 if args.int8 else None)
-    text = render(card)
     asset.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    card_path(args.docs, args.name).write_text(text)
+    card_path(args.docs, args.name).write_text(render(card))
     print(json.dumps(summary, indent=2))
 
 
@@ -273,9 +274,7 @@ the `fer` package in one run).
 
 
 def render(c: dict) -> str:
-    # The commit the model was shipped from, kept when --card-only or --speed-only re-render the card later.
-    commit = c.setdefault("commit", subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                                   text=True, cwd=ROOT).stdout.strip())
+    commit = c.get("commit", "unknown")
     lo, hi = c["test_accuracy_ci95"]
     lo2, hi2 = c["test_accuracy_tta_ci95"]
     runs = " ".join(m["run"] for m in c["members"]) + " --half" * c.get("half", False)
