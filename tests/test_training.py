@@ -28,7 +28,7 @@ def test_registry_builds_every_model_and_rejects_unknown() -> None:
 
     x = torch.rand(2, 1, 48, 48) * 255
     assert list_models() == ["baseline", "resnet_l", "resnet_m", "resnet_s", "vgg_e", "vgg_f", "vgg_f1", "vgg_fs",
-                             "vgg_l", "vgg_m", "vgg_s", "vgg_xs"]
+                             "vgg_l", "vgg_m", "vgg_s", "vgg_sg", "vgg_xs"]
     for name in list_models():
         assert getattr(registry, name).__name__ == name  # each model is a function of its own name
         model = create_model(name, 5)
