@@ -41,6 +41,24 @@ def test_registry_builds_every_model_and_rejects_unknown() -> None:
         create_model("nope")
 
 
+def test_grid_head_exports_where_the_map_does_not_divide(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from ferkit.models.export import export_onnx
+
+    model = create_model("vgg_sg").eval()
+    for side in (40, 48):  # the last feature map is 2x2 at 40 and 3x3 at 48, pooled to the 2x2 grid
+        x = torch.rand(3, 1, side, side) * 255
+        with torch.no_grad():
+            ref = torch.softmax(model(x), 1).numpy()
+        f = export_onnx(model, tmp_path / f"m{side}.onnx", list("abcdefg"), side, side)
+        # The export leaves the model it was given as it was.
+        with torch.no_grad():
+            np.testing.assert_allclose(torch.softmax(model(x), 1).numpy(), ref, atol=1e-6)
+        got = ort.InferenceSession(str(f)).run(None, {"input": x.numpy()})[0]
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
 def test_config_file_and_overrides(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text('model = "resnet_s"\nlr = 0.1\n[augment]\nmixup = 0.2\n')

@@ -8,6 +8,7 @@ side of the window the network sees, ferkit.views), `name`, `version`, `arch`, `
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,8 @@ def export_onnx(
     from ferkit.utils import atomic_write
 
     path = Path(path)
-    model = WithSoftmax(model.float().eval().to(memory_format=torch.contiguous_format))
+    # A copy: the exporter folds batch norms into the convolutions of the module it is given, in place.
+    model = WithSoftmax(copy.deepcopy(model).float().eval().to(memory_format=torch.contiguous_format))
     crop = crop or input_size
     dummy = torch.zeros(1, 1, crop, crop)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -50,9 +51,22 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+class GridPool(nn.Module):
+    """Average-pools a feature map to grid x grid with windows of one size (overlapping where the map does not
+    divide): ONNX cannot export adaptive pooling to a size that does not divide the map (3x3 -> 2x2 at 48x48)."""
+
+    def __init__(self, grid: int):
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = (int(v) for v in x.shape[-2:])  # constants in the export: its input size is fixed
+        return F.avg_pool2d(x, (h - self.grid + 1, w - self.grid + 1), stride=1)
+
+
 class VGG(nn.Module):
     """Stages of `depth` 3x3 conv-BN-ReLU (one count for all stages, or one per stage), each followed by 2x2
-    max-pooling; global pooling and a small head. stem: if set, a first 3x3 convolution of that many filters with
+    max-pooling; global pooling (or a grid, below) and a linear head. stem: if set, a first 3x3 convolution of that many filters with
     stride 2, so the stages start at half the input's resolution. grid: the head pools to a grid x grid map, not one
     vector, so the classifier sees where on the face a feature is (the mouth's corners, not just "a smile somewhere")."""
 
@@ -74,7 +88,8 @@ class VGG(nn.Module):
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(grid), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin * grid * grid, num_classes)
+            nn.AdaptiveAvgPool2d(1) if grid == 1 else GridPool(grid), nn.Flatten(), nn.Dropout(dropout),
+            nn.Linear(cin * grid * grid, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
