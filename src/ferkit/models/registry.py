@@ -66,9 +66,10 @@ class GridPool(nn.Module):
 
 class VGG(nn.Module):
     """Stages of `depth` 3x3 conv-BN-ReLU (one count for all stages, or one per stage), each followed by 2x2
-    max-pooling; global pooling (or a grid, below) and a linear head. stem: if set, a first 3x3 convolution of that many filters with
+    max-pooling; global pooling and a linear head. stem: if set, a first 3x3 convolution of that many filters with
     stride 2, so the stages start at half the input's resolution. grid: the head pools to a grid x grid map, not one
-    vector, so the classifier sees where on the face a feature is (the mouth's corners, not just "a smile somewhere")."""
+    vector, so the classifier sees where on the face a feature is (the mouth's corners, not just "a smile somewhere");
+    grid 1 keeps the global pooling, so existing models export the same graph."""
 
     classifier_layer = "head.3"
 
@@ -209,7 +210,8 @@ def vgg_s(num_classes: int = 7, dropout: float = 0.3) -> nn.Module:
 @register_model
 def vgg_sg(num_classes: int = 7, dropout: float = 0.3) -> nn.Module:
     """vgg_s whose head keeps the last 2x2 map (4 x 256 features into the classifier) instead of averaging it away
-    (1.2 M parameters, the same work per face): an ensemble member that errs differently from vgg_s."""
+    (1.2 M parameters, the same work per face): it agrees with vgg_s networks less often than they agree with each
+    other (docs/training.md), though that did not lift the ensemble."""
     return VGG(VGG_WIDTHS["s"], 2, num_classes, dropout, grid=2)
 
 
