@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -387,7 +388,9 @@ class Trainer:
             done = st["epoch"] * self.steps_per_epoch
             self.sched = make_schedule(self.cfg, self.opt, self.steps_per_epoch)
             self.sched.last_epoch = done - 1
-            self.sched.step()
+            with warnings.catch_warnings():  # stepping before the optimiser is the point here: it sets the lr
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                self.sched.step()
         if self.ema is not None and st["ema"] is not None:
             self.ema.shadow = {k: v.to(self.device) for k, v in st["ema"]["shadow"].items()}
             self.ema.steps = st["ema"]["steps"]
