@@ -31,12 +31,14 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ZIP = HERE.parents[1] / "shared" / "datasets" / "fer2013.zip"
 PEER_PYTHON = HERE / ".peer-venv" / "bin" / "python"
+
+sys.path.insert(0, str(HERE))
+from peer_worker import timed  # noqa: E402  (both sides time the same way; it imports nothing of fer at the top)
 
 
 def build_frames(n: int, faces: int):
@@ -80,19 +82,6 @@ def load_crops(n: int):
     # The split is stored class by class: a prefix would hold one or two classes only.
     idx = np.sort(np.random.default_rng(0).permutation(len(test))[:n]) if n < len(test) else np.arange(len(test))
     return test.images[idx], test.labels[idx]
-
-
-def timed(fn, n_items: int, seconds: float) -> float:
-    """Items per second: whole passes of `fn` (each over n_items) until `seconds` have passed (at least one)."""
-    fn()  # warm-up
-    t0 = time.perf_counter()
-    passes = 0
-    while True:
-        fn()
-        passes += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds:
-            return passes * n_items / elapsed
 
 
 def run_ferkit(model: str, crops, frames1, frames3, threads: int, detect_size: int, seconds: float) -> dict:
