@@ -335,7 +335,7 @@ def _decode_pillow(im: Image.Image, gray: bool, max_decoded: int) -> np.ndarray:
         im = im.convert("L")
     if im.width * im.height > max_decoded:
         im = _reduced(im, math.ceil(math.sqrt(im.width * im.height / max_decoded)))
-    arr = _to_u8(im)
+    arr = _pil_to_u8(im)
     del im
     if arr.ndim == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY if gray else cv2.COLOR_RGB2BGR)
@@ -388,7 +388,26 @@ def _reduced(im: Image.Image, factor: int) -> Image.Image:
         return im.resize((max(1, im.width // factor), max(1, im.height // factor)), Image.Resampling.BOX)
 
 
-def _to_u8(im: Image.Image) -> np.ndarray:
+def to_u8(image: np.ndarray) -> np.ndarray:
+    """8-bit gray/BGR/BGRA (16-bit and float images scaled down) for the detector and the crops."""
+    img = np.asarray(image)
+    if img.ndim not in (2, 3) or min(img.shape[:2]) == 0:
+        raise FerkitError(f"image has shape {img.shape}; expected H x W or H x W x C")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3 and img.shape[2] not in (3, 4):
+        raise FerkitError(f"image has {img.shape[2]} channels; expected 1, 3 or 4")
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return (img >> 8).astype(np.uint8)
+    if img.dtype.kind == "f":
+        scale = 255.0 if img.size and float(np.nanmax(img)) <= 1.0 else 1.0
+        return np.clip(np.nan_to_num(img) * scale, 0, 255).astype(np.uint8)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _pil_to_u8(im: Image.Image) -> np.ndarray:
     """Pillow image -> uint8 array: gray as H x W, colour as H x W x 3 RGB."""
     mode = im.mode
     if mode == "L":

@@ -47,6 +47,13 @@ def json_default(o: Any) -> Any:
     return str(o)
 
 
+def write_json(path: str | Path, obj: Any) -> None:
+    """`obj` as indented JSON (NumPy values included), written atomically."""
+    import json
+
+    atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
+
+
 def assets_dir() -> Path:
     """The package's folder of built-in models (read-only: nothing ferkit does writes into it)."""
     return Path(str(resources.files("ferkit") / "assets"))

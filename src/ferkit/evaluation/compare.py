@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ferkit.errors import FerkitError
-from ferkit.evaluation.core import outside_data, prepare, summarize, write_json
+from ferkit.evaluation.core import outside_data, prepare, summarize
 from ferkit.evaluation.metrics import mcnemar
 from ferkit.evaluation.predictors import load_ensemble, parse_model_specs
-from ferkit.utils import ProgressFn
+from ferkit.utils import ProgressFn, write_json
 
 
 def compare(

@@ -27,7 +27,7 @@ from ferkit.evaluation.metrics import (
     vote_agreement,
 )
 from ferkit.evaluation.predictors import Ensemble, load_ensemble
-from ferkit.utils import ProgressFn, is_package_asset, next_free
+from ferkit.utils import ProgressFn, is_package_asset, next_free, write_json
 from ferkit.views import tta_mode
 
 log = logging.getLogger("ferkit.evaluation")
@@ -249,12 +249,6 @@ def write_predictions(path: Path, sp: Split, y: np.ndarray, prob: np.ndarray, cl
                             f"{prob[i, pred[i]]:.4f}", *(f"{p:.4f}" for p in prob[i])])
 
     atomic_write(path, write)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    from ferkit.utils import atomic_write_text, json_default
-
-    atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def _version() -> str:

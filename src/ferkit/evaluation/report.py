@@ -68,8 +68,7 @@ def build_figures(ev: Evaluation, saliency_per_class: int = 2, seed: int = 0) ->
 
 
 def write_report(ev: Evaluation, out: Path) -> None:
-    from ferkit.evaluation.core import write_json
-    from ferkit.utils import atomic_write, atomic_write_text
+    from ferkit.utils import atomic_write, atomic_write_text, write_json
 
     out.mkdir(parents=True, exist_ok=True)
     files = []

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from ferkit.images import to_u8
+
 # BGR colours, fixed per class name so a label looks the same in every image and video.
 _COLOURS = {
     "angry": (40, 40, 220),
@@ -31,8 +33,6 @@ def class_colour(name: str) -> tuple[int, int, int]:
 
 def draw_faces(image: np.ndarray, faces: Sequence) -> np.ndarray:
     """An annotated BGR copy of `image` (gray, BGRA and 16-bit inputs are converted)."""
-    from ferkit.inference.recognizer import to_u8
-
     img = to_u8(image)
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)

@@ -59,6 +59,7 @@ import numpy as np
 
 from ferkit.data.classes import ensemble_orders
 from ferkit.errors import FerkitError
+from ferkit.images import to_u8
 from ferkit.inference.detect import Detection, FaceDetector, create_detector
 from ferkit.inference.model import OnnxClassifier
 from ferkit.inference.resolve import resolve_models
@@ -254,25 +255,6 @@ def merge_detections(first: list[Detection], second: list[Detection], iou_thresh
         if all(iou(d.box, k.box) <= iou_threshold for k in kept):
             kept.append(d)
     return kept
-
-
-def to_u8(image: np.ndarray) -> np.ndarray:
-    """8-bit gray/BGR/BGRA (16-bit and float images scaled down) for the detector and the crops."""
-    img = np.asarray(image)
-    if img.ndim not in (2, 3) or min(img.shape[:2]) == 0:
-        raise FerkitError(f"image has shape {img.shape}; expected H x W or H x W x C")
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.ndim == 3 and img.shape[2] not in (3, 4):
-        raise FerkitError(f"image has {img.shape[2]} channels; expected 1, 3 or 4")
-    if img.dtype == np.uint8:
-        return img
-    if img.dtype == np.uint16:
-        return (img >> 8).astype(np.uint8)
-    if img.dtype.kind == "f":
-        scale = 255.0 if img.size and float(np.nanmax(img)) <= 1.0 else 1.0
-        return np.clip(np.nan_to_num(img) * scale, 0, 255).astype(np.uint8)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def aligned_crop(image: np.ndarray, det: Detection, margin: float = DEFAULT_MARGIN) -> np.ndarray:
