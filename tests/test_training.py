@@ -41,6 +41,7 @@ def test_registry_builds_every_model_and_rejects_unknown() -> None:
         create_model("nope")
 
 
+@pytest.mark.filterwarnings("error::torch.jit.TracerWarning")  # `ferkit train` prints none when it exports
 def test_grid_head_exports_where_the_map_does_not_divide(tmp_path: Path) -> None:
     import onnxruntime as ort
 

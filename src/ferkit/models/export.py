@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -163,10 +164,13 @@ def export_onnx(
     dummy = torch.zeros(1, 1, crop, crop)
 
     def write(tmp: str) -> None:
-        torch.onnx.export(
-            model, (dummy,), tmp, input_names=["input"], output_names=["probabilities"],
-            dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17, dynamo=False,
-        )
+        with warnings.catch_warnings():
+            # A ferkit file's face size is fixed (its metadata says it), so sizes read while tracing are constants.
+            warnings.filterwarnings("ignore", "Converting a tensor to a Python", torch.jit.TracerWarning)
+            torch.onnx.export(
+                model, (dummy,), tmp, input_names=["input"], output_names=["probabilities"],
+                dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17, dynamo=False,
+            )
         m = onnx.load(tmp)
         if half:
             from ferkit.models.quantize import half_weights
