@@ -136,6 +136,22 @@ def test_resume_repairs_the_log_and_refuses_a_bad_state(tiny_folders: Path, tmp_
         Trainer(small_cfg(tiny_folders, out, "epochs=3"), resume=True)
 
 
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_resume_with_more_epochs_picks_up_the_longer_one_cycle_curve(tiny_folders: Path, tmp_path: Path) -> None:
+    from ferkit.training.trainer import make_schedule
+
+    out = tmp_path / "run"
+    Trainer(small_cfg(tiny_folders, out, "epochs=1", "schedule=onecycle")).fit()
+    t = Trainer(small_cfg(tiny_folders, out, "epochs=3", "schedule=onecycle"), resume=True)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=t.cfg.lr)
+    ref = make_schedule(t.cfg, opt, t.steps_per_epoch)
+    for _ in range(t.steps_per_epoch):  # the 3-epoch curve walked from its start to where the run stopped
+        opt.step()
+        ref.step()
+    assert t.sched.total_steps == 3 * t.steps_per_epoch and t.sched.last_epoch == ref.last_epoch
+    assert t.opt.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
+
+
 @pytest.mark.slow
 def test_member_script_trains_scores_and_keeps_finished_members(tiny_folders: Path, tmp_path: Path) -> None:
     import subprocess

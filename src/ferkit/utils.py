@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -49,8 +50,6 @@ def json_default(o: Any) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """`obj` as indented JSON (NumPy values included), written atomically."""
-    import json
-
     atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,11 +102,13 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     raise FerkitError(f"optimizer {cfg.optimizer!r}: choose sgd, adamw or adam")
 
 
-def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
+def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int, done: int = 0) -> Any:
+    """done: steps already taken (a resumed run whose length changed picks the new curve up there)."""
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.warmup, div_factor=20, final_div_factor=200
+            opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.warmup, div_factor=20, final_div_factor=200,
+            last_epoch=done - 1,
         )
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
@@ -385,12 +386,7 @@ class Trainer:
             # Another number of epochs (or of steps per epoch): continue the same one-cycle curve stretched to it.
             self._log(logging.WARNING, "resuming with %d steps in all instead of %d: the schedule is re-planned "
                       "from here", total, self.sched.total_steps)
-            done = st["epoch"] * self.steps_per_epoch
-            self.sched = make_schedule(self.cfg, self.opt, self.steps_per_epoch)
-            self.sched.last_epoch = done - 1
-            with warnings.catch_warnings():  # stepping before the optimiser is the point here: it sets the lr
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-                self.sched.step()
+            self.sched = make_schedule(self.cfg, self.opt, self.steps_per_epoch, st["epoch"] * self.steps_per_epoch)
         if self.ema is not None and st["ema"] is not None:
             self.ema.shadow = {k: v.to(self.device) for k, v in st["ema"]["shadow"].items()}
             self.ema.steps = st["ema"]["steps"]
