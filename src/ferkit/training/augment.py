@@ -22,6 +22,8 @@ class AugmentConfig:
     brightness: float = 0.25  # multiplicative and additive jitter, in 0..255 units scaled by 255
     contrast: float = 0.3
     erase: float = 0.5  # probability of one random erased rectangle
+    lowres: float = 0.0  # probability of a low-resolution copy (down to 35-100% of the side and back up): real photos'
+    # faces are often small, soft or over-compressed, where FER2013's are sharp 48x48 crops
     mixup: float = 0.0  # Beta(alpha, alpha) for mixup; 0 switches it off
     cutmix: float = 0.0  # Beta(alpha, alpha) for cutmix; 0 switches it off
 
@@ -63,6 +65,13 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, crop: int
         on = (torch.rand(n, generator=gen, device=dev) < cfg.erase).view(n, 1, 1)
         noise = torch.rand(x.shape, generator=gen, device=dev) * 255
         x = torch.where((box & on).unsqueeze(1), noise, x)
+    if cfg.lowres > 0:
+        h, w = x.shape[-2:]
+        f = float(u(0.35, 1.0)[0])  # one factor per batch keeps it one resize; which images: drawn per image
+        small = F.interpolate(x, size=(max(int(h * f), 8), max(int(w * f), 8)), mode="bilinear", antialias=True,
+                              align_corners=False)
+        on = (torch.rand(n, generator=gen, device=dev) < cfg.lowres).view(n, 1, 1, 1)
+        x = torch.where(on, F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False), x)
     if crop and crop < x.shape[-1]:
         m = x.shape[-1] - crop + 1
         ys = torch.randint(m, (n,), generator=gen, device=dev)

