@@ -13,6 +13,10 @@ from ferkit.cli.progress import progress_bar
 SPLIT_HELP = "Which split to use: train, val or test."
 MAP_HELP = "Dataset class -> model class, e.g. 'anger=angry,happiness=happy,contempt=-' ('-' leaves a class out)."
 TTA_HELP = "Test-time augmentation: none, flip, crops (five crops), flip+crops or ten_crop (the same ten views)."
+DETECT_HELP = ("Whole labelled photos through the product's pipeline, as EmotionRecognizer.predict sees a user's "
+               "photo: detection, alignment, crop, classification of the largest face; a photo with no face found "
+               "counts as wrong and is listed. DATA: a folder or .zip of <class>/<photo> or <dataset>/<class>/<photo>, "
+               "or with a manifest.csv (dataset,path,label). Metrics per dataset, over all and their mean.")
 RESTRICT_HELP = ("Renormalise each model's probabilities over the dataset's classes (a 7-class model on a 4-class "
                  "dataset then never predicts the other 3); without it their predictions count as mistakes.")
 
@@ -43,19 +47,22 @@ def evaluate_cmd(
     bootstrap: int = typer.Option(1000, "--bootstrap", min=100, metavar="N", help="Bootstrap resamples for the 95% intervals."),
     seed: int = typer.Option(0, "--seed", metavar="N", help="Seed for bootstrap and example sampling."),
     saliency: int = typer.Option(2, "--saliency", min=0, metavar="N", help="Occlusion maps per class (0: none)."),
+    detect: bool = typer.Option(False, "--detect", help=DETECT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics JSON on stdout, nothing else."),
 ) -> None:
     """Evaluate a model (or an ensemble) on a dataset split; write metrics.json, predictions.csv (one row per image),
     PNGs and a self-contained report.html.
 
     Example: ferkit evaluate default fer2013.zip --out runs/eval/default-fer2013
+    Whole photos: ferkit evaluate default ../shared/datasets/realval.zip --detect
     """
     from ferkit.evaluation import evaluate
-    from ferkit.evaluation.report import per_class_rows, summary_rows
+    from ferkit.evaluation.report import dataset_rows, per_class_rows, summary_rows
 
     with progress_bar() as prog:
         ev = evaluate(models, data, split=split, out=out, tta=tta, map_spec=map_spec, format=format,
-                      n_boot=bootstrap, seed=seed, saliency=saliency, restrict=restrict, progress=prog)
+                      n_boot=bootstrap, seed=seed, saliency=saliency, restrict=restrict, progress=prog,
+                      detect=detect)
     if as_json:
         print_json(ev.metrics)
         return
@@ -77,6 +84,14 @@ def evaluate_cmd(
     for i, row in enumerate(rows):
         pc.add_row(*row, end_section=i == len(rows) - 3)  # a rule above the averages
     console.print(pc)
+    if detect:
+        ds = Table(title="Per dataset (no face: counted as wrong)")
+        for col in ("dataset", "photos", "accuracy", "95% CI", "macro-F1", "95% CI", "no face"):
+            ds.add_column(col, justify="left" if col == "dataset" else "right")
+        rows = dataset_rows(r)
+        for i, row in enumerate(rows):
+            ds.add_row(*row[:7], end_section=i == len(rows) - 3)
+        console.print(ds)
     console.print(f"Report: {ev.out / 'report.html'}; every image's prediction: {ev.out / 'predictions.csv'}",
                   highlight=False)
 
@@ -140,6 +155,7 @@ def compare_cmd(
     format: str | None = typer.Option(None, "--format", metavar="FORMAT", help=FORMAT_HELP),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=100, metavar="N", help="Bootstrap resamples for the 95% intervals."),
     seed: int = typer.Option(0, "--seed", metavar="N", help="Seed for bootstrap."),
+    detect: bool = typer.Option(False, "--detect", help=DETECT_HELP + " Pairs: McNemar and a paired bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison JSON on stdout, nothing else."),
 ) -> None:
     """Evaluate several models on the same images: one table side by side, McNemar's test for each pair.
@@ -152,7 +168,7 @@ def compare_cmd(
 
     with progress_bar() as prog:
         res = compare(models, data, split=split, tta=tta, map_spec=map_spec, format=format, n_boot=bootstrap,
-                      seed=seed, restrict=restrict, progress=prog)
+                      seed=seed, restrict=restrict, progress=prog, detect=detect)
     target = out if out is not None else new_run_dir(default_out(["compare"], data, split))
     write_compare(res, target)
     if as_json:

@@ -17,18 +17,28 @@ from ferkit.utils import ProgressFn, write_json
 def compare(
     models: list[str], data: str | Path, split: str = "test", tta: str = "none", map_spec: str | None = None,
     format: str | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, restrict: bool = False,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, detect: bool = False,
 ) -> dict[str, Any]:
     """Each MODEL argument is one entry (a comma inside it makes that entry an ensemble).
 
     Every model's classes are checked against the data before anything is predicted. restrict: as in evaluate,
     each model's probabilities renormalised over the dataset's classes, so that a bigger model is not charged for
     classes the data lacks.
+
+    detect: labelled photos through the product's pipeline (ferkit.evaluation.pipeline.compare_photos).
     """
     from ferkit.data import load_dataset
 
     if len(models) < 2:
         raise FerkitError("compare: give at least two models")
+    if detect:
+        from ferkit.evaluation.pipeline import compare_photos
+
+        for flag, given in (("--format", format is not None), ("--restrict", restrict)):
+            if given:
+                raise FerkitError(f"{flag}: not used with --detect")
+        return compare_photos(models, data, split=split, tta=tta, map_spec=map_spec, n_boot=n_boot, seed=seed,
+                              alpha=alpha, progress=progress)
     t0 = time.perf_counter()
     ensembles = [load_ensemble(parse_model_specs(m)) for m in models]
     ds = load_dataset(data, format=format, size=max(e.input_size for e in ensembles))
@@ -93,6 +103,31 @@ def _outside_note(res: dict[str, Any]) -> list[str]:
     return ["", *notes] if notes else []
 
 
+def _ci(ci: list[float]) -> str:
+    return f"{_p(ci[0])} to {_p(ci[1])}"
+
+
+def _photo_tables(res: dict[str, Any]) -> list[str]:
+    """compare --detect: no faces found, accuracy per dataset and their mean, paired bootstrap differences."""
+    sets = res["datasets"]
+    lines = ["", f"Through the pipeline ({res['pipeline']['detector']} detector, largest face); a photo with no face "
+             "found counts as wrong. Accuracy % per dataset (95% CI), and the unweighted mean over datasets:", "",
+             "| model | no face | " + " | ".join(sets) + " | mean over datasets |",
+             "|---|---|" + "---|" * (len(sets) + 1)]
+    for r in res["models"]:
+        cells = [f"{_p(d['accuracy'])} ({_ci(d['accuracy_ci95'])})" for d in r["datasets"].values()]
+        mean = r["mean_over_datasets"]
+        lines.append(f"| {r['model']} | {r['no_face']} | " + " | ".join(cells)
+                     + f" | {_p(mean['accuracy'])} ({_ci(mean['accuracy_ci95'])}) |")
+    lines += ["", "Paired bootstrap on the same photos: B's accuracy minus A's, points (95% CI):", "",
+              "| A | B | over all | mean over datasets |", "|---|---|---|---|"]
+    for p in res["mcnemar"]:
+        d, g = p["accuracy_difference"], p["mean_over_datasets_difference"]
+        lines.append(f"| {p['a']} | {p['b']} | {_p(d['difference'])} ({_ci(d['ci95'])}) | "
+                     f"{_p(g['difference'])} ({_ci(g['ci95'])}) |")
+    return lines
+
+
 def markdown(res: dict[str, Any]) -> str:
     """The comparison as Markdown: metrics per model, then McNemar's test per pair."""
     lines = [
@@ -104,12 +139,15 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     for r in res["models"]:
         a, f = r["accuracy_ci95"], r["macro_f1_ci95"]
+        loss = "–" if r["log_loss"] is None else f"{r['log_loss']:.4f}"
         lines.append(
             f"| {r['model']} | {_p(r['accuracy'])} | {_p(a[0])}–{_p(a[1])} | {_p(r['macro_f1'])} | "
             f"{_p(f[0])}–{_p(f[1])} | {_p(r['balanced_accuracy'])} | {_p(r['top2_accuracy'])} | "
-            f"{r['log_loss']:.4f} | {_p(r['ece'])} |"
+            f"{loss} | {_p(r['ece'])} |"
         )
     lines += _outside_note(res)
+    if res.get("detect"):
+        lines += _photo_tables(res)
     lines += [
         "",
         f"McNemar's test (exact binomial; significant when p < {res['alpha']}):",

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from ferkit.evaluation.metrics import (
 from ferkit.evaluation.predictors import Ensemble, load_ensemble
 from ferkit.utils import ProgressFn, is_package_asset, next_free, write_json
 from ferkit.views import tta_mode
+
+if TYPE_CHECKING:
+    from ferkit.evaluation.pipeline import PhotoEvaluation
 
 log = logging.getLogger("ferkit.evaluation")
 
@@ -165,19 +168,33 @@ def evaluate(
     saliency: int = 2,
     restrict: bool = False,
     progress: ProgressFn | None = None,
-) -> Evaluation:
+    detect: bool = False,
+) -> Evaluation | PhotoEvaluation:
     """Evaluate one model or an ensemble on a split; write metrics.json, predictions.csv, the PNGs and report.html
     to `out` (default: a new numbered folder runs/eval/<model>-<data>, -2, -3, ...: never an earlier report).
 
     restrict: renormalise the probabilities over the classes the dataset has (a 7-class model on a 4-class
     dataset then never predicts the 3 others); without it, predictions of classes the data lacks are counted
     and reported (metrics.json: data.predicted_outside_data).
+
+    detect: whole labelled photos through the product's pipeline, as EmotionRecognizer.predict sees a user's photo
+    (ferkit.evaluation.pipeline): metrics per dataset and over all, the photos with no face found counted as wrong
+    and listed. It returns a PhotoEvaluation (metrics, out, figures, and the run behind them).
     """
     from ferkit.data import load_dataset
     from ferkit.evaluation.predictors import parse_model_specs
 
     t0 = time.perf_counter()
     specs = parse_model_specs(models)
+    if detect:
+        from ferkit.evaluation.pipeline import evaluate_photos
+
+        for flag, given in (("--format", format is not None), ("--restrict", restrict)):
+            if given:
+                raise FerkitError(f"{flag}: not used with --detect (it reads labelled photos and scores all the "
+                                  "model's classes)")
+        return evaluate_photos(specs, data, split=split, out=out, tta=tta, map_spec=map_spec, n_boot=n_boot,
+                               seed=seed, report=report, progress=progress)
     ens = load_ensemble(specs)
     log.info("model %s: %d classes (%s), input %d px", ens.name, len(ens.classes), ", ".join(ens.classes),
              ens.input_size)

@@ -121,6 +121,62 @@ def bootstrap_ci(
     }
 
 
+def mean_over_groups_ci(
+    groups: list[tuple[np.ndarray, np.ndarray]], n_classes: int, n_boot: int = 1000, seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """The unweighted mean over groups (datasets) of accuracy and macro-F1, each group's from its own (y, pred), with
+    percentile bootstrap intervals that resample within each group: every group counts once whatever its size, and
+    keeps its size in every resample (a stratified bootstrap)."""
+    rng = np.random.default_rng(seed)
+    accs, f1s, acc0, f10 = [], [], [], []
+    for y, pred in groups:
+        y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+        present = np.bincount(y, minlength=n_classes) > 0
+        idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+        accs.append((y == pred)[idx].mean(1))
+        f1s.append(f1_from_confusions(bootstrap_confusions(y, pred, idx, n_classes))[:, present].mean(1))
+        acc0.append(float((y == pred).mean()))
+        full = bootstrap_confusions(y, pred, np.arange(len(y))[None], n_classes)
+        f10.append(float(f1_from_confusions(full)[0, present].mean()))
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    acc, f1 = np.mean(accs, axis=0), np.mean(f1s, axis=0)
+    return {
+        "groups": len(groups),
+        "accuracy": float(np.mean(acc0)),
+        "accuracy_ci95": [float(np.percentile(acc, lo)), float(np.percentile(acc, hi))],
+        "macro_f1": float(np.mean(f10)),
+        "macro_f1_ci95": [float(np.percentile(f1, lo)), float(np.percentile(f1, hi))],
+        "n_boot": n_boot, "seed": seed, "level": level,
+    }
+
+
+def paired_difference_ci(
+    correct_a: np.ndarray, correct_b: np.ndarray, groups: np.ndarray | None = None, n_boot: int = 1000,
+    seed: int = 0, level: float = 0.95,
+) -> dict[str, Any]:
+    """B's accuracy minus A's on the same items, with a paired percentile bootstrap interval (the same resampled
+    items for both). With `groups` (a group id per item): the difference of the unweighted means over groups,
+    resampled within each group."""
+    a = np.asarray(correct_a, dtype=np.float64)
+    b = np.asarray(correct_b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError("a paired comparison needs the same items for both models")
+    g = np.zeros(len(a), dtype=np.int64) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    rng = np.random.default_rng(seed)
+    diff = b - a
+    point, boots = [], []
+    for k in np.unique(g):
+        d = diff[g == k]
+        point.append(float(d.mean()))
+        boots.append(d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1))
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    mean = np.mean(boots, axis=0)
+    ci = [float(np.percentile(mean, lo)), float(np.percentile(mean, hi))]
+    return {"difference": float(np.mean(point)), "ci95": ci, "significant": not ci[0] <= 0 <= ci[1],
+            "n_boot": n_boot, "seed": seed, "level": level}
+
+
 def bootstrap_confusions(y: np.ndarray, pred: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
     """(B x C x C) confusion matrices of the resamples given by the index rows of `idx`."""
     b = idx.shape[0]

@@ -28,22 +28,24 @@ def _png(fig: Any) -> bytes:
 
 
 def confusion_png(cm: list[list[int]], cm_norm: list[list[float]], classes: list[str]) -> bytes:
-    """Counts and row-normalised confusion matrices side by side (rows: true class, columns: predicted)."""
+    """Counts and row-normalised confusion matrices side by side (rows: true class, columns: predicted). With fewer
+    rows than classes, the last classes are predictions only (evaluate --detect's "no face")."""
     n = len(classes)
     side = max(4.0, 0.6 * n + 2)
     fig = _figure(2 * side + 1, side)
     cm_a, norm_a = np.array(cm), np.array(cm_norm)
+    n_rows = len(cm_a)
     for k, (mat, title, fmt) in enumerate([(cm_a, "counts", "d"), (norm_a, "row-normalised (recall)", ".2f")]):
         ax = fig.add_subplot(1, 2, k + 1)
         shown = norm_a  # colour by the normalised value in both panels: big classes do not drown the rest
         ax.imshow(shown, cmap="Blues", vmin=0, vmax=1)
-        for i in range(n):
+        for i in range(n_rows):
             for j in range(n):
                 v = mat[i, j]
                 ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=8 if n <= 8 else 6,
                         color="white" if shown[i, j] > 0.5 else "black")
         ax.set_xticks(range(n), classes, rotation=45, ha="right")
-        ax.set_yticks(range(n), classes)
+        ax.set_yticks(range(n_rows), classes[:n_rows])
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"Confusion matrix, {title}")
@@ -83,13 +85,15 @@ def reliability_png(rel: dict[str, Any], rel_before: dict[str, Any] | None = Non
 def face_grid_png(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], title: str, cols: int) -> bytes:
     """One row per class: (row label, [(face, caption), ...]); empty cells where a class has fewer faces.
 
+    Faces are square, or all of one wider shape (a photo beside its face crop): cells are as wide as the widest.
     The faces go into one mosaic drawn by a single imshow: dozens of subplots take seconds to lay out.
     """
     n_rows = max(1, len(rows))
     side = max((items[0][0].shape[0] for _, items in rows if items), default=48)
+    width = max((img.shape[1] * side // img.shape[0] for _, items in rows for img, _ in items), default=side)
     lines = max((cap.count("\n") + 1 for _, items in rows for _, cap in items), default=1)
     gap, cap = side // 8, side // 3 + (lines - 1) * side // 5  # space between faces, and above each for its caption
-    cell_w, cell_h = side + gap, side + cap + gap
+    cell_w, cell_h = width + gap, side + cap + gap
     mosaic = np.full((n_rows * cell_h, cols * cell_w), 255, np.uint8)
     inch = 1.1 / side  # a face about 1.1 inch wide; the figure follows the mosaic's shape
     fig = _figure(cols * cell_w * inch / 0.88, n_rows * cell_h * inch / 0.96 + 0.3)
@@ -102,8 +106,9 @@ def face_grid_png(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], title: s
             texts.append((side / 2, y0 + side / 2, "none", dict(ha="center", va="center", fontsize=8, color="gray")))
         for c, (img, caption) in enumerate(items[:cols]):
             x0 = c * cell_w
-            mosaic[y0 : y0 + side, x0 : x0 + side] = img if img.shape[0] == side else _fit(img, side)
-            texts.append((x0 + side / 2, y0 - 2, caption, dict(ha="center", va="bottom", fontsize=7 if lines == 1
+            face = img if img.shape == (side, width) else _fit(img, side, width)
+            mosaic[y0 : y0 + side, x0 : x0 + width] = face
+            texts.append((x0 + width / 2, y0 - 2, caption, dict(ha="center", va="bottom", fontsize=7 if lines == 1
                                                                  else 6, linespacing=1.1)))
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     for x, y, t, kw in texts:
@@ -114,10 +119,10 @@ def face_grid_png(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], title: s
     return _png(fig)
 
 
-def _fit(img: np.ndarray, side: int) -> np.ndarray:
+def _fit(img: np.ndarray, side: int, width: int | None = None) -> np.ndarray:
     import cv2
 
-    return cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, (width or side, side), interpolation=cv2.INTER_AREA)
 
 
 def saliency_png(items: list[tuple[np.ndarray, np.ndarray, str]], cols: int = 6) -> bytes:

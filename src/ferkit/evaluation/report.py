@@ -12,6 +12,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ferkit.evaluation.core import Evaluation
+    from ferkit.evaluation.pipeline import PhotoEvaluation
 
 GRID_COLS = 8
 
@@ -67,7 +68,49 @@ def build_figures(ev: Evaluation, saliency_per_class: int = 2, seed: int = 0) ->
     return figs
 
 
-def write_report(ev: Evaluation, out: Path) -> None:
+PAIR_COLS = 5  # a photo beside its face crop takes two faces' width
+
+
+def build_photo_figures(ev: PhotoEvaluation, seed: int = 0) -> dict[str, bytes]:
+    """evaluate --detect's figures: the confusion matrix with its "no face" column, reliability over the photos with
+    a face, and grids of each photo (the scored face's box drawn) beside the crop the model saw."""
+    from ferkit.evaluation import plots
+    from ferkit.evaluation.pipeline import NO_FACE
+
+    run, m = ev.run, ev.metrics["metrics"]
+    classes = [*run.classes, NO_FACE]
+    y, pred, pairs = run.y, run.pred, run.pairs or []
+    conf = np.where(run.found, run.prob.max(1), 0.0)
+    rng = np.random.default_rng(seed)
+    # No photo's true class is "no face": its row is left out, its column kept.
+    figs = {"confusion": plots.confusion_png(m["confusion"][:-1], m["confusion_normalized"][:-1], classes)}
+    if m["calibration"]["reliability"] is not None:
+        figs["reliability"] = plots.reliability_png(m["calibration"]["reliability"])
+    if not pairs:
+        return figs
+    correct_rows, mistake_rows = [], []
+    for c in [c for c in range(len(run.classes)) if (y == c).any()]:
+        ok = np.flatnonzero((y == c) & (pred == c))
+        sample = rng.choice(ok, size=min(PAIR_COLS, len(ok)), replace=False) if len(ok) else ok
+        sample = sample[np.argsort(-conf[sample])]
+        correct_rows.append((run.classes[c], [(pairs[i], f"{conf[i]:.0%} {run.photos[i].dataset}\n"
+                                                          f"{_short(run.photos[i].path, 30)}") for i in sample]))
+        wrong = np.flatnonzero((y == c) & (pred != c))
+        # The most confident mistakes first; photos with no face (confidence 0) fill what is left of the row.
+        worst = wrong[np.argsort(-conf[wrong], kind="stable")][:PAIR_COLS]
+        mistake_rows.append((run.classes[c], [
+            (pairs[i], (f"→{classes[pred[i]]} {conf[i]:.0%}" if run.found[i] else f"→{NO_FACE}")
+             + f" {run.photos[i].dataset}\n{_short(run.photos[i].path, 30)}") for i in worst]))
+    figs["correct"] = plots.face_grid_png(
+        correct_rows, "Correctly classified (random sample): the photo, the face scored, the crop the model saw",
+        PAIR_COLS)
+    figs["mistakes"] = plots.face_grid_png(
+        mistake_rows, "Most confident mistakes (row: true class; caption: predicted class, its probability, dataset, "
+        "file)", PAIR_COLS)
+    return figs
+
+
+def write_report(ev: Evaluation | PhotoEvaluation, out: Path) -> None:
     from ferkit.utils import atomic_write, atomic_write_text, write_json
 
     out.mkdir(parents=True, exist_ok=True)
@@ -119,13 +162,26 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("Balanced accuracy", _pct(m["balanced_accuracy"]), "mean recall over classes"),
         ("Weighted F1", _pct(m["weighted_f1"]), ""),
         ("Top-2 accuracy", _pct(m["top2_accuracy"]), "true class among the two most probable"),
-        ("Log-loss", f"{m['log_loss']:.4f}", "lower is better"),
+        ("Log-loss", "–" if m["log_loss"] is None else f"{m['log_loss']:.4f}", "lower is better"),
     ]
     t = r.get("temperature", 1.0)
-    if "ece_uncalibrated" in cal:
+    if r.get("detect"):
+        rows.append(("ECE", _pct(m["ece"]), f"expected calibration error, 15 bins, photos with a face; temperature "
+                                            f"{t:.3g}"))
+    elif "ece_uncalibrated" in cal:
         rows.append(("ECE", _pct(m["ece"]), f"with temperature {t:.3g}; {_pct(cal['ece_uncalibrated'])} without"))
     else:
         rows.append(("ECE", _pct(m["ece"]), "expected calibration error, 15 bins; not calibrated (T = 1)"))
+    if "no_face" in m:
+        over = m["probability_metrics_over"]
+        rows += [("No face found", _pct(m["no_face"]["share"]),
+                  f"{m['no_face']['n']} photos: predicted 'no face', counted as wrong"),
+                 ("Log-loss and ECE over", str(over), "photos with a face found (top-2: no face counts as wrong)")]
+    if "mean_over_datasets" in r:
+        g = r["mean_over_datasets"]
+        rows += [("Accuracy, mean over datasets", _pct(g["accuracy"]),
+                  f"95% CI {_ci(g['accuracy_ci95'])}; unweighted mean of {g['groups']} datasets' accuracies"),
+                 ("Macro-F1, mean over datasets", _pct(g["macro_f1"]), f"95% CI {_ci(g['macro_f1_ci95'])}")]
     data = r["data"]
     outside = data.get("predicted_outside_data") or {}
     if outside.get("n"):
@@ -146,6 +202,56 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                      f"{tc['n_copies']} of {tc['n_copies'] + tc['n_without']} images have an exact pixel copy in "
                      f"train; accuracy on those {_pct(tc.get('accuracy_on_copies'))}"))
     return rows
+
+
+def dataset_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
+    """evaluate --detect: (dataset, photos, accuracy, its CI, macro-F1, its CI, no face, classes) per dataset, then
+    the mean over datasets and all photos together; shared by the HTML report and the terminal."""
+    rows = []
+    for name, d in r["datasets"].items():
+        rows.append((name, str(d["n"]), _pct(d["accuracy"]), _ci(d["accuracy_ci95"]), _pct(d["macro_f1"]),
+                     _ci(d["macro_f1_ci95"]), str(d["no_face"]["n"]), ", ".join(d["classes"])))
+    g, m = r["mean_over_datasets"], r["metrics"]
+    rows.append(("mean over datasets", "", _pct(g["accuracy"]), _ci(g["accuracy_ci95"]), _pct(g["macro_f1"]),
+                 _ci(g["macro_f1_ci95"]), "", ""))
+    rows.append(("all photos", str(m["n"]), _pct(m["accuracy"]), _ci(m["ci95"]["accuracy"]), _pct(m["macro_f1"]),
+                 _ci(m["ci95"]["macro_f1"]), str(m["no_face"]["n"]), ", ".join(r["data"]["classes"])))
+    return rows
+
+
+def _photo_sections(r: dict[str, Any]) -> list[str]:
+    """evaluate --detect's HTML: the pipeline, the per-dataset table and the photos where no face was found."""
+    if not r.get("detect"):
+        return []
+    e = html.escape
+    p = r["pipeline"]
+    head = ("dataset", "photos", "accuracy", "95% CI", "macro-F1", "95% CI", "no face", "classes")
+    rows = dataset_rows(r)
+    table = "".join(
+        "<tr>" + "".join(f"<{t}>{e(v)}</{t}>" for v in row) + "</tr>"
+        for row, t in ((row, "th" if k >= len(rows) - 2 else "td") for k, row in enumerate(rows)))
+    out = [
+        "<h2>Per dataset</h2>",
+        f'<p class="note">Whole photos through the pipeline of EmotionRecognizer.predict: detector {e(p["detector"])} '
+        f"(long side {p['detect_size']} px, score ≥ {p['threshold']}), aligned crop, margin {p['margin']}; the "
+        f"largest face is scored; {e(p['crop_as_is'])}. A photo with no face found counts as wrong. Macro-F1 over "
+        "the classes each dataset has; the mean over datasets weighs each dataset once (its interval: bootstrap "
+        "within each dataset).</p>",
+        "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{table}</table>",
+    ]
+    nf = r["no_face"]
+    out.append(f"<h2>No face found ({nf['n']} photos)</h2>")
+    if nf["photos"]:
+        items = "".join(f"<tr><td>{e(x['path'])}</td><td>{e(x['dataset'])}</td><td>{e(x['true'])}</td></tr>"
+                        for x in nf["photos"])
+        out.append(f"<table><tr><th>photo</th><th>dataset</th><th>true class</th></tr>{items}</table>")
+    skipped = r["data"].get("skipped") or []
+    if skipped:
+        items = "".join(f"<tr><td>{e(x['path'])}</td><td style='text-align:left'>{e(x['why'])}</td></tr>"
+                        for x in skipped)
+        out += [f"<h2>Unreadable, left out ({len(skipped)})</h2>",
+                f"<table><tr><th>file</th><th>why</th></tr>{items}</table>"]
+    return out
 
 
 CSS = """
@@ -208,6 +314,7 @@ def render_html(r: dict[str, Any], figs: dict[str, bytes]) -> str:
         '<p class="note">Confidence intervals: percentile bootstrap over the evaluated images '
         f"({ci['n_boot']} resamples, seed {ci['seed']}). Macro-F1 and balanced accuracy average over the classes "
         "present in the data.</p>",
+        *_photo_sections(r),
         "<h2>Per class</h2>",
         f"<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{per_class}"
         "</table>",
