@@ -221,3 +221,55 @@ def test_not_json(tmp_path: Path) -> None:
     p.write_bytes(b"\x89PNG not json")
     with pytest.raises(FerkitError, match="model.json: not a TF.js model.json"):
         load_graph(p)
+
+
+def test_faceres_exports_to_onnx(tmp_path: Path) -> None:
+    """The upscaling and TensorFlow's SAME padding export; ONNX Runtime gives PyTorch's probabilities."""
+    import onnxruntime as ort
+
+    from ferkit.models import create_model
+    from ferkit.models.export import export_onnx
+
+    net = create_model("faceres96", 7).eval()
+    path = export_onnx(net, tmp_path / "m.onnx", [str(i) for i in range(7)], input_size=48)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 1, 48, 48)).astype(np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        want = torch.softmax(net(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_transfer_settings_split_the_learning_rate() -> None:
+    from ferkit.models import create_model
+    from ferkit.training.config import TrainConfig
+    from ferkit.training.trainer import _blocks, make_optimizer, make_schedule
+
+    net = create_model("faceres96", 7)
+    cfg = TrainConfig(model="faceres96", lr=0.1, backbone_lr=0.5, layer_decay=0.9, freeze_blocks=3)
+    opt = make_optimizer(cfg, net)
+    make_schedule(cfg, opt, 10)
+    blocks = _blocks(net)
+    assert max(blocks.values()) == 26 and "head.1.weight" not in blocks
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    named = dict(net.named_parameters())
+    assert by_param[id(named["head.1.weight"])]["lr_scale"] == 1.0
+    assert by_param[id(named["features.26.conv.weight"])]["lr_scale"] == pytest.approx(0.5)
+    assert by_param[id(named["features.3.conv.weight"])]["lr_scale"] == pytest.approx(0.5 * 0.9 ** 23)
+    assert by_param[id(named["features.26.conv.bias"])]["weight_decay"] == 0.0
+    assert all(id(named[f"features.{i}.conv.weight"]) not in by_param for i in range(3))  # frozen blocks
+    # Defaults keep the two groups every earlier run had (weights with decay, the rest without).
+    plain = make_optimizer(TrainConfig(lr=0.1), create_model("vgg_s", 7))
+    assert [g["weight_decay"] for g in plain.param_groups] == [5e-4, 0.0]
+
+
+def test_lowres_augmentation_softens_some_faces() -> None:
+    from ferkit.training.augment import AugmentConfig, augment
+
+    x = torch.rand(64, 1, 48, 48) * 255
+    cfg = AugmentConfig(scale=0, rotate=0, translate=0, brightness=0, contrast=0, erase=0, flip=False, lowres=0.5)
+    y = augment(x, cfg, torch.Generator().manual_seed(0))
+    changed = ((y - x).abs().amax((1, 2, 3)) > 1).float().mean()
+    assert y.shape == x.shape and 0.2 < changed < 0.8
+    # A blurred copy of noise has less contrast between neighbours.
+    soft = (y - x).abs().amax((1, 2, 3)) > 1
+    assert y[soft].diff(dim=-1).abs().mean() < x[soft].diff(dim=-1).abs().mean()

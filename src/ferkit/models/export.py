@@ -167,6 +167,8 @@ def export_onnx(
         with warnings.catch_warnings():
             # A ferkit file's face size is fixed (its metadata says it), so sizes read while tracing are constants.
             warnings.filterwarnings("ignore", "Converting a tensor to a Python", torch.jit.TracerWarning)
+            # TensorFlow-style padding (ferkit.models.mobilenet) exports a reversing Slice the folder leaves as is.
+            warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
             torch.onnx.export(
                 model, (dummy,), tmp, input_names=["input"], output_names=["probabilities"],
                 dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17, dynamo=False,
