@@ -5,11 +5,16 @@ figures.
     python scripts/ship_model.py accurate runs/m_vgg_s_s1 runs/m_vgg_m_s2 ... --version 1.0.0
     python scripts/ship_model.py default --card-only            # re-render the card from the stored figures
     python scripts/ship_model.py default --speed-only           # re-measure faces/s (idle machine), re-render
+    python scripts/ship_model.py default --realval-only --previous OLD.onnx   # realval figures beside an older version
 
-Steps, in the order the protocol allows, all choices on PublicTest (val): with several runs, the ensemble's weights
-(minimum log-loss of the members' ten-crop probabilities); export to src/ferkit/assets/ferkit_<name>.onnx (one file,
-the ensemble inside), with a single network's weights beside it for fine-tuning; the temperature; the test-time
-augmentation. Then PrivateTest (test) is touched once, with and without that augmentation. The figures go into the
+Steps, in the order the protocol allows, all choices on PublicTest (val) and realval (real photos, validation only):
+with several runs, the ensemble's weights (minimum log-loss of the members' ten-crop probabilities); export of the
+candidate into the reports folder (one ONNX file, the ensemble inside); the temperature; the test-time augmentation.
+Then the candidate and the model it would replace go through the product's pipeline on realval (`ferkit evaluate
+--detect`, largest face, no face counted wrong): a candidate worse on the mean over realval's datasets beyond noise
+(paired bootstrap on the same photos, 95%) is not shipped, whatever PublicTest says. Only then is PrivateTest (test)
+touched, once, with and without the chosen augmentation, and the candidate copied to
+src/ferkit/assets/ferkit_<name>.onnx (a single network's weights beside it, for fine-tuning). The figures go into the
 ONNX metadata (served by `GET /v1/models`), src/ferkit/assets/ferkit_<name>.json and docs/model_card[_<name>].md.
 """
 
@@ -130,14 +135,24 @@ def main() -> None:
     ap.add_argument("--half", action="store_true",
                     help="Store the weights as float16 (half the file, float32 arithmetic): more networks in 25 MB.")
     ap.add_argument("--threads", type=int, default=1, help="Threads for the crops/s figures (peers.py's default).")
+    ap.add_argument("--realval-only", action="store_true",
+                    help="Measure the shipped model (and --previous) on realval through the pipeline; re-render.")
+    ap.add_argument("--previous", type=Path, help="With --realval-only: the version it replaced (an ONNX file).")
+    ap.add_argument("--previous-version", help="With --previous: its version number, for the card.")
+    ap.add_argument("--realval", default=str(ROOT.parent / "shared" / "datasets" / "realval.zip"),
+                    help="Real photos for validation (the ship gate and the card's realval section).")
     args = ap.parse_args()
     from ferkit.inference.resolve import builtin_file
 
     # The package's own naming rule for built-in files (ferkit_<name>.onnx, ferkit_<name>_int8.onnx), in --assets.
     asset, asset8 = (args.assets / builtin_file(n).name for n in (args.name, f"{args.name}-int8"))
-    if args.card_only or args.speed_only:
+    if args.card_only or args.speed_only or args.realval_only:
         card = json.loads(asset.with_suffix(".json").read_text())
         card["note"] = card.get("note", "") if args.note is None else args.note
+        if args.realval_only:
+            gate = realval_gate(asset, args.previous, args.realval, args.reports / args.name, args.previous_version)
+            card["realval"] = gate["card"]
+            print(json.dumps(gate["summary"], indent=2))
         if args.speed_only:
             card["speed"] = measure_speed(asset, args.data, args.threads, asset8 if "int8" in card else None)
         asset.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
@@ -152,6 +167,12 @@ def main() -> None:
     from ferkit.runs import read_log as read_training_log
     from ferkit.utils import atomic_write
 
+    work = args.reports / args.name
+    work.mkdir(parents=True, exist_ok=True)
+    candidate = work / asset.name  # staged: the package's file changes only once the candidate passes every gate
+    previous = work / f"previous-{asset.name}"
+    if asset.is_file():
+        shutil.copyfile(asset, previous)
     members = []
     for run in args.runs:
         log = read_training_log(run)
@@ -168,28 +189,30 @@ def main() -> None:
         model, info = load_ensemble([r / "best.safetensors" for r in args.runs], weights)
     else:
         model, info = load_weights(args.runs[0] / "best.safetensors")
-        # The weights ship too, so that `init = "default"` fine-tunes from the shipped model.
-        atomic_write(asset.with_suffix(".safetensors"),
-                     lambda tmp: shutil.copyfile(args.runs[0] / "best.safetensors", tmp))
-    export_onnx(model, asset, info["classes"], info["input_size"], info["crop"], name=f"ferkit-{args.name}",
+    export_onnx(model, candidate, info["classes"], info["input_size"], info["crop"], name=f"ferkit-{args.name}",
                 version=args.version, half=args.half)
     # calibrate() never writes into the package (a user's `ferkit calibrate default` gets a copy): shipping does it here.
-    cal = calibrate(str(asset), args.data, split="val", write=False)
-    set_onnx_metadata(asset, {"temperature": f"{cal['temperature']:.4f}"})
+    cal = calibrate(str(candidate), args.data, split="val", write=False)
+    set_onnx_metadata(candidate, {"temperature": f"{cal['temperature']:.4f}"})
 
     options = ["none", "flip", "ten_crop" if info["crop"] < info["input_size"] else "flip+crops"]
-    work = args.reports / args.name
-    val = {t: evaluate(str(asset), args.data, split="val", tta=t, report=False, out=work / f"val-{t}")
+    val = {t: evaluate(str(candidate), args.data, split="val", tta=t, report=False, out=work / f"val-{t}")
            for t in options}
     val_acc = {t: e.metrics["metrics"]["accuracy"] for t, e in val.items()}
     tta = max(val_acc, key=lambda t: (val_acc[t], -options.index(t)))  # ties go to the cheaper option
     t_tta = None
     if tta != "none":  # averaged views are less confident than one: that TTA gets its own temperature
         t_tta = round(fit_temperature(val[tta].prepared.split.labels, val[tta].prob_raw), 4)
-        set_onnx_metadata(asset, temperature_metadata({}, tta, t_tta))
+        set_onnx_metadata(candidate, temperature_metadata({}, tta, t_tta))
 
-    test_plain = evaluate(str(asset), args.data, split="test", tta="none", out=work / "test-none")
-    test_tta = test_plain if tta == "none" else evaluate(str(asset), args.data, split="test", tta=tta,
+    old_card = asset.with_suffix(".json")
+    realval = realval_gate(candidate, previous if previous.is_file() else None, args.realval, work,
+                           json.loads(old_card.read_text()).get("version") if old_card.is_file() else None)
+    print(json.dumps({"val_accuracy": val_acc, "realval": realval["summary"]}, indent=2))
+    if realval["refused"]:
+        raise SystemExit(f"not shipped: {realval['refused']}")
+    test_plain = evaluate(str(candidate), args.data, split="test", tta="none", out=work / "test-none")
+    test_tta = test_plain if tta == "none" else evaluate(str(candidate), args.data, split="test", tta=tta,
                                                          out=work / f"test-{tta}")
     m0, m1 = test_plain.metrics["metrics"], test_tta.metrics["metrics"]
     card = {
@@ -213,11 +236,16 @@ def main() -> None:
         # evaluate() reports the ECE with the model's temperatures and without (T undone exactly).
         "test_ece_tta": t_tta and {"before": m1["calibration"]["ece_uncalibrated"], "after": m1["ece"]},
         "per_class": m1["per_class"],
+        "realval": realval["card"],
         "data": args.data, "half": args.half,
         "note": args.note or "",
     }
     summary = {k: card[k] for k in ("test_accuracy", "test_accuracy_tta", "tta", "test_macro_f1", "val_accuracy")}
-    set_onnx_metadata(asset, {"metrics": json.dumps(summary), "tta": tta})
+    set_onnx_metadata(candidate, {"metrics": json.dumps(summary), "tta": tta})
+    atomic_write(asset, lambda tmp: shutil.copyfile(candidate, tmp))
+    if len(args.runs) == 1:  # the weights ship too, so that `init = "default"` fine-tunes from the shipped model
+        atomic_write(asset.with_suffix(".safetensors"),
+                     lambda tmp: shutil.copyfile(args.runs[0] / "best.safetensors", tmp))
     card["size_bytes"] = asset.stat().st_size
     if args.int8:
         card["int8"] = ship_int8(asset, asset8, args.data, tta, work)
@@ -225,6 +253,43 @@ def main() -> None:
     asset.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     card_path(args.docs, args.name).write_text(render(card))
     print(json.dumps(summary, indent=2))
+
+
+def realval_gate(candidate: Path, previous: Path | None, data: str, work: Path, previous_version: str | None) -> dict:
+    """Candidate and the model it replaces through the product's pipeline on realval, on the same photos. Refused
+    (a reason) when the candidate's mean over datasets is lower beyond noise: the paired bootstrap's 95% interval of
+    the difference lies below zero."""
+    from ferkit.evaluation.core import evaluate
+    from ferkit.evaluation.metrics import paired_difference_ci
+
+    if not Path(data).is_file():
+        raise SystemExit(f"{data}: no realval archive; every candidate is checked on real photos before it ships")
+    new = evaluate(str(candidate), data, detect=True, report=False, out=work / "realval-candidate")
+    card = {"candidate": realval_figures(new.metrics), "data": Path(data).name,
+            "pipeline": new.metrics.get("pipeline", {})}
+    refused = None
+    if previous is not None:
+        old = evaluate(str(previous), data, detect=True, report=False, out=work / "realval-previous")
+        diff = paired_difference_ci(old.run.correct, new.run.correct, old.run.datasets)
+        card["previous"] = {**realval_figures(old.metrics), "version": previous_version}
+        card["difference"] = {k: diff[k] for k in ("difference", "ci95", "significant")}
+        if diff["ci95"][1] < 0:
+            refused = (f"realval mean over datasets {100 * diff['difference']:+.1f} points against the shipped model "
+                       f"(95% CI {100 * diff['ci95'][0]:+.1f} to {100 * diff['ci95'][1]:+.1f})")
+    summary = {"candidate_mean": card["candidate"]["mean"]["accuracy"],
+               "previous_mean": card.get("previous", {}).get("mean", {}).get("accuracy"),
+               "difference": card.get("difference")}
+    return {"card": card, "summary": summary, "refused": refused}
+
+
+def realval_figures(m: dict) -> dict:
+    """Per dataset and mean over datasets: accuracy and macro-F1 with their 95% intervals; the no-face count."""
+    keys = ("n", "accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95")
+    return {"datasets": {d: {k: v[k] for k in keys if k in v} for d, v in m["datasets"].items()},
+            "mean": {k: m["mean_over_datasets"][k] for k in ("accuracy", "accuracy_ci95", "macro_f1",
+                                                              "macro_f1_ci95")},
+            "all": {"accuracy": m["metrics"]["accuracy"], "accuracy_ci95": m["metrics"]["ci95"]["accuracy"]},
+            "no_face": m["no_face"]["n"]}
 
 
 def pct(x: float) -> str:
@@ -270,6 +335,43 @@ the `fer` package in one run).
 | variant | file | PublicTest, no TTA | PrivateTest, no TTA / TTA `{tta}` | faces/s, no TTA / TTA `{tta}` |
 |---|---|---|---|---|
 {chr(10).join(rows)}
+"""
+
+
+def realval_section(c: dict) -> str:
+    r = c.get("realval")
+    if not r:
+        return ""
+    new, old = r["candidate"], r.get("previous")
+
+    def cell(v: dict) -> str:
+        lo, hi = v["accuracy_ci95"]
+        return f"{pct(v['accuracy'])} ({pct(lo)} to {pct(hi)})"
+
+    head = f"| dataset | photos | {c['version']} |" + (f" previous ({old.get('version') or '?'}) |" if old else "")
+    rows = [head, "|---|---:|---|" + ("---|" if old else "")]
+    for d, v in new["datasets"].items():
+        rows.append(f"| {d} | {v['n']} | {cell(v)} |" + (f" {cell(old['datasets'][d])} |" if old else ""))
+    rows.append(f"| **mean over datasets** | | {cell(new['mean'])} |" + (f" {cell(old['mean'])} |" if old else ""))
+    rows.append(f"| all photos | | {cell(new['all'])} |" + (f" {cell(old['all'])} |" if old else ""))
+    diff = ""
+    if old:
+        d = r["difference"]
+        diff = (f"\nThis version minus the previous one, mean over datasets: {100 * d['difference']:+.1f} points "
+                f"(paired bootstrap on the same photos, 95% CI {100 * d['ci95'][0]:+.1f} to {100 * d['ci95'][1]:+.1f})."
+                " A candidate below zero beyond noise is not shipped.\n")
+    p = r.get("pipeline", {})
+    return f"""
+## Results on real photos (realval, through the pipeline)
+{r['data']}: 2,076 labelled photos of six public expression sets, read as a user's photos are
+(`ferkit evaluate {c['builtin']} {r['data']} --detect`): detector `{p.get('detector', '?')}`, eye-line alignment,
+crop margin {p.get('margin', '?')}, the largest face, no TTA; a photo with no face found counts as wrong
+({new['no_face']} here). realval is validation data: it chooses, it never trains. Accuracy with 95% bootstrap intervals:
+
+{chr(10).join(rows)}
+{diff}
+Other systems on the same photos, each through its own pipeline: `benchmarks/peers.py --data realval`
+(docs/evaluation.md).
 """
 
 
@@ -349,7 +451,7 @@ Per class, with TTA `{c['tta']}`:
 
 The full reports (confusion matrix, reliability diagram, examples, saliency) are written by
 `ferkit evaluate {c['builtin']} {c['data']} --tta {c['tta']}`.
-
+{realval_section(c)}
 ## Limits
 FER2013 faces are small, gray, mostly frontal web images; expect lower accuracy on real photos with other crops,
 lighting or poses. Disgust has 436 training images and the weakest recall. The labels are noisy (see `ferkit data audit`).

@@ -218,3 +218,22 @@ def test_tune_takes_data_and_settings_like_train(tiny_folders: Path, tmp_path: P
     assert json.loads((trial / "trial.json").read_text())["state"] == "complete"
     r = _run("tune", space, "--out", tmp_path / "u", "--data", tiny_folders, "-s", "nope=1")
     assert r.exit_code == 2 and "nope" in r.output
+
+
+def test_tune_with_realval_averages_the_two_scores(tiny_folders: Path, tmp_path: Path) -> None:
+    """--realval: each finished trial is also scored on labelled photos through the pipeline (here the tiny set's
+    48x48 test faces, classified whole as predict does), and the objective is the mean of the two."""
+    import csv
+
+    space = tmp_path / "space.toml"
+    space.write_text('[base]\nepochs = 1\n[space]\nlr = { choices = [0.05] }\n')
+    r = _run("tune", space, "--trials", 1, "--out", tmp_path / "t", "--data", tiny_folders, *FAST,
+             "--realval", tiny_folders, "--json")
+    assert r.exit_code == 0, r.output
+    (row,) = list(csv.DictReader((tmp_path / "t" / "trials.csv").open()))
+    second = json.loads((tmp_path / "t" / "trial_000" / "realval" / "metrics.json").read_text())
+    assert float(row["second_score"]) == pytest.approx(second["mean_over_datasets"]["accuracy"])
+    assert float(row["objective"]) == pytest.approx((float(row["val_acc"]) + float(row["second_score"])) / 2)
+    r = _run("tune", space, "--trials", 1, "--out", tmp_path / "u", "--data", tiny_folders, *FAST,
+             "--realval", tmp_path / "missing.zip")
+    assert r.exit_code == 2 and "missing.zip" in r.output

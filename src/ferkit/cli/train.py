@@ -87,6 +87,7 @@ def register(app: typer.Typer) -> None:
         out: str | None = typer.Option(None, metavar="DIR", help="Tune folder: the study, one run folder per trial, trials.csv, best.toml.  \\[default: runs/tune, then runs/tune2, ...]"),
         resume: bool = typer.Option(False, "--resume", help="Continue the interrupted study in --out."),
         seed: int = typer.Option(0, metavar="N", help="Seed of the sampler."),
+        realval: Path | None = typer.Option(None, metavar="PHOTOS", help="Labelled real photos (e.g. realval.zip): each finished trial is also evaluated on them through the pipeline, and the objective is the mean of its validation score and its mean accuracy over their datasets."),
         json_out: bool = typer.Option(False, "--json", help="Print the best trial as JSON."),
     ) -> None:
         """Hyper-parameter search with Optuna: every trial trains like `ferkit train`, pruned when its validation score
@@ -100,10 +101,22 @@ def register(app: typer.Typer) -> None:
         from ferkit.training.tune import Interrupted
         from ferkit.training.tune import tune as _tune
 
+        score_run = None
+        if realval is not None:
+            from ferkit.data.photos import read_photos
+
+            read_photos(realval)  # a bad archive fails now, not after the first trial's training
+
+            def score_run(run: Path) -> float:
+                from ferkit.evaluation.core import evaluate
+
+                ev = evaluate(str(run / "model.onnx"), realval, detect=True, report=False, out=run / "realval")
+                return float(ev.metrics["mean_over_datasets"]["accuracy"])
+
         try:
             with progress_bar() as progress:
                 best = _tune(space, trials, out, data=data, overrides=overrides, seed=seed, resume=resume,
-                             progress=progress)
+                             progress=progress, score_run=score_run)
         except Interrupted as e:
             err_console.print(f"interrupted: {e.finished} of {e.trials} trials finished and recorded in {e.folder}; "
                               f"continue with the same command and --resume --out {e.folder}", highlight=False,

@@ -19,7 +19,8 @@ from torch import nn
 
 from ferkit.data.classes import ensemble_orders
 from ferkit.errors import FerkitError
-from ferkit.models.registry import create_model
+from ferkit.metadata import MAX_INPUT_SIZE, parse_classes, parse_int
+from ferkit.models.registry import create_model, list_models
 
 
 class WithSoftmax(nn.Module):
@@ -42,14 +43,20 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     try:
         with safe_open(str(path), "pt") as f:
             meta = dict(f.metadata() or {})
-        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise FerkitError(f"{path}: not a safetensors file ({e})") from None
+        raise FerkitError(f"{path}: not a safetensors file ({str(e)[:160]})") from None
     if "arch" not in meta or "classes" not in meta:
         raise FerkitError(f"{path}: safetensors file without ferkit metadata (arch, classes)")
-    size = int(meta.get("input_size", 48))
-    info = {"arch": meta["arch"], "classes": json.loads(meta["classes"]), "input_size": size,
-            "crop": int(meta.get("crop", size))}
+    # Every field typed and ranged before a tensor is read (the same rules as an ONNX file's metadata).
+    if meta["arch"] not in list_models():
+        raise FerkitError(f"{path}: metadata 'arch' is {meta['arch'][:40]!r}, not a registered model")
+    size = parse_int(path, "input_size", meta.get("input_size", "48"), 1, MAX_INPUT_SIZE)
+    info = {"arch": meta["arch"], "classes": parse_classes(path, meta["classes"]), "input_size": size,
+            "crop": parse_int(path, "crop", meta.get("crop", str(size)), 1, size)}
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FerkitError(f"{path}: not a safetensors file ({str(e)[:160]})") from None
     return state, info
 
 

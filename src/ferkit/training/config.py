@@ -87,7 +87,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "backbone_lr": (0, 10, False, False),
     "layer_decay": (0, 1, True, False),
     "grad_clip": (0, _INF, False, True),
-    "teacher_views": (1, 10_000, False, False),
+    "teacher_views": (1, 64, False, False),  # ferkit.training.distill.MAX_TEACHER_VIEWS
     "distill_alpha": (0, 1, False, False),
     "distill_temperature": (0, 100, True, False),
     "threads": (0, 4096, False, False),
@@ -198,6 +198,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise FerkitError(f"{key}: empty")
     if isinstance(cfg.teacher, list) and not all(t.strip() for t in cfg.teacher):
         raise FerkitError("teacher: an empty path in the list")
+    if cfg.out is not None and _system_path(cfg.out):
+        raise FerkitError(f"out: {cfg.out} lies in {_system_path(cfg.out)}, the system's own files; choose a folder "
+                          "of yours")
     if cfg.out is not None and Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise FerkitError(f"out: {cfg.out} is a file; a run is written into a folder")
     try:
@@ -207,6 +210,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.model not in list_models():
         raise FerkitError(f"model: {cfg.model!r} is unknown; choose one of {', '.join(list_models())}")
     return cfg
+
+
+def _system_path(path: str) -> str | None:
+    """The kernel's pseudo-file systems a run folder must never be written into."""
+    resolved = Path(path).resolve()
+    return next((d for d in ("/proc", "/sys", "/dev") if resolved.is_relative_to(d)), None)
 
 
 def _num(v: float) -> str:

@@ -116,11 +116,46 @@ def _mirror_avg(model: torch.nn.Module, x: torch.Tensor, flip: bool) -> torch.Te
     return (p + F.softmax(model(x.flip(3)).float(), 1)) / 2 if flip else p
 
 
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Each array's shape and dtype in an .npz, read from the .npy headers alone: nothing is inflated yet."""
+    import zipfile
+
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist()[:16]:
+                with z.open(info) as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f, max_header_size=10_000)
+                out[info.filename.removesuffix(".npy")] = (tuple(shape), dtype)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise FerkitError(f"teacher {path}: not a ferkit teacher file ({str(e)[:120]})") from None
+    return out
+
+
+MAX_TEACHER_VIEWS = 64
+
+
 class Teacher:
     """Stored views and softened teacher probabilities, on the training device."""
 
     def __init__(self, path: Path, classes: list[str], n: int, crop: int, temperature: float, device: torch.device,
                  flip: bool = True):
+        # Shapes and types checked from the headers before any array is read: a file made for another run, or one
+        # whose arrays would inflate to gigabytes, is refused without allocating them.
+        heads = _npz_headers(path)
+        want = {"views": (4, np.uint8), "probs": (3, None), "classes": (1, None)}
+        for key, (ndim, dtype) in want.items():
+            if key not in heads or len(heads[key][0]) != ndim or (dtype is not None and heads[key][1] != dtype):
+                raise FerkitError(f"teacher {path}: not a ferkit teacher file (array {key!r} missing or of the wrong "
+                                  "shape or type)")
+        vshape, pshape = heads["views"][0], heads["probs"][0]
+        if (vshape[0] != n or vshape[2:] != (crop, crop) or not 1 <= vshape[1] <= MAX_TEACHER_VIEWS
+                or pshape != (n, vshape[1], len(classes)) or heads["probs"][1].kind != "f"
+                or heads["classes"][0] != (len(classes),)):
+            raise FerkitError(f"teacher {path}: made for views {vshape} and probabilities {pshape}; this run needs "
+                              f"({n}, 1..{MAX_TEACHER_VIEWS}, {crop}, {crop}) and ({n}, views, {len(classes)})")
         try:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["format"]) != FORMAT:

@@ -203,7 +203,11 @@ class Trainer:
         cfg.out = self._from_rank0(lambda: self._claim_out(resume, exist_ok))
         self.out = Path(cfg.out)
         if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+            cores = os.cpu_count() or 1
+            if cfg.threads > cores:  # more threads than cores only thrash (4096 of them hung a 2-core machine)
+                self._log(logging.WARNING, "threads %d: this machine has %d cores; using %d", cfg.threads, cores,
+                          cores)
+            torch.set_num_threads(min(cfg.threads, cores))
         elif self.world > 1 and self.device.type == "cpu":
             # torchrun sets OMP_NUM_THREADS=1; "all cores" means the node's cores shared out among its processes.
             local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))

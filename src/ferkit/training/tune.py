@@ -19,6 +19,7 @@ import csv
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,13 @@ def tune(
     seed: int = 0,
     resume: bool = False,
     progress: ProgressFn | None = None,
+    score_run: Callable[[Path], float] | None = None,
 ) -> dict[str, Any]:
     """Run (or, with resume, continue) a study of `trials` trials in all; returns the best trial.
+
+    score_run: a second figure for each finished trial's run folder (the command line's --realval: its mean accuracy
+    over realval's datasets through the pipeline); the objective is then the mean of the validation metric and it,
+    so that no trial wins on FER2013 alone. Pruning still compares the validation metric epoch by epoch.
 
     out: the tune folder (None: a new runs/tune, runs/tune2, ...); a folder that holds anything is refused unless
     resuming the study in it. data and overrides (`key=value`) apply over the space file's [base], as for
@@ -116,11 +122,15 @@ def tune(
     for name, spec in space.items():  # every searched name and its first value checked before any training
         set_setting(TrainConfig(), name, spec["choices"][0] if "choices" in spec else spec["low"])
     validate(base)
+    if score_run is not None and base.select_metric == "val_loss":
+        raise FerkitError("select_metric val_loss can't be averaged with a real-photo accuracy; choose val_acc or "
+                          "val_macro_f1")
 
     folder = _claim(out, resume)
     storage = f"sqlite:///{(folder / STUDY).resolve()}"
     direction = "minimize" if base.select_metric == "val_loss" else "maximize"
-    record = json.dumps({"space": space, "base": to_toml(absolute_paths(base))}, sort_keys=True)
+    record = json.dumps({"space": space, "base": to_toml(absolute_paths(base)), "second_score": score_run is not None},
+                        sort_keys=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported here, without Optuna's tracebacks
     study = optuna.create_study(
         study_name=STUDY_NAME, storage=storage, load_if_exists=True, direction=direction,
@@ -174,7 +184,12 @@ def tune(
         finally:
             _trial_record(run, trainer, trial.number, params, state, note)
         finish_run(run, {"run": str(run), **summary})
-        return float(trainer.best)
+        if score_run is None:
+            return float(trainer.best)
+        second = float(score_run(run))
+        trial.set_user_attr(base.select_metric, float(trainer.best))
+        trial.set_user_attr("second_score", second)
+        return (float(trainer.best) + second) / 2
 
     def after(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         clock["done"] += 1
@@ -257,10 +272,13 @@ def _trial_record(run: Path, trainer: Any, number: int, params: dict[str, Any], 
 
 def _write_tables(folder: Path, study: Any, space: dict[str, Any], base: TrainConfig) -> None:
     metric = base.select_metric
-    rows = [{"trial": t.number, "state": t.state.name, metric: t.value,
+    second = any("second_score" in t.user_attrs for t in study.trials)
+    # With a second score the objective is the mean of the two; both are shown.
+    rows = [{"trial": t.number, "state": t.state.name, "objective" if second else metric: t.value,
+             **({metric: t.user_attrs.get(metric), "second_score": t.user_attrs.get("second_score")} if second else {}),
              "seconds": round(t.duration.total_seconds(), 1) if t.duration else None, **t.params}
             for t in study.trials]
-    fields = ["trial", "state", metric, "seconds", *space]
+    fields = ["trial", "state", *(["objective", metric, "second_score"] if second else [metric]), "seconds", *space]
 
     def write_csv(p: str) -> None:
         with open(p, "w", newline="") as f:
