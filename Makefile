@@ -1,25 +1,38 @@
-# Everything runs inside .venv; `make setup` creates it. PyTorch is installed first, CPU-only: the version the
-# project is tested with (TORCH); on a machine whose package index serves CUDA builds, also pass the CPU wheel index,
+# Everything runs inside .venv. `make demo` installs inference only (ferkit and its core dependencies: NumPy, OpenCV,
+# ONNX Runtime; no PyTorch), which is all the demo needs. `make setup` (and every target that needs it: test, lint)
+# installs everything: PyTorch first, CPU-only, the version the project is tested with (TORCH); on a machine whose
+# package index serves CUDA builds, also pass the CPU wheel index,
 # e.g. `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
+# Stamps: which install .venv holds (a file each, so that the light one never passes for the full one).
+INFERENCE := $(VENV)/.installed-inference
+FULL := $(VENV)/.installed-full
 
 .PHONY: setup demo test test-fast test-floor lint clean
 
-$(BIN)/ferkit: pyproject.toml
-	$(PY) -m venv $(VENV)
+# scikit-image only for the demo's photo (its astronaut).
+$(INFERENCE): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e . 'scikit-image>=0.22'
+	@touch $@
+
+$(FULL): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH)'
 	$(BIN)/pip install -q -e '.[train,serve,dev]'
-	@touch $@
+	@touch $@ $(INFERENCE)
 
-setup: $(BIN)/ferkit
+setup: $(FULL)
 
-demo: setup
-	@mkdir -p out
+# out/demo is the demo's own: emptied first, as ferkit never replaces a file it finds there.
+demo: $(INFERENCE)
+	@rm -rf out/demo && mkdir -p out
 	$(BIN)/python -c "import cv2, skimage.data; cv2.imwrite('out/astronaut.jpg', skimage.data.astronaut()[:, :, ::-1])"
 	$(BIN)/ferkit predict out/astronaut.jpg --save out/demo
 

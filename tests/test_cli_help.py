@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 from ferkit.cli import app
 
 runner = CliRunner()
-COMMANDS = (["predict"], ["serve"], ["data", "info"], ["data", "audit"], ["data", "convert"])
+COMMANDS = ([], ["data"], ["predict"], ["serve"], ["data", "info"], ["data", "audit"], ["data", "convert"])
 
 
-@pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "ferkit")
 def test_help_has_no_type_placeholders_and_shows_defaults(cmd: list[str]) -> None:
     if cmd == ["serve"]:
         pytest.importorskip("fastapi")
@@ -25,7 +25,7 @@ def test_help_has_no_type_placeholders_and_shows_defaults(cmd: list[str]) -> Non
         for default in ("[default: 320]", "[default: 0.5]", "[default: none]", "[default: fp32]", "[SOURCE]...",
                         "Default: default.", "[default: 5]"):
             assert default in r.output, default
-    if cmd[0] == "data":
+    if cmd[:1] == ["data"] and len(cmd) > 1:
         assert "Force the dataset format: csv, folders, ferplus or manifest" in r.output
 
 
@@ -50,3 +50,49 @@ def test_several_sources_like_a_shell_glob(tmp_path) -> None:
     r = runner.invoke(app, ["predict", *(str(tmp_path / f"{i}.png") for i in range(3)), "--json", "--no-detect"])
     assert r.exit_code == 0, r.output  # before: "Got unexpected extra arguments"
     assert [line.count('"faces"') for line in r.stdout.splitlines()] == [1, 1, 1]
+
+
+def test_help_wraps_at_the_terminal_not_at_the_docstrings_line_breaks() -> None:
+    # Before: a summary broken in its docstring stayed broken ("pruned when its validation score" / "falls behind"),
+    # and a default that did not fit beside a wrapped help went alone on the next line.
+    r = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert "pruned when its validation score falls behind the median" in r.output, r.output
+    assert "<bool>" not in r.output  # -q, -v, --version, --help take no value
+    r = runner.invoke(app, ["data", "--help"], env={"COLUMNS": "200"})
+    assert "label conflicts and (FER+) not-a-face" in r.output, r.output
+    r = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "100"})
+    assert any("(0 = full size). [default: 320]" in ln for ln in r.output.splitlines()), r.output
+    assert "--merge results/*.jsonl" in " ".join(r.output.split())
+    r = runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "200"})
+    if r.exit_code == 0:  # labelled lines keep their own line
+        assert any(ln.strip().startswith("Whole photos:") for ln in r.output.splitlines()), r.output
+
+
+def test_tta_modes_in_help_are_the_ones_the_error_offers(tmp_path) -> None:
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((48, 48), 90, np.uint8))
+    r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "--tta", "bogus", "--no-detect"])
+    assert r.exit_code == 2, r.output
+    offered = re.search(r"choose one of (.*)", r.output).group(1).strip().split(", ")
+    help_text = " ".join(runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200"}).output.split())
+    tta_help = help_text[help_text.index("Test-time augmentation:"):]
+    assert all(re.search(rf"(?<![\w+]){re.escape(m)}(?![\w+])", tta_help[:160]) for m in offered), (offered, tta_help)
+    # A folder: one error for the mistake, not "could not be read" for every image.
+    r = runner.invoke(app, ["predict", str(tmp_path), "--tta", "bogus", "--no-detect"])
+    assert r.exit_code == 2 and "could be read" not in r.output, r.output
+
+
+def test_other_libraries_info_lines_are_not_shown() -> None:
+    """matplotlib's first run logs "generated new fontManager" at info level: not for ferkit's users (-v shows it)."""
+    import subprocess
+    import sys
+
+    code = ("import logging, sys; from ferkit.cli.common import set_verbosity; set_verbosity(False, '-v' in sys.argv);"
+            "logging.getLogger('matplotlib.font_manager').info('generated new fontManager');"
+            "logging.getLogger('ferkit.train').info('ferkit says')")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert "ferkit says" in err and "fontManager" not in err, err
+    err = subprocess.run([sys.executable, "-c", code, "-v"], capture_output=True, text=True, check=True).stderr
+    assert "fontManager" in err, err

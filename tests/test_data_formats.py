@@ -180,6 +180,29 @@ def test_one_folder_of_classes_seeded_stratified(tmp_path):
     assert not set(a["train"].names) & set(a["test"].names)
 
 
+def test_class_folders_that_are_links(tmp_path):
+    # Before: links to folders were not followed and `ferkit data info course` said "empty; no files found".
+    root = tmp_path / "course"
+    for k, c in enumerate(["happy", "sad"]):
+        for i in range(4):
+            write_png(root / "train" / c / f"{i}.png", face(k * 10 + i))
+    (root / "test").mkdir()
+    (root / "test" / "happy").symlink_to(Path("..") / "train" / "happy", target_is_directory=True)  # inside: followed
+    (root / "train" / "happy" / "again").symlink_to(root, target_is_directory=True)  # a loop: not walked twice
+    assert detect_format(root) == "folders"
+    ds = load_dataset(root)
+    assert ds.classes == ["happy", "sad"] and (len(ds["train"]), len(ds["test"])) == (8, 4)
+    (root / "test" / "sad").symlink_to(Path("..") / "train" / "sad", target_is_directory=True)
+    assert len(load_dataset(root)["test"]) == 8  # a new link is a new dataset, not the cached one
+    # A link out of the named folder: refused, saying which link and why.
+    outside = tmp_path / "elsewhere" / "neutral"
+    write_png(outside / "0.png", face(99))
+    (root / "train" / "neutral").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(FerkitError) as e:
+        load_dataset(root, use_cache=False)
+    assert str(root / "train" / "neutral") in one_line(e) and "outside" in one_line(e)
+
+
 def test_ferplus_majority_votes_and_soft_labels(tmp_path):
     make_ferplus(tmp_path / "fp")
     for src in (tmp_path / "fp", zip_dir(tmp_path / "fp", tmp_path / "fp.zip")):

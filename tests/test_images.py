@@ -160,3 +160,59 @@ def test_find_images_lists_what_it_leaves_out(tmp_path, astronaut):
     assert "a folder" in why["folder.jpg"] and "not followed" in why["linked"]
     files, skipped = images.find_images(str(tmp_path / "s*" / "*.*"))
     assert [rel.as_posix() for _, rel in files] == ["b.png"] and not skipped
+
+
+# -- what applications hold: Pillow images, file objects, single crops (issue 33, item 8) ------------------------------
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "I;16", "1"])
+def test_pillow_images_become_ferkits_arrays(astronaut, mode):
+    im = Image.fromarray(cv2.cvtColor(astronaut, cv2.COLOR_BGR2RGB))
+    if mode == "I;16":  # 16-bit gray: 0..65535
+        im = Image.fromarray(cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257)
+    else:
+        im = im.convert(mode)
+    arr = images.from_pil(im)
+    assert arr.dtype == np.uint8 and arr.shape[:2] == (512, 512)
+    if mode in ("RGB", "RGBA"):
+        assert np.array_equal(arr, astronaut)  # BGR, OpenCV's order; alpha dropped as for files
+    elif mode in ("L", "I;16"):
+        assert arr.ndim == 2 and np.abs(arr.astype(int) - cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY)).mean() < 2
+
+
+def test_pillow_image_keeps_exif_orientation_as_files_do(astronaut):
+    jpeg = pil_bytes(astronaut[:, :400], "JPEG", exif=_exif_rotated())  # stored 400 wide, shown 400 high
+    assert images.from_pil(Image.open(io.BytesIO(jpeg))).shape[:2] == images.load(jpeg).image.shape[:2] == (400, 512)
+
+
+def _exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    return exif.tobytes()
+
+
+def test_file_objects_are_read_like_files(astronaut, tmp_path):
+    import tempfile
+
+    data = pil_bytes(astronaut, "PNG")
+    (tmp_path / "a.png").write_bytes(data)
+    with open(tmp_path / "a.png", "rb") as f:
+        assert np.array_equal(images.load(f).image, astronaut)
+    with open(tmp_path / "a.png", "rb") as f:
+        assert images.file_object_name(f) == str(tmp_path / "a.png")
+    assert np.array_equal(images.load(io.BytesIO(data)).image, astronaut)
+    with tempfile.SpooledTemporaryFile() as upload:  # what FastAPI's UploadFile.file is
+        upload.write(data)
+        upload.seek(0)
+        assert np.array_equal(images.load(upload, "upload").image, astronaut)
+    with open(tmp_path / "a.png") as text, pytest.raises(FerkitError, match="open it in binary mode"):
+        images.load(text)
+    with pytest.raises(images.ImageTooLarge):
+        images.load(io.BytesIO(data), max_bytes=1000)
+
+
+def test_crop_batch_takes_one_crop_as_one():
+    crop = np.zeros((48, 48), np.uint8)
+    assert len(images.crop_batch(crop)) == 1  # before: 48 "images" of 48 pixels
+    assert len(images.crop_batch(np.zeros((48, 48, 3), np.uint8))) == 1
+    assert images.crop_batch(np.zeros((5, 48, 48), np.uint8)).shape == (5, 48, 48)
+    assert len(images.crop_batch([crop, Image.fromarray(crop)])) == 2
+    assert images.crop_batch(Image.fromarray(crop))[0].shape == (48, 48)

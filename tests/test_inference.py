@@ -394,6 +394,70 @@ def test_probability_bar_never_covers_the_label() -> None:
     assert tall_label[3] <= 40 and tall_bar[1] > 40 and tall_bar[3] <= 480
 
 
+# A crowded group photo, 800 x 500: faces in every corner and at every edge, side by side, one above another.
+CROWD = [(0, 0, 60, 70), (700, 0, 100, 90), (745, 200, 55, 60), (0, 430, 60, 70), (740, 440, 60, 60),
+         (300, 460, 80, 40), (60, 0, 60, 70), (120, 10, 60, 60), (680, 100, 60, 60), (380, 200, 70, 80),
+         (455, 205, 70, 80), (380, 285, 70, 80), (770, 300, 40, 50)]
+
+
+def crowd_faces(classes: list[str]) -> list[Face]:
+    rng = np.random.default_rng(1)
+    faces = []
+    for k, box in enumerate(CROWD):
+        p = rng.dirichlet(np.ones(len(classes)) * 0.5)
+        faces.append(Face(box, 0.9, classes[int(p.argmax())], float(p.max()), dict(zip(classes, p.tolist(), strict=True)),
+                          track_id=k + 10))
+    return faces
+
+
+def test_labels_stay_inside_the_image_and_clear_of_other_labels_and_bars(tmp_path: Path) -> None:
+    # Before: a face at the right edge had its label cut ("happy 88"), and a label sat under a neighbour's bar.
+    from ferkit.inference.draw import hits, layout_faces
+
+    w, h = 800, 500
+    sizes = [(150, 24)] * len(CROWD)
+    places = layout_faces(CROWD, sizes, [max(4, b[3] // 12) for b in CROWD], (w, h))
+    labels, bars = [lb for lb, _ in places], [b for _, b in places]
+    for i, (label, bar) in enumerate(places):
+        for r in (label, bar):
+            assert r[0] >= 0 and r[1] >= 0 and r[2] <= w - 1 and r[3] <= h - 1, (i, r)
+        assert (label[2] - label[0], label[3] - label[1]) == sizes[i]  # whole, not cut
+        assert not any(hits(label, o) for j, o in enumerate(labels) if j != i), (i, label)
+        assert not any(hits(label, b) for b in bars), (i, label)
+    # Drawn: the same places, every face's label in its colour; the picture is in tmp_path to look at.
+    classes = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    from skimage import data
+
+    img = cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (w, h))
+    out = Prediction(crowd_faces(classes), w, h, image=img).plot()
+    assert out.shape == (h, w, 3)
+    cv2.imwrite(str(tmp_path / "crowd.png"), out)
+
+
+def test_service_page_labels_stay_inside_and_apart(tmp_path: Path) -> None:
+    """The browser page's overlay places labels by the same rules (placeLabels in index.html), run here in Node."""
+    import re
+    import shutil
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    page = (Path(__file__).resolve().parents[1] / "src" / "ferkit" / "service" / "static" / "index.html").read_text()
+    fn = re.search(r"^function placeLabels\(.*?^}\n", page, flags=re.S | re.M)
+    assert fn is not None
+    w, h = 800, 500
+    sizes = [[150, 24]] * len(CROWD)
+    script = tmp_path / "t.js"
+    script.write_text(fn.group(0) + f"console.log(JSON.stringify(placeLabels({json.dumps(CROWD)}, "
+                      f"{json.dumps(sizes)}, {w}, {h})));\n")
+    places = json.loads(subprocess.run([node, str(script)], capture_output=True, text=True, check=True).stdout)
+    rects = [(x, y, x + lw, y + lh) for (x, y), (lw, lh) in zip(places, sizes, strict=True)]
+    for i, r in enumerate(rects):
+        assert r[0] >= 0 and r[1] >= 0 and r[2] <= w and r[3] <= h, (i, r)
+        assert not any(r[0] < o[2] and o[0] < r[2] and r[1] < o[3] and o[1] < r[3]
+                       for j, o in enumerate(rects) if j != i), (i, r)
+
+
 
 def test_data_inference_and_service_import_downwards_and_draw_nothing() -> None:
     """data imports no layer above it, inference none but data (never torch), the service nothing of the command
@@ -419,3 +483,52 @@ def test_data_inference_and_service_import_downwards_and_draw_nothing() -> None:
             assert not any(c.func.attr == "use" and getattr(c.func.value, "id", "") == "matplotlib" for c in calls)
             checked += 1
     assert checked > 30
+
+
+# -- what applications hold (issue 33, item 8) ---------------------------------------------------------------------
+@needs_detector
+def test_predict_takes_pillow_images_and_file_objects(rec: EmotionRecognizer, astronaut: np.ndarray,
+                                                      tmp_path: Path) -> None:
+    import io
+    import tempfile
+
+    from PIL import Image
+
+    want = rec.predict(astronaut).faces[0]
+    rgb = Image.fromarray(cv2.cvtColor(astronaut, cv2.COLOR_BGR2RGB))
+    png = cv2.imencode(".png", astronaut)[1].tobytes()
+    (tmp_path / "a.png").write_bytes(png)
+    with open(tmp_path / "a.png", "rb") as f, tempfile.SpooledTemporaryFile() as spooled:  # an upload's .file
+        spooled.write(png)
+        spooled.seek(0)
+        for source in (rgb, rgb.convert("RGBA"), rgb.convert("L"), f, io.BytesIO(png), spooled):
+            pred = rec.predict(source)
+            assert isinstance(pred, Prediction), type(source)  # before: "source of type Image: expected ..."
+            assert len(pred.faces) == 1 and iou(pred.faces[0].box, want.box) > 0.9, type(source)
+            assert pred.plot().shape == astronaut.shape
+    with open(tmp_path / "a.png", "rb") as f:
+        assert rec.predict(f).source == str(tmp_path / "a.png")  # a file object names its file
+    batch = rec.predict([rgb, io.BytesIO(png)])
+    assert len(batch) == 2 and all(p.ok and len(p.faces) == 1 for p in batch)
+
+
+def test_predict_proba_takes_one_crop_as_one(rec: EmotionRecognizer) -> None:
+    from PIL import Image
+
+    crop = np.random.default_rng(0).integers(0, 256, (48, 48), np.uint8)
+    one = rec.predict_proba(crop)
+    assert one.shape == (1, len(rec.classes))  # before: 48 x C, each row of the crop taken as an image
+    np.testing.assert_allclose(one, rec.predict_proba(crop[None]), atol=1e-6)
+    np.testing.assert_allclose(one, rec.predict_proba(Image.fromarray(crop)), atol=1e-6)
+    assert rec.predict_proba(cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)).shape == (1, len(rec.classes))
+    assert rec.predict_proba([crop, Image.fromarray(crop)]).shape == (2, len(rec.classes))
+    assert len(rec.predict_crops(crop)) == 1
+    assert rec.predict_proba.__doc__ and "single crop" in rec.predict_proba.__doc__
+    assert "Batch" in rec.predict.__doc__ and "Prediction" in rec.predict.__doc__
+
+
+def test_dir_of_ferkit_shows_what_it_offers() -> None:
+    code = "import ferkit; print(' '.join(dir(ferkit)))"
+    names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "EmotionRecognizer" in names and "load_dataset" in names
+    assert not {"Any", "annotations", "TYPE_CHECKING"} & set(names), names

@@ -141,6 +141,36 @@ def test_save_and_crops(photos: Path, tmp_path: Path, model_args: list[str]) -> 
     assert crop.shape[0] == crop.shape[1] > 48
 
 
+def test_save_and_crops_never_replace_a_file(astronaut: np.ndarray, tmp_path: Path, model_args: list[str]) -> None:
+    # Before: coll/face.png and coll/face.jpg both went to out/face.jpg ("wrote out/face.jpg" twice, one lost), and
+    # their crops to one face_face0.png.
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    cv2.imwrite(str(coll / "face.png"), astronaut)
+    cv2.imwrite(str(coll / "face.jpg"), astronaut[:, ::-1])
+    out, crops = tmp_path / "out", tmp_path / "crops"
+    out.mkdir()
+    (out / "face-2.jpg").write_bytes(b"there before")
+    r = invoke(["predict", str(coll), "--save", str(out), "--crops", str(crops), *model_args])
+    assert r.exit_code == 0, r.output
+    said = [ln.removeprefix("wrote ") for ln in r.stderr.splitlines() if ln.startswith("wrote ")]
+    written = [Path(ln.split(" (")[0]) for ln in said]
+    assert sorted(p.name for p in out.iterdir()) == ["face-2.jpg", "face-3.jpg", "face.jpg"]
+    assert (out / "face-2.jpg").read_bytes() == b"there before"
+    assert sorted(p.name for p in crops.iterdir()) == ["face_face0-2.png", "face_face0.png"]
+    assert len(set(written)) == len(written) == 4 and all(p.is_file() for p in written)  # every file said, once
+    assert f"{out / 'face-3.jpg'} (from {coll / 'face.png'}: {out / 'face.jpg'} was taken)" in said
+    # A video run twice into one folder: the second gets its own stem for all its files.
+    video = make_video(tmp_path / "clip.avi", astronaut, frames=3)
+    for _ in range(2):
+        r = invoke(["predict", str(video), "--save", str(out), *model_args])
+        assert r.exit_code == 0, r.output
+    names = {p.name for p in out.iterdir()}
+    assert {"clip_timeline.csv", "clip-2_timeline.csv"} <= names
+    assert len([n for n in names if n.startswith("clip-2.")]) == len([n for n in names if n.startswith("clip.")]) == 1
+    assert "clip_timeline.csv was taken" in r.stderr
+
+
 def test_no_detect_on_fer2013_crops(tmp_path: Path, model_args: list[str]) -> None:
     import zipfile
 

@@ -11,6 +11,9 @@ Pillow's WebP decoder needs 16 bytes a pixel, OpenCV's 4). In this order:
 4. EXIF orientation is applied; the result is 8-bit gray (H x W) or BGR (H x W x 3), OpenCV's order;
 5. any decoder failure, whatever its type, becomes one `FerkitError` line naming the file.
 
+`load` also takes a binary file object (`open(p, "rb")`, `io.BytesIO`, an upload's `.file`), read under the same
+byte limit; `from_pil` turns a Pillow image an application already holds into the same kind of array.
+
 Worst case, measured by tests/test_hostile.py in a fresh process: see docs/inference.md ("Input limits").
 """
 
@@ -26,6 +29,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ferkit.errors import FerkitError
 
@@ -104,10 +108,10 @@ class Decoded:
         return self.width / self.image.shape[1]
 
 
-def probe(source: str | Path | bytes, name: str | None = None, formats: tuple[str, ...] = FORMATS,
+def probe(source: str | Path | bytes | BinaryIO, name: str | None = None, formats: tuple[str, ...] = FORMATS,
           max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> ImageInfo:
     """Format and size from the header only; FerkitError for anything `load` would refuse before decoding."""
-    name = name or (str(source) if not isinstance(source, bytes | bytearray) else "image")
+    name = name or _name_of(source)
     fp = _open_source(source, name, max_bytes)
     try:
         im = _open_image(fp, name, formats, max_pixels)
@@ -118,11 +122,12 @@ def probe(source: str | Path | bytes, name: str | None = None, formats: tuple[st
         fp.close()
 
 
-def load(source: str | Path | bytes, name: str | None = None, *, gray: bool = False,
+def load(source: str | Path | bytes | BinaryIO, name: str | None = None, *, gray: bool = False,
          formats: tuple[str, ...] = FORMATS, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES,
          max_decoded: int = MAX_DECODED_PIXELS) -> Decoded:
-    """Decode a file (path) or encoded bytes; see the module docstring. `name` names it in errors."""
-    name = name or (str(source) if not isinstance(source, bytes | bytearray) else "image")
+    """Decode a file (path), encoded bytes or a binary file object (read from where it stands); see the module
+    docstring. `name` names it in errors."""
+    name = name or _name_of(source)
     fp = _open_source(source, name, max_bytes)
     try:
         im = _open_image(fp, name, formats, max_pixels)
@@ -136,6 +141,62 @@ def load(source: str | Path | bytes, name: str | None = None, *, gray: bool = Fa
             im.close()
     finally:
         fp.close()
+
+
+def is_file_object(source: object) -> bool:
+    """A readable file object (not a path, bytes or an array): what `load` reads with .read()."""
+    return hasattr(source, "read") and not isinstance(source, str | bytes | bytearray | memoryview | Path | Image.Image)
+
+
+def file_object_name(f: object) -> str | None:
+    """The path a file object was opened from (open(p, "rb").name), None for in-memory ones (BytesIO, uploads)."""
+    name = getattr(f, "name", None)
+    return name if isinstance(name, str) and name and not name.startswith("<") else None
+
+
+def _name_of(source: object) -> str:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return "image"
+    if is_file_object(source):
+        return file_object_name(source) or "image"
+    return str(source)
+
+
+def from_pil(im: Image.Image) -> np.ndarray:
+    """A Pillow image an application holds (RGB, L, RGBA, P, I;16, ...) as ferkit's arrays: 8-bit gray (H x W) or
+    BGR (H x W x 3; alpha dropped, as for files), its EXIF orientation applied as `load` does for a file (Pillow's
+    ImageOps.exif_transpose removes the tag, so an image already turned upright is not turned again)."""
+    if not isinstance(im, Image.Image):
+        raise FerkitError(f"{type(im).__name__}: not a Pillow image")
+    try:
+        im.load()
+        orientation = _orientation(im)
+        arr = _pil_to_u8(_flat_mode(im))
+    except Exception as e:  # noqa: BLE001 - a lazily opened image decodes here, and fails in many ways
+        raise FerkitError(f"{getattr(im, 'filename', '') or 'Pillow image'}: not a readable image ({_why(e)})") from None
+    if min(arr.shape[:2]) == 0:
+        raise FerkitError(f"Pillow image of size {im.size}: no pixels")
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    if orientation in _ORIENT:
+        arr = _ORIENT[orientation](arr)
+    return np.ascontiguousarray(arr)
+
+
+def crop_batch(crops: object) -> np.ndarray | list[np.ndarray]:
+    """Face crops as `predict_proba` takes them, as a batch: an N x H x W (x C) array or a list of images (arrays,
+    Pillow images) stays one; a single image (an H x W array, H x W x 1/3/4, a Pillow image) becomes a batch of one,
+    where it would otherwise be read as H images of W pixels."""
+    if isinstance(crops, Image.Image):
+        return [from_pil(crops)]
+    if isinstance(crops, np.ndarray):
+        if crops.ndim == 2 or (crops.ndim == 3 and crops.shape[2] in (1, 3, 4)):
+            return [crops]
+        return crops
+    if isinstance(crops, str | bytes | Path) or not hasattr(crops, "__len__"):
+        raise FerkitError(f"crops of type {type(crops).__name__}: expected an array (one crop or N x H x W), a Pillow "
+                          "image or a list of them")
+    return [from_pil(c) if isinstance(c, Image.Image) else c for c in crops]  # type: ignore[union-attr]
 
 
 def read_image(path: str | Path, gray: bool = False) -> np.ndarray:
@@ -243,7 +304,21 @@ def _not_an_image(p: Path) -> str | None:
 
 
 # -- steps -------------------------------------------------------------------------------------------------------
-def _open_source(source: str | Path | bytes, name: str, max_bytes: int) -> io.BufferedIOBase:
+def _open_source(source: str | Path | bytes | BinaryIO, name: str, max_bytes: int) -> io.BufferedIOBase:
+    if is_file_object(source):
+        text = f"{name}: a file opened as text; open it in binary mode (open(path, 'rb'))"
+        if isinstance(source, io.TextIOBase):
+            raise FerkitError(text)
+        try:
+            source = source.read(max_bytes + 1)  # type: ignore[union-attr]
+        except UnicodeDecodeError:
+            raise FerkitError(text) from None
+        except OSError as e:
+            raise FerkitError(f"{name}: cannot read ({e.strerror or e})") from None
+        if isinstance(source, str):
+            raise FerkitError(text)
+        if not isinstance(source, bytes | bytearray | memoryview):
+            raise FerkitError(f"{name}: its read() gave {type(source).__name__}, not bytes")
     if isinstance(source, bytes | bytearray | memoryview):
         if not len(source):
             raise EmptyImage(f"{name}: empty file")
@@ -329,10 +404,7 @@ def _decode_pillow(im: Image.Image, gray: bool, max_decoded: int) -> np.ndarray:
         # OpenJPEG keeps 4 bytes per pixel and channel while decoding: drop resolution levels instead.
         im.reduce = next(k for k in range(1, 32) if math.ceil(w / 2**k) * math.ceil(h / 2**k) <= max_decoded)
     im.load()
-    if im.mode in ("P", "PA"):
-        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
-    elif im.mode == "1":
-        im = im.convert("L")
+    im = _flat_mode(im)
     if im.width * im.height > max_decoded:
         im = _reduced(im, math.ceil(math.sqrt(im.width * im.height / max_decoded)))
     arr = _pil_to_u8(im)
@@ -340,6 +412,15 @@ def _decode_pillow(im: Image.Image, gray: bool, max_decoded: int) -> np.ndarray:
     if arr.ndim == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY if gray else cv2.COLOR_RGB2BGR)
     return arr
+
+
+def _flat_mode(im: Image.Image) -> Image.Image:
+    """Palette and 1-bit images as RGB(A) / L, the modes _pil_to_u8 turns into arrays."""
+    if im.mode in ("P", "PA"):
+        return im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    if im.mode == "1":
+        return im.convert("L")
+    return im
 
 
 def _decode_webp(im: Image.Image, fp: io.BufferedIOBase, gray: bool, max_decoded: int) -> np.ndarray:

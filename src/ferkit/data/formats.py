@@ -62,7 +62,7 @@ class Tree:
                 raise FerkitError(f"{path}: member {bad!r} has an unsafe path (absolute, '..', '.', empty or '\\' "
                                   "parts); refusing the archive")
         else:
-            files = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+            files = _folder_files(path)
         files = [f for f in files if not PurePosixPath(f).name.startswith(".")]
         # Archives often wrap everything in one top folder; look through it.
         self.prefix = ""
@@ -117,6 +117,37 @@ class Tree:
         except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError):
             # RuntimeError: an encrypted member; NotImplementedError: a compression zipfile does not know.
             return None, "cannot read the file (damaged archive member or unreadable file)"
+
+
+def _folder_files(root: Path) -> list[str]:
+    """Files under `root`, '/'-separated and relative to it. Links to files are read wherever they lead, as before;
+    links to folders are followed when they lead inside `root` (class folders linked to a store within the dataset)
+    and refused, naming the link, when they lead out of it: a walk that leaves the dataset's folder could take in a
+    whole disk."""
+    top = root.resolve()
+    out: list[str] = []
+
+    def visit(folder: Path, rel: str, seen: frozenset[Path]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            raise FerkitError(f"{folder}: cannot list the folder ({e.strerror})") from None
+        for e in entries:
+            p, name = Path(e.path), f"{rel}{e.name}"
+            is_dir, is_file = e.is_dir(), e.is_file()  # both follow links; a broken link is neither
+            if is_dir and e.is_symlink() and not p.resolve().is_relative_to(top):
+                raise FerkitError(f"{p}: a link to the folder {p.resolve()}, outside {root}; links to folders are "
+                                  "followed only inside the dataset's folder (move or copy the folder in, or give "
+                                  "a folder that holds both)")
+            if is_dir:
+                real = p.resolve()
+                if real not in seen:  # a link back to a folder above it would loop
+                    visit(p, name + "/", seen | {real})
+            elif is_file:
+                out.append(name)
+
+    visit(root, "", frozenset({top}))
+    return out
 
 
 # Text files (a CSV, a label.csv) uncompressed: fer2013.csv is 287 MB. Archives that inflate past the ratio are bombs:

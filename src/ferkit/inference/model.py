@@ -139,12 +139,15 @@ class OnnxClassifier:
         return inputs[0].name
 
     def predict_proba(self, crops: np.ndarray | list[np.ndarray], batch: int = 256, tta: bool | str = False) -> np.ndarray:
-        """N x C calibrated probabilities. crops: N x H x W uint8 array or a list of images of any size.
+        """N x C calibrated probabilities. crops: N x H x W uint8 array, a list of images of any size, or one image.
 
         tta: False/"none", True/"flip" (mirror), "crops" (centre and four corners) or "flip+crops" / "ten_crop"
         (ten views); the views' probabilities are averaged before the temperature (that TTA's, if fitted) is applied. A model trained on
         crops sees the centre crop without TTA (ferkit.views).
         """
+        from ferkit.images import crop_batch
+
+        crops = crop_batch(crops)  # one crop, not H crops of W pixels
         s = self.input_size
         if isinstance(crops, np.ndarray) and crops.ndim == 3 and crops.shape[1:] == (s, s) and crops.dtype == np.uint8:
             x = crops

@@ -20,10 +20,11 @@ Public API (``from ferkit import EmotionRecognizer``; all of it needs only ONNX 
 
     rec.predict(source, *, detect=None, name=None, keep_crops=False, save=None, crops=None, progress=None,
                 vid_stride=1, detect_every=1, smooth=DEFAULT_SMOOTH, max_frames=None) -> Prediction | Batch
-        source: an image (numpy array in OpenCV order: BGR, BGRA or gray; uint8, uint16 or float 0..1), encoded
-        bytes, a path, an http(s) URL of an image, a folder (recursive), a glob, a list of any of these, a video
-        file, a camera index or an iterator of frames (ferkit.inference.sources). One image gives a Prediction (a FerkitError if it cannot
-        be read); anything else a Batch, in which an input that cannot be read is a result with `error` set and the
+        source: an image (numpy array in OpenCV order: BGR, BGRA or gray; uint8, uint16 or float 0..1), a Pillow
+        image (RGB, L, RGBA, ...), encoded bytes, a binary file object (open(p, "rb"), io.BytesIO, an upload's
+        .file), a path, an http(s) URL of an image, a folder (recursive), a glob, a list of any of these, a video
+        file, a camera index or an iterator of frames (ferkit.inference.sources). One image gives a Prediction (a
+        FerkitError if it cannot be read); anything else a Batch, in which an input that cannot be read is a result with `error` set and the
         rest go on. A very large image is decoded reduced (ferkit.images) and its boxes come back in its full-size
         pixels. detect=None: detect faces unless the image is exactly input_size x input_size (already a crop);
         detect=False: the whole image is one face crop. save: a folder for annotated images (the source's layout)
@@ -34,7 +35,8 @@ Public API (``from ferkit import EmotionRecognizer``; all of it needs only ONNX 
     rec.video(smooth=DEFAULT_SMOOTH, detect_every=1, detect=None) -> VideoPipeline   # .process(frame) per frame
     rec.predict_crops(crops, batch=64) -> list[Face]   # crops already cut (e.g. FER2013 48x48), one Face each
     rec.predict_proba(crops, batch=64) -> np.ndarray N x C   # the same, as probabilities only
-        (batch 64: as fast as 256 here, and a third of the peak memory)
+        (batch 64: as fast as 256 here, and a third of the peak memory); crops: N x H x W (x C) array, a list of
+        arrays or Pillow images, or one crop (H x W, H x W x 3 or a Pillow image: 1 x C)
     rec.detect(image) -> list[Detection]; rec.crop(image, detection) -> aligned crop (native resolution)
 
 Results (ferkit.inference.results; their JSON form is the one documented in docs/inference.md, "Result schema")::
@@ -59,12 +61,13 @@ import numpy as np
 
 from ferkit.data.classes import ensemble_orders
 from ferkit.errors import FerkitError
-from ferkit.images import to_u8
+from ferkit.images import crop_batch, to_u8
 from ferkit.inference.detect import Detection, FaceDetector, create_detector
 from ferkit.inference.model import OnnxClassifier
 from ferkit.inference.resolve import resolve_models
 from ferkit.inference.results import Batch, Face, Prediction
 from ferkit.utils import ProgressFn
+from ferkit.views import tta_mode
 
 __all__ = ["DEFAULT_MARGIN", "DEFAULT_SMOOTH", "Batch", "EmotionRecognizer", "Face", "Prediction", "aligned_crop",
            "to_u8"]
@@ -102,6 +105,7 @@ class EmotionRecognizer:
         if margin <= 0:
             raise FerkitError(f"margin {margin}: must be > 0")
         check_detection(detect_size, threshold, max_faces)
+        tta_mode(tta)  # a wrong mode is the caller's one mistake, not every image's
         self.classes: list[str] = list(first.classes)
         self.input_size = first.input_size
         self.model_names = [m.name for m in self.models]
@@ -126,7 +130,16 @@ class EmotionRecognizer:
     def detector_name(self) -> str:
         return self.detector.name
 
-    def predict_proba(self, crops: np.ndarray | Sequence[np.ndarray], batch: int = 64) -> np.ndarray:
+    def predict_proba(self, crops: Any, batch: int = 64) -> np.ndarray:
+        """Probabilities (N x C, columns in `classes` order, rows summing to 1) of face crops already cut, classified
+        whole (no detection): an N x H x W or N x H x W x 3 array, a list of arrays (gray, BGR; any size each) or
+        Pillow images, or a single crop (H x W, H x W x 3, a Pillow image), which gives 1 x C.
+
+            rec.predict_proba(fer2013_crops)           # N x 48 x 48 uint8 -> N x 7
+            rec.predict_proba(crop_48x48)[0]           # one crop -> its 7 probabilities
+            dict(zip(rec.classes, rec.predict_proba(Image.open("face.png"))[0]))
+        """
+        crops = crop_batch(crops)
         probs = []
         for m, order in zip(self.models, self._orders, strict=True):
             p = m.predict_proba(crops, batch=batch, tta=self.tta)
@@ -181,14 +194,35 @@ class EmotionRecognizer:
                              keep_crops=keep_crops, detection={"adaptive": False, **check_detection(**detection)})
 
     # -- entry points -------------------------------------------------------------------------------------------
-    def predict_crops(self, crops: np.ndarray | Sequence[np.ndarray], batch: int = 64) -> list[Face]:
+    def predict_crops(self, crops: Any, batch: int = 64) -> list[Face]:
+        """A Face per crop (as predict_proba takes them), its box the whole crop."""
+        crops = crop_batch(crops)
         prob = self.predict_proba(crops, batch=batch)
         return [self._face(p, (0, 0, c.shape[1], c.shape[0]), 1.0) for p, c in zip(prob, crops, strict=True)]
 
     def predict(self, source: Any, *, detect: bool | None = None, name: str | None = None,
                 keep_crops: bool = False, save: str | Path | None = None, crops: str | Path | None = None,
                 progress: ProgressFn | None = None, **options: Any) -> Prediction | Batch:
-        """One image -> Prediction; several, a folder, a glob, a video -> Batch. See the module docstring."""
+        """Faces and emotions: a Prediction for one image, a Batch for anything that may hold several.
+
+        One image (an array, a Pillow image, bytes, a file object, an image file's path or URL) gives a `Prediction`;
+        a list, a folder, a glob or a video gives a `Batch` (iterable, one Prediction per image or frame, unreadable
+        inputs kept with `error` set), even when it holds a single item, so the type follows the call, not the
+        data. See the module docstring for every option.
+
+            pred = rec.predict("team.jpg")                   # Prediction
+            for face in pred.faces:
+                print(face.box, face.label, f"{face.confidence:.0%}")
+            pred = rec.predict(Image.open("team.jpg"))       # Pillow image (RGB, L, RGBA): a Prediction too
+            with open("team.jpg", "rb") as f:
+                pred = rec.predict(f)                        # file object (or io.BytesIO, an upload's .file)
+
+            batch = rec.predict("photos/")                   # Batch
+            for pred in batch:
+                print(pred.source, [f.label for f in pred.faces] if pred.ok else pred.error)
+            batch.to_dataframe()                             # one row per face (pandas)
+            rec.predict("clip.mp4", vid_stride=2)            # Batch: a Prediction per processed frame
+        """
         if isinstance(source, np.ndarray) and save is None and crops is None and set(options) <= set(DETECTION_OPTIONS):
             return self._predict_array(source, detect, name, keep_crops, **check_detection(**options))
         stream = self.stream(source, detect=detect, name=name, keep_crops=keep_crops, save=save, crops=crops,

@@ -17,7 +17,10 @@ per class), for CSV and pandas, come from `rows()`.
 
 from __future__ import annotations
 
+import glob
+import itertools
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -142,12 +145,14 @@ class Prediction:
         atomic_write(path, lambda p: Path(p).write_bytes(buf.tobytes()))
         return path
 
-    def save_crops(self, folder: str | Path, stem: str | None = None) -> list[Path]:
+    def save_crops(self, folder: str | Path, stem: str | None = None, names: OutputNames | None = None) -> list[Path]:
         """Write the aligned face crops (kept with keep_crops=True) as PNGs: <stem>_face<i>.png for an image,
-        <stem>_f<frame>_t<track>.png for a frame."""
+        <stem>_f<frame>_t<track>.png for a frame. A name already taken (on disk, or in `names` for a run that writes
+        many) gets -2, -3, ... (OutputNames): no file is replaced."""
         import cv2
 
         stem = stem or _stem(self)
+        names = names if names is not None else OutputNames()
         written = []
         for i, f in enumerate(self.faces):
             if f.crop is None:
@@ -155,7 +160,7 @@ class Prediction:
             name = f"{stem}_f{self.frame:06d}_t{f.track_id}.png" if self.frame is not None else f"{stem}_face{i}.png"
             ok, buf = cv2.imencode(".png", f.crop)
             if ok:
-                out = Path(folder) / name
+                out = names.claim(Path(folder) / name, self.source)
                 atomic_write(out, lambda p, b=buf: Path(p).write_bytes(b.tobytes()))
                 written.append(out)
         return written
@@ -174,6 +179,58 @@ class Prediction:
             for f in self.faces
         ]
         return replace(self, faces=faces, width=width, height=height)
+
+
+class OutputNames:
+    """Names for the files a run writes, none of which replaces another: a name this run has used, or one already
+    on disk, gets -2, -3, ... before its suffix ("face.jpg", then "face-2.jpg": photos/face.png and photos/face.jpg
+    both become face.jpg). `renamed` maps each file so renamed to the name it wanted, `sources` to the input it
+    came from (when the caller said)."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+        self._stems: set[tuple[str, str]] = set()
+        self.renamed: dict[Path, Path] = {}
+        self.sources: dict[Path, str] = {}
+
+    def claim(self, path: str | Path, source: str | None = None) -> Path:
+        path = Path(path)
+        for n in itertools.count(1):
+            cand = path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+            if _key(cand) not in self._used and not os.path.lexists(cand):
+                self._used.add(_key(cand))
+                if n > 1:
+                    self.renamed[cand] = path
+                    if source:
+                        self.sources[cand] = source
+                return cand
+        raise AssertionError("unreachable")
+
+    def claim_stem(self, stem: str, places: list[tuple[Path, str]]) -> str:
+        """A stem for a group of files written over time (a video, its timeline and plots: places [(folder,
+        "{}.*"), (folder, "{}_track*.png"), ...]) that no file on disk or earlier group of this run has: stem,
+        stem-2, ..."""
+        for n in itertools.count(1):
+            s = stem if n == 1 else f"{stem}-{n}"
+            if all((_key(folder), s) not in self._stems for folder, _ in places) and not any(
+                    glob.glob(str(folder / pattern.format(glob.escape(s)))) for folder, pattern in places):
+                self._stems.update((_key(folder), s) for folder, _ in places)
+                return s
+        raise AssertionError("unreachable")
+
+    def note_renamed(self, written: list[Path], stem: str, wanted: str, source: str | None = None) -> None:
+        """Record files of a group whose stem had to change (claim_stem) as renamed."""
+        if stem != wanted:
+            for p in written:
+                if p.name.startswith(stem):
+                    self.renamed[p] = p.with_name(wanted + p.name[len(stem):])
+                    if source:
+                        self.sources[p] = source
+
+
+def _key(path: Path | str) -> str:
+    # Case folded: on macOS and Windows "Face.jpg" and "face.jpg" are one file.
+    return os.path.normcase(os.path.abspath(path)).casefold()
 
 
 def _stem(pred: Prediction) -> str:
@@ -225,11 +282,13 @@ class Batch:
         return pd.DataFrame(self.rows(), columns=[*ROW_COLUMNS, *self.classes])
 
     def save(self, folder: str | Path) -> list[Path]:
-        """Annotated copies of the images read, under `folder` with the source's layout (as .jpg)."""
+        """Annotated copies of the images read, under `folder` with the source's layout (as .jpg); a name already
+        taken (face.png and face.jpg, or a file there before) gets -2, -3, ... (OutputNames)."""
         out = []
+        names = OutputNames()
         for p in self.predictions:
             if p.frame is not None:
                 continue  # frames of a video: `ferkit predict --save` / stream(save=...) writes the annotated video
             rel = Path(p.path) if p.path else Path(_stem(p))
-            out.append(p.save(Path(folder) / rel.with_suffix(".jpg")))
+            out.append(p.save(names.claim(Path(folder) / rel.with_suffix(".jpg"))))
         return out

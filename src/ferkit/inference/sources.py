@@ -1,8 +1,9 @@
 """What `EmotionRecognizer.predict/stream(source)` may be given, expanded into a stable list of inputs.
 
-A source is an image array, encoded bytes, a path (image or video file), a folder (recursive), a glob, a camera
-index (an int, or a string of digits that is no file), an http(s) URL of an image, a list of any of these, or an
-iterator of video frames (arrays, e.g. from your own capture loop: tracked like a video's).
+A source is an image array, a Pillow image, encoded bytes, a binary file object (open(p, "rb"), io.BytesIO, an
+upload's .file), a path (image or video file), a folder (recursive), a glob, a camera index (an int, or a string of
+digits that is no file), an http(s) URL of an image, a list of any of these, or an iterator of video frames (arrays,
+e.g. from your own capture loop: tracked like a video's).
 Folders and globs list their images (sorted) and every other entry met on the way, which becomes a skipped item
 with its reason (ferkit.images.find_images). `Entry.key` is the input's name relative to the folder or glob it came
 from: stable across machines, it decides the shard an input belongs to.
@@ -22,13 +23,13 @@ import numpy as np
 from ferkit.errors import FerkitError
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
-KINDS = ("image", "video", "camera", "frames", "url", "array", "bytes", "skip")
+KINDS = ("image", "video", "camera", "frames", "url", "array", "bytes", "file", "skip")
 
 
 @dataclass(frozen=True)
 class Entry:
     kind: str  # one of KINDS; "skip": an entry that is no image (`error` says why)
-    ref: Any  # a path, a camera index, a URL, an array or bytes
+    ref: Any  # a path, a camera index, a URL, an array, bytes or a file object
     name: str | None  # the source shown in results (None for arrays)
     key: str | None = None  # relative path inside a folder or glob (saving, sharding, resuming)
     error: str | None = None
@@ -40,7 +41,8 @@ def is_url(source: object) -> bool:
 
 def expand(source: Any) -> tuple[list[Entry], bool]:
     """(entries, single): single is True for one explicit input, whose failure is an error rather than a skip."""
-    if isinstance(source, Iterator) and not isinstance(source, str | bytes):
+    # A file object iterates too (its lines): it is an image, not frames.
+    if isinstance(source, Iterator) and not isinstance(source, str | bytes) and not hasattr(source, "read"):
         return [Entry("frames", source, None)], True
     if isinstance(source, list | tuple):
         if not source:
@@ -69,8 +71,14 @@ def _expand_one(source: Any, in_list: bool) -> list[Entry]:
     if isinstance(source, int):
         return [Entry("camera", source, f"camera {source}")]
     if not isinstance(source, str | Path):
-        raise FerkitError(f"source of type {type(source).__name__}: expected an image array, bytes, a path, a folder, "
-                          "a glob, a video, a camera index or an http(s) URL")
+        from ferkit import images
+
+        if isinstance(source, images.Image.Image):
+            return [Entry("array", images.from_pil(source), None)]
+        if images.is_file_object(source):
+            return [Entry("file", source, images.file_object_name(source))]
+        raise FerkitError(f"source of type {type(source).__name__}: expected an image array, a Pillow image, bytes, "
+                          "a binary file object, a path, a folder, a glob, a video, a camera index or an http(s) URL")
     text = str(source)
     if is_url(text):
         return [Entry("url", text, text)]

@@ -5,7 +5,8 @@ jobs share. Images of a folder, glob or list are read one at a time through ferk
 read becomes a result with `error` set and the rest go on (one explicit input fails with its FerkitError instead).
 Videos and cameras go frame by frame through `VideoPipeline` (tracking and smoothing). With `save`, annotated images
 keep the source's layout under it and each video gets an annotated video and a per-track timeline; `written` lists
-every file, in order.
+every file, in order. No output replaces another or a file already there: a name taken gets -2, -3, ...
+(results.OutputNames; `renamed` says which).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ferkit import images
 from ferkit.errors import FerkitError
-from ferkit.inference.results import Prediction
+from ferkit.inference.results import OutputNames, Prediction
 from ferkit.inference.sources import Entry, expand, select_shard
 
 if TYPE_CHECKING:
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
 
 class PredictionStream:
     """Iterate for Predictions. `kind`: "image" (one), "images", "video", "camera" or "frames" (an iterator of
-    frames), "mixed" (a list with videos); `total`: how many results to expect when known (images, or a video's frames); `written`: files
-    saved so far; `entries`: the inputs. Closing it early (or Ctrl-C) keeps what was written."""
+    frames), "mixed" (a list with videos); `total`: how many results to expect when known (images, or a video's
+    frames); `written`: files saved so far; `renamed`: those of them whose name was taken, to the name they wanted;
+    `entries`: the inputs. Closing it early (or Ctrl-C) keeps what was written."""
 
     def __init__(
         self,
@@ -72,6 +74,8 @@ class PredictionStream:
         self.smooth = smooth or DEFAULT_SMOOTH
         self.max_frames = max_frames or None
         self.written: list[Path] = []
+        self.names = OutputNames()
+        self.renamed = self.names.renamed
         kinds = {e.kind for e in self.entries}
         media = kinds & {"video", "camera", "frames"}
         if self.single:
@@ -142,9 +146,9 @@ class PredictionStream:
         pred.path = e.key
         if self.save is not None:
             rel = Path(e.key) if e.key else Path(f"{Path(e.name).stem if e.name and e.kind != 'url' else 'image'}")
-            self.written.append(pred.save(self.save / rel.with_suffix(".jpg")))
+            self.written.append(pred.save(self.names.claim(self.save / rel.with_suffix(".jpg"), e.name)))
         if self.crops is not None:
-            self.written += pred.save_crops(self.crops)
+            self.written += pred.save_crops(self.crops, names=self.names)
         if not (self.keep_images or self.single or e.kind == "array"):
             pred.image = None  # a batch keeps no pixels: plot() re-reads the file
         return pred
@@ -159,8 +163,14 @@ class PredictionStream:
 
         pipe = self.rec.video(smooth=self.smooth, detect_every=self.detect_every, detect=self.opts["detect"],
                               keep_crops=self.opts["keep_crops"], **self.detection)
-        stem = f"camera{e.ref}" if e.kind == "camera" else "frames" if e.kind == "frames" else (
+        wanted = f"camera{e.ref}" if e.kind == "camera" else "frames" if e.kind == "frames" else (
             str(Path(e.key).with_suffix("")).replace("/", "__") if e.key else Path(str(e.ref)).stem)
+        # One stem for all of this video's files, none of which may replace a file (clip.mp4 and clip.avi, a
+        # second run into the same folder): clip-2.mp4 goes with clip-2_timeline.csv.
+        places = [(self.save, p) for p in ("{}.*", "{}_timeline.csv", "{}_track*.png")] if self.save else []
+        places += [(self.crops, "{}_f*_t*.png")] if self.crops else []
+        stem = self.names.claim_stem(wanted, places) if places else wanted
+        first = len(self.written)
         timeline = Timeline(self.rec.classes)
         sink = None
         keep = False
@@ -177,7 +187,7 @@ class PredictionStream:
                         sink = VideoSink(self.save, stem, frames.fps / frames.stride, (w, h))
                     sink.write(pred.plot())
                 if self.crops is not None:
-                    self.written += pred.save_crops(self.crops, stem)
+                    self.written += pred.save_crops(self.crops, stem, names=self.names)
                 if not self.keep_images:
                     pred.image = None
                 count += 1
@@ -195,5 +205,6 @@ class PredictionStream:
                     self.written.append(sink.path)
             if self.save is not None and keep:
                 self.written += timeline.write(self.save, stem)
+            self.names.note_renamed(self.written[first:], stem, wanted, e.name)
             frames.release()
 
