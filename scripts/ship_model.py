@@ -149,6 +149,9 @@ def main() -> None:
     if args.card_only or args.speed_only or args.realval_only:
         card = json.loads(asset.with_suffix(".json").read_text())
         card["note"] = card.get("note", "") if args.note is None else args.note
+        for m in card["members"]:  # cards written before paths were made portable
+            m["config"], m["run"] = portable_config(m["config"]), portable(m["run"])
+        card["data"] = portable(card["data"])
         if args.realval_only:
             gate = realval_gate(asset, args.previous, args.realval, args.reports / args.name, args.previous_version)
             card["realval"] = gate["card"]
@@ -176,7 +179,7 @@ def main() -> None:
     members = []
     for run in args.runs:
         log = read_training_log(run)
-        members.append({"run": str(run), "config": tomllib.loads((run / "config.toml").read_text()),
+        members.append({"run": portable(str(run)), "config": portable_config(tomllib.loads((run / "config.toml").read_text())),
                         "epochs": len(log), "best_epoch": max(log, key=lambda r: r["val_acc"])["epoch"],
                         "train_minutes": round(sum(r["seconds"] for r in log) / 60, 1),
                         "val_accuracy_ten_crop": None, "weight": 1.0})
@@ -237,7 +240,7 @@ def main() -> None:
         "test_ece_tta": t_tta and {"before": m1["calibration"]["ece_uncalibrated"], "after": m1["ece"]},
         "per_class": m1["per_class"],
         "realval": realval["card"],
-        "data": args.data, "half": args.half,
+        "data": portable(str(Path(args.data).resolve())), "half": args.half,
         "note": args.note or "",
     }
     summary = {k: card[k] for k in ("test_accuracy", "test_accuracy_tta", "tta", "test_macro_f1", "val_accuracy")}
@@ -294,6 +297,29 @@ def realval_figures(m: dict) -> dict:
 
 def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
+
+
+def portable(value: str) -> str:
+    """A path as the repository knows it (relative to the checkout, or ../shared/...): a card names no machine's
+    folders."""
+    parts = []
+    for item in str(value).split(","):
+        p = Path(item.strip())
+        if p.is_absolute():
+            for base, prefix in ((ROOT, ""), (ROOT.parent, "../")):
+                if p.is_relative_to(base):
+                    p = Path(prefix + str(p.relative_to(base)))
+                    break
+            else:
+                p = Path(p.name)
+        parts.append(str(p))
+    return ",".join(parts)
+
+
+def portable_config(cfg: dict) -> dict:
+    keys = ("data", "out", "init", "teacher")
+    return {k: (portable(v) if k in keys and isinstance(v, str) else
+                [portable(x) for x in v] if k in keys and isinstance(v, list) else v) for k, v in cfg.items()}
 
 
 def recipe(r: dict) -> str:

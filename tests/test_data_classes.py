@@ -9,6 +9,7 @@ import pytest
 from ferkit.data import ferplus
 from ferkit.data.classes import (
     class_lut,
+    match_classes,
     parse_class_spec,
     parse_map,
     remap_labels,
@@ -34,8 +35,12 @@ def test_map_and_lut_for_a_model():
     assert parse_map(None) == {}
     with pytest.raises(FerkitError, match="--map 'anger'"):
         parse_map("anger")
-    with pytest.raises(FerkitError, match="map them with --map happiness=happy"):
-        class_lut(["anger", "happiness"], ["angry", "happy"], {"anger": "angry"})
+    # The same emotion in another spelling or case is matched without a --map (as fine-tuning matches it).
+    assert class_lut(["Anger", "happiness", "Surprised"], ["angry", "happy", "surprise"], {}).tolist() == [0, 1, 2]
+    assert match_classes(["Happy", "joy", "Calm"], ["happy", "neutral"], {"joy": "-"}) == {
+        "Happy": "happy", "joy": "-", "Calm": "neutral"}
+    with pytest.raises(FerkitError, match="map them with --map glee=-"):
+        class_lut(["anger", "glee"], ["angry", "happy"], {})
     lut = class_lut(["anger", "happiness", "contempt"], ["angry", "happy"],
                     parse_map("anger=angry,happiness=happy,contempt=-"))
     assert lut.tolist() == [0, 1, -1]

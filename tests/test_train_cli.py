@@ -4,6 +4,7 @@ numbered, configs and recipes resolve from anywhere, an interrupted study resume
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,9 @@ def test_runs_without_out_are_numbered_and_named_after_their_folder(tiny_folders
         r = _train(tiny_folders, "--json")
         assert r.exit_code == 0, r.output
         folders.append(json.loads(r.stdout)["run"])
-    assert folders == [str(Path("runs") / "train"), str(Path("runs") / "train2")]
-    assert OnnxClassifier(tmp_path / "runs" / "train2" / "model.onnx").name == "train2"
+    # The folder says what the run is: the model and the data (and what a fine-tune starts from).
+    assert folders == [str(Path("runs") / "vgg_s-tiny"), str(Path("runs") / "vgg_s-tiny2")]
+    assert OnnxClassifier(tmp_path / "runs" / "vgg_s-tiny2" / "model.onnx").name == "vgg_s-tiny2"
     # A run folder called like a built-in model exports a model that is not called like one.
     r = _train(tiny_folders, "--out", "runs/default")
     assert r.exit_code == 0, r.output
@@ -237,3 +239,45 @@ def test_tune_with_realval_averages_the_two_scores(tiny_folders: Path, tmp_path:
     r = _run("tune", space, "--trials", 1, "--out", tmp_path / "u", "--data", tiny_folders, *FAST,
              "--realval", tmp_path / "missing.zip")
     assert r.exit_code == 2 and "missing.zip" in r.output
+
+
+def test_ctrl_c_says_how_to_resume(tiny_folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ferkit.training
+
+    def interrupted(cfg, **kwargs):
+        cfg.out = str(tmp_path / "run")  # as the trainer does once it has claimed the folder
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ferkit.training, "train", interrupted)
+    r = _train(tiny_folders)
+    assert r.exit_code == 130
+    assert f"ferkit train --resume --out {tmp_path / 'run'}" in r.output.replace("\n", "")
+
+
+def test_tune_trials_that_finish_their_epochs_are_complete(tiny_folders: Path, tmp_path: Path) -> None:
+    """With one epoch per trial no trial is pruned after its only epoch: each is complete, with its export, and the
+    last line rounds its figures."""
+    import csv
+
+    space = tmp_path / "space.toml"
+    space.write_text('[base]\nepochs = 1\n[space]\nlr = { low = 0.001, high = 0.3, log = true }\n')
+    r = _run("tune", space, "--trials", 4, "--out", tmp_path / "t", "--data", tiny_folders, *FAST)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((tmp_path / "t" / "trials.csv").open()))
+    assert [row["state"] for row in rows] == ["COMPLETE"] * 4
+    assert all((tmp_path / "t" / f"trial_{i:03d}" / "model.onnx").is_file() for i in range(4))
+    last = " ".join(r.output.split()).rsplit("best val_acc", 1)[-1]  # the closing line, however it wrapped
+    assert "lr=" in last and not re.search(r"\d{8,}", last)
+    # Every command that takes a model takes run folders, and a tune folder means its best trial.
+    from ferkit.inference.resolve import resolve_model
+
+    best = json.loads((tmp_path / "t" / "best.json").read_text())["trial"]
+    assert resolve_model(tmp_path / "t").path == tmp_path / "t" / f"trial_{best:03d}" / "model.onnx"
+    face = next((tiny_folders / "test" / "happy").iterdir())
+    r = _run("predict", face, "-m", tmp_path / "t", "--json")
+    assert r.exit_code == 0, r.output
+    for src in (tmp_path / "t", tmp_path / "t" / "trial_000"):
+        r = _run("export", src, tmp_path / f"{src.name}.onnx")
+        assert r.exit_code == 0 and (tmp_path / f"{src.name}.onnx").is_file(), r.output
+    r = _run("export", tiny_folders, tmp_path / "x.onnx")
+    assert r.exit_code == 2 and "not a run folder" in r.output

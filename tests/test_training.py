@@ -27,8 +27,8 @@ def test_registry_builds_every_model_and_rejects_unknown() -> None:
     from ferkit.models.export import classifier_name
 
     x = torch.rand(2, 1, 48, 48) * 255
-    assert list_models() == ["baseline", "resnet_l", "resnet_m", "resnet_s", "vgg_e", "vgg_f", "vgg_f1", "vgg_fs",
-                             "vgg_l", "vgg_m", "vgg_s", "vgg_sg", "vgg_xs"]
+    assert list_models() == ["baseline", "faceres", "faceres96", "faceres_deep", "resnet_l", "resnet_m", "resnet_s",
+                             "vgg_e", "vgg_f", "vgg_f1", "vgg_fs", "vgg_l", "vgg_m", "vgg_s", "vgg_sg", "vgg_xs"]
     for name in list_models():
         assert getattr(registry, name).__name__ == name  # each model is a function of its own name
         model = create_model(name, 5)
@@ -205,7 +205,36 @@ def test_fine_tune_matches_classes_by_name_and_freezes_the_body(tiny_folders: Pa
     from ferkit.utils import assets_dir
 
     assert init_from(create_model("vgg_s", 2), assets_dir() / "ferkit_default.safetensors",
-                     ["happy", "contempt"]) == ["contempt"]
+                     ["happy", "contempt"]) == (["contempt"], {})
+    # A course's folders Happy/Sad/Surprised/Calm: the same emotions in other case or spelling keep their rows, as
+    # evaluation matches them; --map names the rest; what was matched is said.
+    course = ["Happy", "Sad", "Surprised", "Calm", "Joy"]
+    new, matched = init_from(create_model("vgg_s", 5), assets_dir() / "ferkit_default.safetensors", course,
+                             {"Joy": "happy"})
+    assert new == [] and matched == {"Happy": "happy", "Sad": "sad", "Surprised": "surprise", "Calm": "neutral",
+                                     "Joy": "happy"}
+    with pytest.raises(FerkitError, match="--map: Glee not among"):
+        init_from(create_model("vgg_s", 5), assets_dir() / "ferkit_default.safetensors", course, {"Glee": "happy"})
+
+
+def test_fine_tune_scores_its_start_and_keeps_it_if_not_beaten(tiny_folders: Path, tmp_path: Path, caplog) -> None:
+    """Epoch 0 is the starting model's validation score; a run that never beats it keeps the starting weights and
+    says so (an lr of 10 wrecks the network in one epoch)."""
+    from ferkit.models.export import read_weights
+
+    Trainer(small_cfg(tiny_folders, tmp_path / "base", "epochs=2")).fit()
+    base = tmp_path / "base" / "best.safetensors"
+    with caplog.at_level("INFO", logger="ferkit.train"):
+        t = Trainer(small_cfg(tiny_folders, tmp_path / "ft", f"init={base}", "epochs=1", "lr=10", "ema=0",
+                              "schedule=cosine"))
+        summary = t.fit()
+    assert "epoch 0 (the starting model" in caplog.text
+    assert summary["best_epoch"] == 0 and summary["beat_start"] is False and summary["start"] == summary["val_acc"]
+    assert "did not beat its start" in caplog.text
+    kept, _ = read_weights(tmp_path / "ft" / "best.safetensors")
+    start, _ = read_weights(base)
+    for k, v in start.items():
+        torch.testing.assert_close(kept[k], v, msg=k)
 
 
 @pytest.mark.slow
@@ -241,7 +270,10 @@ def test_train_command_fine_tunes_and_rejects_missing_weights(tiny_folders: Path
     ft = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "ft"), "--json", "-s", "freeze=true",
                                   "--init", str(tmp_path / "base" / "best.safetensors")])
     assert ft.exit_code == 0, ft.output
-    assert json.loads(ft.stdout)["best_epoch"] == 1
+    summary = json.loads(ft.stdout)
+    # Epoch 0 is the starting model: the run keeps whichever of it and epoch 1 validates better, and says which.
+    assert summary["best_epoch"] in (0, 1) and summary["beat_start"] == (summary["best_epoch"] == 1)
+    assert summary["start"] is not None
     bad = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "bad"), "--init", str(tmp_path / "nope.safetensors")])
     assert bad.exit_code == 2 and "nope.safetensors: no such file" in bad.output
     assert "Traceback" not in bad.output

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ferkit.cli.common import console, handle_errors, print_json
+from ferkit.cli.common import console, handle_errors, one_line, print_json
 from ferkit.errors import FerkitError
 
 
@@ -36,7 +36,8 @@ def register(app: typer.Typer) -> None:
         out: str | None = typer.Option(None, metavar="DIR", help="Run folder; it must be new or empty (see --resume, --exist-ok).  \\[default: runs/train, then runs/train2, ...]"),
         device: str | None = typer.Option(None, metavar="DEVICE", help="cpu, cuda, cuda:N or mps.  \\[default: cpu]"),
         init: str | None = typer.Option(None, metavar="WEIGHTS", help="Fine-tune: start from these safetensors weights; 'default' is the shipped model's."),
-        resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly where it stopped."),
+        class_map: str | None = typer.Option(None, "--map", metavar="MAP", help="Fine-tune: which of the starting model's classes each of your classes is, e.g. --map Joy=happy,Calm=neutral (the same name or emotion in any case or spelling is matched without it, as in evaluate)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its last finished epoch (an epoch under way when it stopped is trained again)."),
         exist_ok: bool = typer.Option(False, "--exist-ok", help="Train into a folder that is not empty: the old run's files there are removed."),
         list_models: bool = typer.Option(False, "--list-models", help="List registered models and exit."),
         json_out: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
@@ -63,19 +64,34 @@ def register(app: typer.Typer) -> None:
             if out is None:
                 raise FerkitError("--resume needs the run folder: --out RUN")
             config = str(Path(out) / "config.toml")  # a resumed run reads its own saved config
-        cfg = load_config(config, overrides, data=data, model=model, epochs=epochs, out=out, device=device, init=init)
+        cfg = load_config(config, overrides, data=data, model=model, epochs=epochs, out=out, device=device, init=init,
+                          class_map=class_map)
         if cfg.data is None:
             raise FerkitError("nothing to train on: give a dataset with --data PATH (e.g. ferkit train --data "
                               "my_faces/ or ferkit train fer2013_default --data fer2013.zip); see ferkit train --help")
-        with progress_bar() as progress:
-            summary = _train(cfg, resume=resume, exist_ok=exist_ok, progress=progress)
+        try:
+            with progress_bar() as progress:
+                summary = _train(cfg, resume=resume, exist_ok=exist_ok, progress=progress)
+        except KeyboardInterrupt:
+            if cfg.out and is_main_process():  # the trainer has claimed its folder by then
+                from ferkit.cli.common import err_console
+
+                err_console.print(f"interrupted: {one_line(cfg.out)} keeps every finished epoch (the one under way is "
+                                  f"trained again); continue with: ferkit train --resume --out {one_line(cfg.out)}",
+                                  highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         if not is_main_process():
             return  # under torchrun, rank 0 speaks for all
         if json_out:
             print_json(summary)
         else:
+            start = ""
+            if summary.get("start") is not None:
+                start = (f" (the starting model: {_pct(cfg.select_metric, summary['start'])}"
+                         + ("; training did not beat it, the run keeps the starting weights)"
+                            if not summary["beat_start"] else ")"))
             console.print(f"best {cfg.select_metric} {_pct(cfg.select_metric, summary.get(cfg.select_metric))} at "
-                          f"epoch {summary['best_epoch']}; run folder: {summary['run']}", highlight=False)
+                          f"epoch {summary['best_epoch']}{start}; run folder: {summary['run']}", highlight=False)
 
     @app.command()
     @handle_errors
@@ -126,14 +142,15 @@ def register(app: typer.Typer) -> None:
             print_json(best)
         else:
             folder = Path(best["folder"])
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
             console.print(f"best {best['metric']} {_pct(best['metric'], best['value'])} in trial_{best['trial']:03d} "
-                          f"with {best['params']}; table: {folder / 'trials.csv'}; config: {folder / 'best.toml'}",
+                          f"with {params}; table: {folder / 'trials.csv'}; config: {folder / 'best.toml'}",
                           highlight=False)
 
     @app.command()
     @handle_errors
     def export(
-        weights: Path = typer.Argument(..., metavar="WEIGHTS", help="A ferkit safetensors file (e.g. RUN/best.safetensors)."),
+        weights: Path = typer.Argument(..., metavar="WEIGHTS", help="A ferkit safetensors file (e.g. RUN/best.safetensors), a run folder, or a tune folder (its best trial)."),
         out: Path = typer.Argument(..., metavar="OUT", help="The ONNX file to write."),
         name: str | None = typer.Option(None, metavar="NAME", help="Model name stored in the ONNX metadata.  \\[default: the run folder's name]"),
         version: str = typer.Option("1", metavar="TEXT", help="Model version stored in the ONNX metadata."),
@@ -142,7 +159,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Export safetensors weights to a self-describing ONNX model for inference.
 
-        Example: ferkit export runs/train/best.safetensors model.onnx --name my-fer --version 2
+        Example: ferkit export runs/vgg_s-fer2013 model.onnx --name my-fer --version 2
         """
         _need_torch()
         from ferkit.models.export import export_onnx, load_weights
@@ -153,6 +170,13 @@ def register(app: typer.Typer) -> None:
             raise FerkitError(f"{out}: inside ferkit's package, whose models are read-only; choose another file")
         if out.exists() and not force:
             raise FerkitError(f"{out}: already exists; pass --force to overwrite it")
+        if weights.is_dir():  # a run folder, or a tune folder's best trial: its weights
+            from ferkit.inference.resolve import RUN_WEIGHTS, TUNE_BEST, best_trial
+
+            run = best_trial(weights) if (weights / TUNE_BEST).is_file() else weights
+            if not (run / RUN_WEIGHTS).is_file():
+                raise FerkitError(f"{weights}: not a run folder (no {RUN_WEIGHTS} inside)")
+            weights = run / RUN_WEIGHTS
         model, info = load_weights(weights)
         export_onnx(model, out, info["classes"], info["input_size"], info["crop"],
                     name=name or export_name(weights.parent), version=version, half=half)

@@ -20,12 +20,44 @@ from ferkit.data.dataset import Split
 from ferkit.errors import FerkitError
 
 DROP = ("-", "")
-# Common spellings of the same emotion; only used to suggest a --map in an error message.
+# Spellings of one emotion (FER2013's folders, FER+'s columns, other sets' words), matched case-insensitively
+# wherever a dataset's classes meet a model's: evaluation and fine-tuning alike.
 SYNONYMS = {
-    "anger": "angry", "angry": "anger", "happiness": "happy", "happy": "happiness", "sadness": "sad",
-    "sad": "sadness", "surprised": "surprise", "surprise": "surprised", "fearful": "fear", "fear": "fearful",
-    "disgusted": "disgust", "disgust": "disgusted", "neutrality": "neutral", "contempt": "contempt",
+    "anger": "angry", "angered": "angry", "mad": "angry", "happiness": "happy", "joy": "happy", "smile": "happy",
+    "sadness": "sad", "surprised": "surprise", "fearful": "fear", "afraid": "fear", "scared": "fear",
+    "disgusted": "disgust", "neutrality": "neutral", "calm": "neutral", "contemptuous": "contempt",
 }
+
+
+def canonical(name: str) -> str:
+    """A class name's emotion: lower case, synonyms folded ('Happiness' -> 'happy')."""
+    low = name.strip().lower()
+    return SYNONYMS.get(low, low)
+
+
+def match_classes(data_classes: list[str], model_classes: list[str],
+                  mapping: dict[str, str] | None = None) -> dict[str, str]:
+    """For each dataset class, the model class it counts as: `--map` first ('-' leaves it out), then the same name,
+    then the same emotion in other spelling or case ('Happy' -> 'happy', 'anger' -> 'angry'). Classes without a match
+    are absent from the result."""
+    mapping = mapping or {}
+    by_emotion: dict[str, str] = {}
+    for m in model_classes:
+        by_emotion.setdefault(canonical(m), m)
+    out = {}
+    for c in data_classes:
+        if c in mapping:
+            out[c] = mapping[c]
+        elif c in model_classes:
+            out[c] = c
+        elif canonical(c) in by_emotion:
+            out[c] = by_emotion[canonical(c)]
+    return out
+
+
+def matched_note(matches: dict[str, str]) -> str:
+    """'Happy=happy, anger=angry': the matches that are not the same name (what the user is told was matched)."""
+    return ", ".join(f"{c}={m}" for c, m in matches.items() if c != m and m not in DROP)
 
 
 def _items(spec: str | list[str]) -> list[str]:
@@ -76,11 +108,12 @@ def class_lut(data_classes: list[str], model_classes: list[str], mapping: dict[s
         raise FerkitError(f"--map: {', '.join(bad_target)} not among the model's classes ({', '.join(model_classes)})")
     lut = np.full(len(data_classes), -1, dtype=np.int64)
     missing = []
+    matches = match_classes(data_classes, model_classes, mapping)
     for i, c in enumerate(data_classes):
-        target = mapping.get(c, c)
+        target = matches.get(c)
         if target in DROP:
             continue
-        if target not in model_classes:
+        if target is None:
             missing.append(c)
             continue
         lut[i] = model_classes.index(target)
@@ -96,11 +129,10 @@ def class_lut(data_classes: list[str], model_classes: list[str], mapping: dict[s
 
 
 def guess(c: str, classes: list[str]) -> str:
-    """The class of `classes` that `c` most likely means (same name, a synonym, the same first letters), or '-'."""
-    low = {m.lower(): m for m in classes}
-    for cand in (c.lower(), SYNONYMS.get(c.lower(), "")):
-        if cand in low:
-            return low[cand]
+    """The class of `classes` that `c` most likely means (the same emotion, the same first letters), or '-'."""
+    for m in classes:
+        if canonical(m) == canonical(c):
+            return m
     for m in classes:
         if m.lower()[:4] == c.lower()[:4]:
             return m

@@ -15,7 +15,7 @@ import numpy as np
 
 from ferkit import runs
 from ferkit.data.audit import exact_train_copies
-from ferkit.data.classes import class_lut, parse_map, remap_split
+from ferkit.data.classes import class_lut, match_classes, parse_map, remap_split
 from ferkit.data.dataset import Dataset, Split
 from ferkit.errors import FerkitError
 from ferkit.evaluation.metrics import (
@@ -86,6 +86,8 @@ def prepare(ds: Dataset, classes: list[str], split: str, map_spec: str | None, c
         raise FerkitError(f"{ds.source}: no {split!r} split (it has: {have}); choose one with --split")
     mapping = parse_map(map_spec)
     lut = class_lut(ds.classes, classes, mapping)
+    # What was matched by emotion rather than by name ('Happy' -> 'happy') is reported like a --map.
+    mapping = {c: m for c, m in match_classes(ds.classes, classes, mapping).items() if c != m}
     data_cols = np.unique(lut[lut >= 0])
     if restrict:
         lut = np.array([int(np.searchsorted(data_cols, v)) if v >= 0 else -1 for v in lut], dtype=np.int64)

@@ -5,7 +5,8 @@ A model spec is one of
   (the int8 copy ``ferkit quantize`` makes): the file ``ferkit_<name>.onnx`` (``ferkit_<name>_int8.onnx``) inside the
   package, which is read-only;
 - a ``.onnx`` file;
-- a run folder (``ferkit train --out``): its ``model.onnx``, else its ``best.safetensors``;
+- a run folder (``ferkit train --out``): its ``model.onnx``, else its ``best.safetensors``; a tune folder
+  (``ferkit tune --out``): its best trial's run folder;
 - a ``.safetensors`` file (PyTorch weights: only evaluation and calibration, with PyTorch installed, can run them;
   inference names the ONNX file to use instead).
 
@@ -15,6 +16,7 @@ A model spec is one of
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ KNOWN_BUILTINS = ("default", "accurate", "fast")
 PRECISIONS = ("fp32", "int8")
 RUN_ONNX = "model.onnx"
 RUN_WEIGHTS = "best.safetensors"
+TUNE_BEST = "best.json"  # a `ferkit tune` folder: a model spec naming it means its best trial
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,21 @@ def _int8_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}-int8{path.suffix}")
 
 
+def best_trial(folder: Path) -> Path:
+    """A `ferkit tune` folder's best trial, the run folder best.json names."""
+    try:
+        raw = (folder / TUNE_BEST).read_bytes()[:100_000]
+        trial = json.loads(raw)["trial"]
+        if not isinstance(trial, int) or not 0 <= trial < 1_000_000:
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FerkitError(f"{folder}: a tune folder whose {TUNE_BEST} names no trial") from None
+    run = folder / f"trial_{trial:03d}"
+    if not run.is_dir():
+        raise FerkitError(f"{folder}: its best trial's folder {run.name} is missing")
+    return run
+
+
 def resolve_model(spec: str | Path | None = None, *, precision: str | None = None) -> ModelRef:
     """The model a spec names (see the module docstring); FerkitError saying what exists when nothing matches."""
     if precision not in (None, *PRECISIONS):
@@ -82,6 +100,10 @@ def resolve_model(spec: str | Path | None = None, *, precision: str | None = Non
     int8 = precision == "int8"
     text = "default" if spec is None else str(spec)
     path = Path(text)
+    try:
+        path.exists()
+    except OSError as e:  # a name longer than the file system allows, ...
+        raise FerkitError(f"{text}: cannot read ({e.strerror or e})") from None
     if not path.exists() and _is_builtin_name(text):
         name = text if not int8 or text.endswith("-int8") else f"{text}-int8"
         f = builtin_file(name)
@@ -97,6 +119,9 @@ def resolve_model(spec: str | Path | None = None, *, precision: str | None = Non
                           f"({shipped})")
     if path.is_dir() and path.suffix.lower() in (".onnx", ".safetensors"):
         raise FerkitError(f"{text}: no such model file ({path.name} is a folder)")
+    if path.is_dir() and not (path / RUN_ONNX).exists() and not (path / RUN_WEIGHTS).exists() and (
+            path / TUNE_BEST).is_file():
+        path = best_trial(path)
     if path.is_dir():
         onnx, weights = path / RUN_ONNX, path / RUN_WEIGHTS
         if int8:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ferkit.data.classes import ensemble_orders
+from ferkit.data.classes import ensemble_orders, match_classes
 from ferkit.errors import FerkitError
 from ferkit.metadata import MAX_INPUT_SIZE, parse_classes, parse_int
 from ferkit.models.registry import create_model, list_models
@@ -119,23 +119,31 @@ def classifier_name(model: nn.Module) -> str:
     return name
 
 
-def init_from(model: nn.Module, path: str | Path, classes: list[str]) -> list[str]:
-    """Start `model` (built for `classes`) from saved weights, for fine-tuning; returns the classes it learns anew.
+def init_from(model: nn.Module, path: str | Path, classes: list[str],
+              mapping: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Start `model` (built for `classes`) from saved weights, for fine-tuning; returns the classes it learns anew and
+    the matches made by emotion rather than by name ('Happy' -> 'happy').
 
-    Every layer is copied except the output layer, whose rows are matched by class name, so a new order, a subset or
-    extra classes keep what the saved model knew of each class; a class it never saw keeps its fresh rows.
+    Every layer is copied except the output layer, whose rows are matched to the saved model's classes as evaluation
+    matches them (ferkit.data.classes.match_classes: `mapping` first, then the name, then the emotion in any case or
+    spelling), so a new order, a subset, renamed or extra classes keep what the saved model knew of each class; a
+    class it never saw keeps its fresh rows.
     """
     state, info = read_weights(path)
     if info["arch"] != getattr(model, "arch", None):
         raise FerkitError(f"init {path}: the weights are {info['arch']!r}, the run's model is "
                           f"{getattr(model, 'arch', '?')!r}; set model={info['arch']}")
+    unknown = [k for k in (mapping or {}) if k not in classes]
+    if unknown:
+        raise FerkitError(f"--map: {', '.join(unknown)} not among the dataset's classes ({', '.join(classes)})")
+    matches = {c: m for c, m in match_classes(classes, info["classes"], mapping).items() if m in info["classes"]}
     head = classifier_name(model)
     own = model.state_dict()
     w, b = own[f"{head}.weight"].clone(), own[f"{head}.bias"].clone()
     new = []
     for i, c in enumerate(classes):
-        if c in info["classes"]:
-            j = info["classes"].index(c)
+        if c in matches:
+            j = info["classes"].index(matches[c])
             w[i], b[i] = state[f"{head}.weight"][j], state[f"{head}.bias"][j]
         else:
             new.append(c)
@@ -144,7 +152,7 @@ def init_from(model: nn.Module, path: str | Path, classes: list[str]) -> list[st
         model.load_state_dict(state)
     except RuntimeError as e:
         raise FerkitError(f"init {path}: weights do not match model {info['arch']!r} ({str(e).splitlines()[0]})") from None
-    return new
+    return new, {c: m for c, m in matches.items() if c != m}
 
 
 def export_onnx(

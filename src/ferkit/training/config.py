@@ -26,6 +26,7 @@ class TrainConfig:
     dropout: float | None = None
     crop: int = 0  # train on random crop x crop windows of the face (e.g. 40 of 48) and test on the centre; 0: whole face
     init: str | None = None  # fine-tune: start from these safetensors weights ("default": the shipped model's)
+    class_map: str | None = None  # fine-tune: dataset class = init's class ("Joy=happy"), as evaluate's --map
     freeze: bool = False  # fine-tune only the output layer
     pretrained: bool = True  # a network with pretrained weights (faceres, ...) starts from them when init is unset
     freeze_blocks: int = 0  # the first N blocks of the body (features.0, ...) never learn: generic edges, and no backward

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from torch import nn
 
 from ferkit import runs
 from ferkit.data import Dataset, load_dataset
+from ferkit.data.classes import matched_note, parse_map
 from ferkit.errors import FerkitError
 from ferkit.metrics import validation_metrics
 from ferkit.models import create_model
@@ -172,6 +174,18 @@ def _targets(ds: Dataset, split: str, cfg: TrainConfig) -> torch.Tensor:
 EpochFn = Callable[[int, dict[str, Any]], None]
 
 
+def default_run_name(cfg: TrainConfig) -> str:
+    """What a run is, for its folder (and so its exported model's name): `vgg_s-course`, `vgg_s-ft-default-course`
+    for a fine-tune of the shipped model."""
+    def name(p: str) -> str:
+        path = Path(p)
+        stem = path.parent.name if path.name in (runs.WEIGHTS, "") else path.name.removesuffix(".zip")
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem.removesuffix(".safetensors"))[:40] or "data"
+
+    init = f"-ft-{name(cfg.init)}" if cfg.init else ""
+    return f"{cfg.model}{init}-{name(cfg.data or 'data')}"
+
+
 class Trainer:
     """One run: `Trainer(cfg).fit()`; `train(cfg)` also finishes the run folder (curves, ONNX, metrics.json).
 
@@ -245,8 +259,10 @@ class Trainer:
         if cfg.init:
             # "default": the shipped model's weights, beside its ONNX file in the package.
             init = assets_dir() / "ferkit_default.safetensors" if cfg.init == "default" else cfg.init
-            new = init_from(self.model, init, self.classes)
-            self._log(logging.INFO, "starting from %s%s", cfg.init, f"; new classes: {', '.join(new)}" if new else "")
+            new, matched = init_from(self.model, init, self.classes, parse_map(cfg.class_map))
+            self._log(logging.INFO, "starting from %s%s%s", cfg.init,
+                      f"; classes matched by emotion: {matched_note(matched)}" if matched else "",
+                      f"; new classes (their output rows start afresh): {', '.join(new)}" if new else "")
         elif cfg.pretrained and hasattr(self.model, "load_pretrained"):
             self.model.load_pretrained()
             self._log(logging.INFO, "starting from %s's pretrained weights", cfg.model)
@@ -301,6 +317,7 @@ class Trainer:
         self.epoch = 0
         self.best: float | None = None
         self.best_epoch = 0
+        self.start: float | None = None  # a fine-tune's starting score (epoch 0)
         self.last_row: dict[str, Any] | None = None
         if resume:
             self._load_state()
@@ -310,7 +327,7 @@ class Trainer:
 
     def _claim_out(self, resume: bool, exist_ok: bool) -> str:
         if self.cfg.out is None:
-            return str(runs.new_run_dir())
+            return str(runs.new_run_dir(Path("runs") / default_run_name(self.cfg)))
         runs.check_out(self.cfg.out, resume, exist_ok)
         Path(self.cfg.out).mkdir(parents=True, exist_ok=True)
         return self.cfg.out
@@ -386,6 +403,7 @@ class Trainer:
             "rng": rng,  # one entry per process
             "epoch": self.epoch,
             "best": self.best,
+            "start": self.start,
             "best_epoch": self.best_epoch,
             "row": self.last_row,
         }
@@ -440,6 +458,7 @@ class Trainer:
             self.gen.manual_seed(seed)
             torch.manual_seed(seed)
         self.epoch, self.best, self.best_epoch = st["epoch"], st["best"], st["best_epoch"]
+        self.start = st.get("start")
         if self.rank == 0:
             self._repair_log(st)
         self._log(logging.INFO, "resumed %s at epoch %d", self.out, self.epoch)
@@ -582,6 +601,8 @@ class Trainer:
             cfg.model, cfg.data, len(self.x_train), len(self.classes), "bf16" if self.bf16 else "fp32", cfg.epochs,
             f"; {self.world} processes x {cfg.batch_size // self.world} images per step" if self.world > 1 else "",
         )
+        if cfg.init and self.epoch == 0 and self.best is None:
+            self._score_start()
         stale = self.epoch - self.best_epoch
         while self.epoch < cfg.epochs:
             t0 = time.time()
@@ -615,8 +636,26 @@ class Trainer:
             if cfg.patience and stale >= cfg.patience:
                 self._log(logging.INFO, "early stop: no better %s for %d epochs", cfg.select_metric, stale)
                 break
-        return {"best_epoch": self.best_epoch, cfg.select_metric: self.best, "epochs_run": self.epoch,
-                "val_split": self.val_source}
+        summary = {"best_epoch": self.best_epoch, cfg.select_metric: self.best, "epochs_run": self.epoch,
+                   "val_split": self.val_source}
+        if cfg.init:
+            summary["start"] = self.start
+            summary["beat_start"] = self.best_epoch > 0
+            if self.best_epoch == 0:
+                self._log(logging.WARNING, "training did not beat its start: %s stayed %.4f (the starting model's); "
+                          "the run keeps the starting weights", cfg.select_metric, self.best)
+        return summary
+
+    def _score_start(self) -> None:
+        """A fine-tune's epoch 0: the starting model's own validation score, kept as the best so far, so that a run
+        which does not beat it ends with the weights it began with, and says so."""
+        row = self.validate()
+        self.start = self.best = row[self.cfg.select_metric]
+        self.best_epoch = 0
+        if self.rank == 0:
+            self.save_weights(self.out / runs.WEIGHTS)
+        self._log(logging.INFO, "epoch 0 (the starting model %s)  val loss %.4f acc %.4f macro-F1 %.4f",
+                  self.cfg.init, row["val_loss"], row["val_acc"], row["val_macro_f1"])
 
     def save_weights(self, path: Path) -> None:
         from safetensors.torch import save_file

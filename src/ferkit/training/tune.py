@@ -159,7 +159,8 @@ def tune(
 
         def on_epoch(epoch: int, row: dict[str, Any]) -> None:
             trial.report(row[base.select_metric], epoch)
-            if trial.should_prune():
+            # A trial that has trained its last epoch is finished, not pruned: it keeps its export.
+            if epoch < trainer.cfg.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}: {base.select_metric} "
                                          f"{row[base.select_metric]:.4f} was behind the median of earlier trials")
 
@@ -212,7 +213,8 @@ def tune(
     if not any(t.state == _state().COMPLETE for t in study.trials):
         raise FerkitError("no trial completed; widen the space or train longer")
     best = study.best_trial
-    return {"trial": best.number, "value": best.value, "metric": base.select_metric, "params": best.params,
+    metric = f"mean of {base.select_metric} and the second score" if score_run else base.select_metric
+    return {"trial": best.number, "value": best.value, "metric": metric, "params": best.params,
             "folder": str(folder), "run": str(folder / f"trial_{best.number:03d}"),
             "finished": _finished(study)}
 
