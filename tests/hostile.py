@@ -110,6 +110,22 @@ def tiff(w: int, h: int, strip_offset: int | None = None, nbytes: int = 16) -> b
     return out + struct.pack("<I", 0) + b"\0" * nbytes
 
 
+def tiff_strips(w: int, h: int) -> bytes:
+    """A TIFF of w x h pixels in h strips of one row each: its directory lists h offsets and h byte counts."""
+    entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, h, 0),
+               (277, 3, 1, 1), (278, 4, 1, 1), (279, 4, h, 0)]
+    offsets = 8 + 2 + 12 * len(entries) + 4
+    counts, pixels = offsets + 4 * h, offsets + 8 * h
+    out = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(entries)))
+    for tag, typ, count, value in entries:
+        value = {273: offsets, 279: counts}.get(tag, value)
+        out += (struct.pack("<HHIHH", tag, typ, count, value, 0) if typ == 3
+                else struct.pack("<HHII", tag, typ, count, value))
+    out += struct.pack("<I", 0)
+    out += np.full(h, pixels, "<u4").tobytes() + np.full(h, w, "<u4").tobytes() + b"\0" * w
+    return bytes(out)
+
+
 def bmp(w: int, h: int, bpp: int = 8, compression: int = 1, data: bytes = b"\x00\x01") -> bytes:
     palette = b"\0" * 1024 if bpp <= 8 else b""
     offset = 14 + 40 + len(palette)
@@ -170,6 +186,13 @@ def _jpeg_65535(d: Path) -> Path:
 @kind("image", "over the limit", 415, bomb=True)
 def _tiff_30000(d: Path) -> Path:
     return write(d, "bomb_30000.tif", tiff(30000, 30000))
+
+
+@kind("image", "over the limit", 415, bomb=True)  # the service takes no TIFF at all
+def _tiff_million_strips(d: Path) -> Path:
+    # 8 MB of strip offsets: Pillow took 10 s and 350 MB to open it (3 million strips: 30 s and 1 GB), and the
+    # decoder then gave no face; refused from the directory now.
+    return write(d, "strips.tif", tiff_strips(16, 1_000_000))
 
 
 @kind("image", "over the limit", 413, bomb=True)
@@ -395,6 +418,18 @@ def _symlink_loop(d: Path) -> Path:
     (d / "loop_a.jpg").symlink_to(d / "loop_b.jpg")
     (d / "loop_b.jpg").symlink_to(d / "loop_a.jpg")
     return d / "loop_a.jpg"
+
+
+@kind("entry", "cannot read", single_only=True)
+def _name_too_long(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    return d / ("a" * 300 + ".jpg")  # over the 255 bytes a file name may have: ENAMETOOLONG, not "no such file"
+
+
+@kind("entry", "cannot read", single_only=True)
+def _path_too_long(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    return d.joinpath(*["b" * 200] * 25, "x.jpg")  # 5,000 characters, over PATH_MAX
 
 
 @kind("entry", "not an image file", batch_only=True)
@@ -716,6 +751,16 @@ def _label_csv_latin1(d: Path) -> Path:
     return root
 
 
+@kind("ferplus", None, bomb=True, skipped="listed in label.csv but missing")
+def _label_csv_just_under_the_row_limit(d: Path) -> Path:
+    # 999,999 rows (52 MB) naming images that are not there: the whole file, its text and every row's fields were
+    # held at once, then a skip for each (over 1 GB and 40 s); now streamed, a name and ten votes kept per row.
+    root = ferplus(d, "rows", 'fer1.png,"(0, 0, 48, 48)",10,0,0,0,0,0,0,0,0,0')
+    rows = b"".join(b'fer%07d.png,"(0, 0, 48, 48)",10,0,0,0,0,0,0,0,0,0\n' % i for i in range(999_999))
+    (root / "FER2013Train" / "label.csv").write_bytes(rows)
+    return root
+
+
 @kind("ferplus", None, skipped="listed in label.csv but missing")
 def _label_names_escape(d: Path) -> Path:
     return ferplus(d, "escape", '../../../../etc/passwd,"(0, 0, 48, 48)",10,0,0,0,0,0,0,0,0,0')
@@ -776,8 +821,11 @@ def _class_absolute(d: Path) -> Path:
 
 # -- models --------------------------------------------------------------------------------------------------
 def onnx_model(d: Path, name: str, meta: dict[str, str] | None = None, classes: int = 3, size: int = 48,
-               in_shape: list | None = None, out_shape: list | None = None, inputs: int = 1) -> Path:
-    """A tiny runnable classifier in ferkit's format (mean brightness -> softmax), with metadata as given."""
+               in_shape: list | None = None, out_shape: list | None = None, inputs: int = 1,
+               tail: Callable[[], tuple[list, list]] | None = None, domain: str = "") -> Path:
+    """A tiny runnable classifier in ferkit's format (mean brightness -> softmax), with metadata as given. `tail`
+    gives (nodes, initializers) that turn the logits "z" (1 x classes) into "probabilities" instead of a Softmax;
+    they may also read "input"."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -785,16 +833,17 @@ def onnx_model(d: Path, name: str, meta: dict[str, str] | None = None, classes: 
     in_shape = in_shape or ["batch", 1, size, size]
     nodes = [helper.make_node("ReduceMean", ["input"], ["m"], axes=list(range(1, len(in_shape))), keepdims=0),
              helper.make_node("Unsqueeze", ["m", "one"], ["m2"]),
-             helper.make_node("MatMul", ["m2", "w"], ["z"]),
-             helper.make_node("Softmax", ["z"], ["probabilities"], axis=1)]
+             helper.make_node("MatMul", ["m2", "w"], ["z"], domain=domain)]
+    tail_nodes, tail_inits = tail() if tail else ([helper.make_node("Softmax", ["z"], ["probabilities"], axis=1)], [])
     one = helper.make_tensor("one", TensorProto.INT64, [1], [1])
     ins = [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)]
     ins += [helper.make_tensor_value_info(f"extra{i}", TensorProto.FLOAT, [1]) for i in range(inputs - 1)]
-    graph = helper.make_graph(nodes, "tiny", ins,
+    graph = helper.make_graph(nodes + tail_nodes, "tiny", ins,
                               [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
                                                              out_shape or ["batch", classes])],
-                              initializer=[w, one])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                              initializer=[w, one, *tail_inits])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
     base = {"classes": json.dumps(["angry", "happy", "neutral"][:classes] + [f"c{i}" for i in range(classes - 3)]),
             "input_size": str(size), "name": "tiny", "version": "0"}
@@ -806,19 +855,172 @@ def onnx_model(d: Path, name: str, meta: dict[str, str] | None = None, classes: 
     return d / name
 
 
-def _model_kind(name: str, expect: str, **kw: Any) -> None:
+def _i64(name: str, values: list[int]) -> Any:
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+
+
+def _softmax_plus(extra: str) -> Any:
+    """Nodes that add the scalar `extra` (zero whatever it reads) to the logits before the softmax: what a hostile
+    graph computes on the side still has to be computed."""
+    from onnx import helper
+
+    return [helper.make_node("ReduceSum", [extra], ["side"], keepdims=0),
+            helper.make_node("Mul", ["side", "zero"], ["nothing"]),
+            helper.make_node("Add", ["z", "nothing"], ["z2"]),
+            helper.make_node("Softmax", ["z2"], ["probabilities"], axis=1)]
+
+
+def _zero() -> Any:
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+
+
+def _tail_constant_of_shape_gigabytes() -> tuple[list, list]:
+    from onnx import TensorProto, helper
+
+    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0])
+    return ([helper.make_node("ConstantOfShape", ["big"], ["zeros"], value=fill), *_softmax_plus("zeros")],
+            [_i64("big", [50_000, 50_000]), _zero()])  # 10 GB of float32
+
+
+def _tail_expand_gigabytes() -> tuple[list, list]:
+    from onnx import helper
+
+    # Computed from the input, so nothing folds it away at load time: 1 x 1 x 48 x 48 x 100,000 floats, 0.9 GB.
+    return ([helper.make_node("Unsqueeze", ["input", "last"], ["x5"]),
+             helper.make_node("Expand", ["x5", "shape"], ["wide"]), *_softmax_plus("wide")],
+            [_i64("last", [4]), _i64("shape", [1, 1, 48, 48, 100_000]), _zero()])
+
+
+def _tail_size_from_pixels(op: str) -> Callable[[], tuple[list, list]]:
+    def tail() -> tuple[list, list]:
+        from onnx import TensorProto, helper
+
+        # The brightest pixel, as a size: 255 rows of 255 columns of ... on a real face, nothing on a blank one.
+        nodes = [helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
+                 helper.make_node("Cast", ["peak"], ["n"], to=TensorProto.INT64),
+                 helper.make_node("Reshape", ["n", "one"], ["n1"]),
+                 helper.make_node("Concat", ["n1", "n1", "n1", "n1"], ["shape"], axis=0)]
+        if op == "ConstantOfShape":
+            nodes.append(helper.make_node("ConstantOfShape", ["shape"], ["grown"]))
+        else:
+            nodes.append(helper.make_node(op, ["z", "shape"] if op == "Expand" else ["input", "shape"], ["grown"]))
+        return nodes + _softmax_plus("grown"), [_zero()]
+
+    return tail
+
+
+def _tail_nonzero() -> tuple[list, list]:
+    from onnx import helper
+
+    # How many pixels are bright, squared, as a size: nothing for a blank face, 10^13 floats for a real one. Shape
+    # of a tensor whose own size depends on the values is not a constant of the run.
+    return ([helper.make_node("NonZero", ["input"], ["where"]), helper.make_node("Shape", ["where"], ["s"]),
+             helper.make_node("Slice", ["s", "one", "two"], ["count"]),
+             helper.make_node("Concat", ["count", "count"], ["shape"], axis=0),
+             helper.make_node("ConstantOfShape", ["shape"], ["grown"]), *_softmax_plus("grown")],
+            [_i64("two", [2]), _zero()])
+
+
+def _tail_reshape_from_pixels() -> tuple[list, list]:
+    from onnx import TensorProto, helper
+
+    # [1, n] or [n, 1] by a pixel's value, then broadcast against itself: n^2 for a real face.
+    return ([helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
+             helper.make_node("Cast", ["peak"], ["n"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["n", "one"], ["n1"]),
+             helper.make_node("Concat", ["n1", "minus_one"], ["shape"], axis=0),
+             helper.make_node("Flatten", ["input"], ["flat"], axis=0),
+             helper.make_node("Reshape", ["flat", "shape"], ["tall"]),
+             helper.make_node("Transpose", ["tall"], ["wide"]), helper.make_node("Add", ["tall", "wide"], ["grown"]),
+             *_softmax_plus("grown")], [_i64("minus_one", [-1]), _zero()])
+
+
+def _tail_loop(trips: int) -> Callable[[], tuple[list, list]]:
+    def tail() -> tuple[list, list]:
+        from onnx import TensorProto, helper
+
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["zin"], ["zout"])],
+            "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                     helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                     helper.make_tensor_value_info("zin", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("zout", TensorProto.FLOAT, None)])
+        trip = helper.make_tensor("trips", TensorProto.INT64, [], [trips])
+        cond = helper.make_tensor("go", TensorProto.BOOL, [], [True])
+        return ([helper.make_node("Loop", ["trips", "go", "z"], ["zl"], body=body),
+                 helper.make_node("Softmax", ["zl"], ["probabilities"], axis=1)], [trip, cond])
+
+    return tail
+
+
+def _tail_if() -> tuple[list, list]:
+    from onnx import TensorProto, helper
+
+    branch = [helper.make_graph([helper.make_node("Identity", ["z"], [f"z_{b}"])], b, [],
+                                [helper.make_tensor_value_info(f"z_{b}", TensorProto.FLOAT, None)])
+              for b in ("then", "else")]
+    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+    return ([helper.make_node("If", ["cond"], ["zi"], then_branch=branch[0], else_branch=branch[1]),
+             helper.make_node("Softmax", ["zi"], ["probabilities"], axis=1)], [cond])
+
+
+def _tail_nan() -> tuple[list, list]:
+    from onnx import TensorProto, helper
+
+    return ([helper.make_node("Softmax", ["z"], ["p"], axis=1), helper.make_node("Div", ["p", "zero"], ["q"]),
+             helper.make_node("Sub", ["q", "q"], ["probabilities"])],  # inf - inf
+            [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+
+
+def _tail_logits() -> tuple[list, list]:
+    from onnx import helper
+
+    return [helper.make_node("Sigmoid", ["z"], ["probabilities"])], []  # each in 0..1, the row sums to 1.5
+
+
+def _tail_nan_on_faces() -> tuple[list, list]:
+    from onnx import TensorProto, helper
+
+    # sqrt(1 - mean / 50): 1 on a blank face, NaN on any face brighter than 50 on average.
+    return ([helper.make_node("Softmax", ["z"], ["p"], axis=1),
+             helper.make_node("Div", ["m2", "fifty"], ["r"]), helper.make_node("Sub", ["one_f", "r"], ["d"]),
+             helper.make_node("Sqrt", ["d"], ["s"]), helper.make_node("Mul", ["p", "s"], ["probabilities"])],
+            [helper.make_tensor("fifty", TensorProto.FLOAT, [], [50.0]),
+             helper.make_tensor("one_f", TensorProto.FLOAT, [], [1.0])])
+
+
+def external_data_model(d: Path) -> Path:
+    """The tiny model with its weight `w` in a file beside it (ONNX's external data)."""
+    import onnx
+    from onnx import numpy_helper
+
+    p = onnx_model(d, "external.onnx")
+    m = onnx.load(str(p))
+    for t in m.graph.initializer:  # as raw bytes: only those go to external data
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
+    onnx.save_model(m, str(p), save_as_external_data=True, all_tensors_to_one_file=True, location="external.bin",
+                    size_threshold=0)
+    return p
+
+
+def _model_kind(name: str, expect: str, bomb: bool = False, **kw: Any) -> None:
     def make(d: Path) -> Path:
         return onnx_model(d, f"{name}.onnx", **kw)
 
     make.__name__ = name
-    kind("model", expect)(make)
+    kind("model", expect, bomb=bomb)(make)
 
 
 _model_kind("classes_not_json", "'classes' is not JSON", meta={"classes": "angry,happy"})
-_model_kind("classes_empty", "at least two different names", meta={"classes": "[]"})
-_model_kind("classes_numbers", "at least two different names", meta={"classes": "[1, 2, 3]"})
-_model_kind("classes_repeated", "at least two different names", meta={"classes": '["a", "a", "b"]'})
-_model_kind("classes_object", "at least two different names", meta={"classes": '{"a": 1}'})
+_model_kind("classes_empty", "different names", meta={"classes": "[]"})
+_model_kind("classes_numbers", "different names", meta={"classes": "[1, 2, 3]"})
+_model_kind("classes_repeated", "different names", meta={"classes": '["a", "a", "b"]'})
+_model_kind("classes_object", "different names", meta={"classes": '{"a": 1}'})
 _model_kind("classes_deep", "'classes' is not JSON", meta={"classes": "[" * 100_000})
 _model_kind("classes_more_than_outputs", "classes in its metadata", meta={"classes": '["a", "b", "c", "d"]'})
 _model_kind("classes_fewer_than_outputs", "is not N x 2", meta={"classes": '["a", "b"]'}, out_shape=["batch", "n"])
@@ -839,6 +1041,34 @@ _model_kind("tta_unknown", "metadata 'tta'", meta={"tta": "rotate"})
 _model_kind("input_rgb", "does not take N x 1 x 48 x 48", in_shape=["batch", 3, 48, 48])
 _model_kind("input_rank_3", "does not take N x 1 x 48 x 48", in_shape=["batch", 48, 48])
 _model_kind("two_inputs", "2 inputs", inputs=2)
+
+
+# Family 1 of issue 32: metadata out of range, and graphs that loop, allocate or give no probabilities.
+_model_kind("temperature_tiny", "a temperature lies in 0.01..100", meta={"temperature": "1e-300"})
+_model_kind("temperature_huge", "a temperature lies in 0.01..100", meta={"temperature": "1e300"})
+_model_kind("temperatures_deep", "'temperatures' is not JSON", meta={"temperatures": "[" * 50_000})
+_model_kind("temperatures_tiny", "a temperature lies in", meta={"temperatures": '{"flip": 1e-300}'})
+_model_kind("classes_100000", "at most 1000", meta={"classes": json.dumps([f"c{i}" for i in range(100_000)])})
+_model_kind("classes_name_too_long", "at most 200 characters", meta={"classes": json.dumps(["a" * 5000, "b"])})
+_model_kind("model_name_too_long", "'name' is 100,000 characters long", meta={"name": "n" * 100_000})
+_model_kind("constant_of_shape_gigabytes", "needs more than 512 MB", bomb=True, tail=_tail_constant_of_shape_gigabytes)
+_model_kind("expand_gigabytes", "needs more than 512 MB", bomb=True, tail=_tail_expand_gigabytes)
+_model_kind("constant_of_shape_from_pixels", "depends on the input's values",
+            tail=_tail_size_from_pixels("ConstantOfShape"))
+_model_kind("expand_from_pixels", "depends on the input's values", tail=_tail_size_from_pixels("Expand"))
+_model_kind("tile_from_pixels", "depends on the input's values", tail=_tail_size_from_pixels("Tile"))
+_model_kind("nonzero_size_from_pixels", "as pass a test on the input's values", tail=_tail_nonzero)
+_model_kind("reshape_from_pixels", "depends on the input's values", tail=_tail_reshape_from_pixels)
+_model_kind("loop_2_63", "must not loop or branch", tail=_tail_loop(2**63 - 1))
+_model_kind("if_subgraphs", "must not loop or branch", tail=_tail_if)
+_model_kind("custom_domain", "from domain 'com.example.evil'", domain="com.example.evil")
+_model_kind("nan_outputs", "NaN or infinite probabilities", tail=_tail_nan)
+_model_kind("outputs_not_summing_to_one", "not probabilities", tail=_tail_logits)
+
+
+@kind("model", "keep its weights inside the file")
+def _model_external_data(d: Path) -> Path:
+    return external_data_model(d)
 
 
 @kind("model", "not an ONNX model")
@@ -981,7 +1211,8 @@ _http("rebinding_host_with_port", 400, None, method="GET", url="/healthz", heade
 
 @kind("ws", "403")
 def _ws_foreign_origin(_d: Path) -> dict:
-    return {"url": "/v1/stream", "headers": {"origin": "http://evil.example"}, "refused": 403}
+    return {"url": "/v1/stream", "headers": {"origin": "http://evil.example"}, "refused": 403,
+            "code": "forbidden_origin"}
 
 
 @kind("ws", "malformed_json")

@@ -381,3 +381,27 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
     assert r.stdout.split() == ["svg", "False"]
     assert (tmp_path / "fig" / "class_distribution.png").stat().st_size > 1000
     assert (tmp_path / "audit" / "contact_sheet.png").is_file() and (tmp_path / "tl" / "clip_track1.png").is_file()
+
+
+def test_near_copies_are_confirmed_by_the_pixels():
+    """A perceptual-hash match is a candidate only: a face under a strong fine-grained pattern keeps the hash of the
+    face (the hash sees low frequencies) but not its pixels, and is not called a near copy of it."""
+    from ferkit.data.audit import pixel_correlation
+
+    base = (face(1) * 0.35 + 80).astype(np.uint8)  # 80..170: the pattern below never clips
+    checker = (np.indices((48, 48)).sum(0) % 2 * 2 - 1) * 75  # the highest frequency only: no low-frequency change
+    other = (base.astype(int) + checker).astype(np.uint8)  # same hash, other pixels
+    copy = np.clip(base.astype(int) + 4, 0, 255).astype(np.uint8)  # a brighter re-encode: a near copy
+    from ferkit.data.audit import NEAR_DISTANCE, hamming
+
+    assert hamming(phash(np.stack([base])), phash(np.stack([other])))[0] <= NEAR_DISTANCE  # a hash candidate
+    r = pixel_correlation(np.stack([base, other, copy]), np.array([0, 0]), np.array([1, 2]))
+    assert r[0] < 0.9 < r[1]
+    ds = Dataset(["a", "b"], {
+        "train": Split(np.stack([base, face(2)]), np.array([0, 1]), ["tr0", "tr1"]),
+        "test": Split(np.stack([other, copy]), np.array([0, 0]), ["te0", "te1"]),
+    }, source="near", format="folders")
+    res = audit(ds)
+    got = {(f.name, f.reason) for f in res.flags}
+    assert ("te1", "near_leak") in got and ("te0", "near_leak") not in got
+    assert res.summary()["near_pairs_refuted_by_pixels"] == 2  # the patterned face against the face and its copy

@@ -364,11 +364,11 @@ def test_api_key(recognizer, face_jpeg):
         assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
         assert c.get("/").status_code == 200
-        from starlette.websockets import WebSocketDisconnect
+        from starlette.testclient import WebSocketDenialResponse
 
-        with pytest.raises(WebSocketDisconnect) as e, c.websocket_connect("/v1/stream") as ws:
+        with pytest.raises(WebSocketDenialResponse) as e, c.websocket_connect("/v1/stream") as ws:
             ws.receive_json()
-        assert e.value.code == 1008
+        assert_error(e.value, 401, "unauthorized")  # refused before the handshake, not with the origin's 403
         with c.websocket_connect("/v1/stream?api_key=s3cret") as ws:
             ws.send_bytes(face_jpeg)
             assert ws.receive_json()["faces"]
@@ -751,14 +751,14 @@ def test_loopback_server_answers_only_loopback_hosts(recognizer):
 
 
 def test_websocket_origin_must_be_this_server_or_a_cors_origin(recognizer, face_jpeg):
-    from starlette.websockets import WebSocketDisconnect
+    from starlette.testclient import WebSocketDenialResponse
 
     with make_client(recognizer, cors_origins=("https://app.example",)) as c:
         for origin in ("http://evil.example", "http://127.0.0.1:9999", "null", "https://app.example.evil"):
-            with pytest.raises(WebSocketDisconnect) as e, c.websocket_connect("/v1/stream",
-                                                                              headers={"origin": origin}) as ws:
+            with pytest.raises(WebSocketDenialResponse) as e, c.websocket_connect("/v1/stream",
+                                                                                  headers={"origin": origin}) as ws:
                 ws.receive_json()
-            assert e.value.code == 1008, origin  # before the handshake: HTTP 403 over a real connection
+            assert_error(e.value, 403, "forbidden_origin")  # before the handshake
         for origin in ("http://127.0.0.1:8000", "https://app.example", None):
             with c.websocket_connect("/v1/stream", headers={"origin": origin} if origin else {}) as ws:
                 ws.send_bytes(face_jpeg)
@@ -932,7 +932,8 @@ def test_stream_count_is_capped(recognizer, face_jpeg):
     with make_client(recognizer, max_streams=1) as c, c.websocket_connect("/v1/stream") as first:
         with pytest.raises(WebSocketDisconnect) as e, c.websocket_connect("/v1/stream") as second:
             second.receive_json()
-        assert e.value.code == 1013
+        # Accepted and closed at once: a page reads the code and the reason (a refused handshake shows neither).
+        assert e.value.code == 1013 and e.value.reason.startswith("try again later")
         first.send_bytes(face_jpeg)
         assert first.receive_json()["faces"]
     with make_client(recognizer, max_streams=1) as c:  # the slot is free again once a stream ends
@@ -993,13 +994,14 @@ def test_real_server_caps_connections_and_drops_idle_ones(recognizer):
     thread.join(20)
 
 
-def test_real_server_refuses_websockets_with_http_403(recognizer, face_jpeg):
-    """What docs/service.md says a browser or client sees: HTTP 403 at the handshake for a wrong key or a foreign
-    Origin, 400 for a foreign Host; the right key from this server's own page works."""
+def test_real_server_refuses_websockets_each_in_its_own_way(recognizer, face_jpeg):
+    """What docs/service.md says a browser or client sees: at the handshake HTTP 401 for a wrong key, 403 for a
+    foreign Origin, 400 for a foreign Host, each with its JSON error; a stream past max_streams is accepted and
+    closed with 1013 "try again later" (before: the same empty 403 as a foreign Origin); the right key works."""
     import socket
 
     import uvicorn
-    from websockets.exceptions import InvalidStatus
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
     from websockets.sync.client import connect
 
     from ferkit.cli.serve import uvicorn_config
@@ -1007,7 +1009,7 @@ def test_real_server_refuses_websockets_with_http_403(recognizer, face_jpeg):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(ServiceConfig(port=port, workers=1, api_key="s3cret"), recognizer=recognizer)
+    app = create_app(ServiceConfig(port=port, workers=1, api_key="s3cret", max_streams=1), recognizer=recognizer)
     server = uvicorn.Server(uvicorn_config(app, app.state.config, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -1016,15 +1018,21 @@ def test_real_server_refuses_websockets_with_http_403(recognizer, face_jpeg):
         time.sleep(0.05)
     url = f"ws://127.0.0.1:{port}/v1/stream"
     try:
-        for target, headers, status in ((url + "?api_key=wrong", {}, 403),
-                                        (url + "?api_key=s3cret", {"Origin": "http://evil.example"}, 403),
-                                        (url + "?api_key=s3cret", {"Host": "evil.example"}, 400)):
+        for target, headers, status, code in (
+                (url + "?api_key=wrong", {}, 401, "unauthorized"),
+                (url + "?api_key=s3cret", {"Origin": "http://evil.example"}, 403, "forbidden_origin"),
+                (url + "?api_key=s3cret", {"Host": "evil.example"}, 400, None)):
             with pytest.raises(InvalidStatus) as e:
                 connect(target, additional_headers=headers, open_timeout=10)
             assert e.value.response.status_code == status, (target, headers)
+            if status != 400:  # the Host check answers before the app, in uvicorn's words
+                assert json.loads(e.value.response.body)["error"]["code"] == code
         with connect(url + "?api_key=s3cret", additional_headers={"Origin": f"http://127.0.0.1:{port}"}) as ws:
             ws.send(face_jpeg)
             assert json.loads(ws.recv(timeout=30))["faces"]
+            with connect(url + "?api_key=s3cret") as second, pytest.raises(ConnectionClosed) as closed:
+                second.recv(timeout=10)
+            assert closed.value.rcvd.code == 1013 and closed.value.rcvd.reason.startswith("try again later")
     finally:
         server.should_exit = True
         thread.join(20)

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import stat
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ from ferkit.errors import FerkitError
 MAX_PIXELS = 50_000_000
 # Refused before reading: no image ferkit needs is larger (a 50 MP JPEG is 10-30 MB).
 MAX_BYTES = 64 * 1024 * 1024
+# A TIFF's strips or tiles: Pillow builds one Python object per strip when it opens the file, so 3 million strips of
+# one row each (24 MB of offsets) cost 30 s and 1 GB before a pixel is read. A 50 MP image in strips of one row has
+# under 10,000; in the smallest tiles the format allows (16 x 16), 200,000.
+MAX_TIFF_STRIPS = 1 << 18
 # Images over this many pixels are handed back reduced (by a power of two for JPEG, a whole factor otherwise):
 # the detector sees at most 320 pixels a side by default, and face crops of such photos stay far above 48 x 48.
 MAX_DECODED_PIXELS = 16_000_000
@@ -254,7 +259,11 @@ def find_images(source: str | Path) -> tuple[list[tuple[Path, Path]], list[tuple
     if walked:
         entries = _walk(root)
     elif any(c in src for c in "*?["):
-        entries = [Path(f) for f in sorted(glob.glob(src, recursive=True))]
+        try:
+            entries = [Path(f) for f in sorted(glob.glob(src, recursive=True))]
+        except RecursionError:  # glob recurses once per folder level ('**') and per pattern part
+            raise FerkitError(f"{src[:200]}: the pattern reaches folders nested too deep to list; give the folder "
+                              "itself") from None
         if not entries:
             return [], []
         # Relative to the deepest common folder, so that 'a/x.jpg' and 'b/x.jpg' keep apart.
@@ -275,10 +284,11 @@ def find_images(source: str | Path) -> tuple[list[tuple[Path, Path]], list[tuple
 
 
 def _walk(root: Path) -> list[Path]:
+    from ferkit.utils import walk
+
     out: list[Path] = []
-    for folder, dirs, files in os.walk(root):  # links to folders are listed in dirs but not followed
+    for base, dirs, files in walk(root):  # links to folders are listed in dirs but not followed
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        base = Path(folder)
         out += [base / d for d in dirs if (base / d).is_symlink() or Path(d).suffix.lower() in SUFFIXES]
         out += [base / f for f in sorted(files)]
     return out
@@ -354,7 +364,35 @@ def _open_source(source: str | Path | bytes | BinaryIO, name: str, max_bytes: in
         raise
 
 
+def _tiff_strips(fp: io.BufferedIOBase) -> int:
+    """How many strips or tiles the first image of a TIFF (classic or BigTIFF) declares, read from its directory
+    alone; 0 for another format or a directory that cannot be read (Pillow then says what is wrong)."""
+    fp.seek(0)
+    head = fp.read(16)
+    if head[:4] not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return 0
+    order, big = "<" if head[:1] == b"I" else ">", b"+" in head[2:4]
+    count_fmt, entry, offset = (("Q", 20, struct.unpack(order + "Q", head[8:16])[0]) if big
+                                else ("H", 12, struct.unpack(order + "I", head[4:8])[0]))
+    fp.seek(offset)
+    raw = fp.read(struct.calcsize(count_fmt))
+    if len(raw) != struct.calcsize(count_fmt):
+        return 0
+    n = min(struct.unpack(order + count_fmt, raw)[0], 65535)
+    table = fp.read(n * entry)
+    most = 0
+    for i in range(0, len(table) - entry + 1, entry):
+        tag = struct.unpack(order + "H", table[i : i + 2])[0]
+        if tag in (273, 279, 324, 325):  # strip / tile offsets and byte counts
+            count = struct.unpack(order + ("Q" if big else "I"), table[i + 4 : i + (12 if big else 8)])[0]
+            most = max(most, count)
+    return most
+
+
 def _open_image(fp: io.BufferedIOBase, name: str, formats: tuple[str, ...], max_pixels: int) -> Image.Image:
+    if "TIFF" in formats and (strips := _tiff_strips(fp)) > MAX_TIFF_STRIPS:
+        raise ImageTooLarge(f"{name}: a TIFF of {strips:,} strips or tiles, over the limit of {MAX_TIFF_STRIPS:,}")
+    fp.seek(0)
     try:
         im = Image.open(fp, formats=list(formats))
     except Image.DecompressionBombError as e:  # Pillow's own check, at twice its limit (set to ours)

@@ -52,3 +52,22 @@ def parse_temperature(path: str | Path, key: str, raw: object) -> float:
     if not (math.isfinite(value) and lo <= value <= hi):
         raise FerkitError(f"{path}: metadata {key!r} is {str(raw)[:40]}; a temperature lies in {lo:g}..{hi:g}")
     return value
+
+
+def parse_text(path: str | Path, key: str, raw: object, max_len: int = MAX_CLASS_NAME) -> str:
+    """A short free-text field (name, version): shown in results and on the terminal, so bounded in length."""
+    text = str(raw)
+    if len(text) > max_len:
+        raise FerkitError(f"{path}: metadata {key!r} is {len(text):,} characters long; at most {max_len} are allowed")
+    return text
+
+
+def parse_json(path: str | Path, key: str, raw: object, max_len: int = 1 << 16) -> object:
+    """A JSON field (temperatures, metrics): bounded in length before it is parsed, nesting errors included."""
+    text = str(raw)
+    if len(text) > max_len:
+        raise FerkitError(f"{path}: metadata {key!r} is {len(text):,} characters long; at most {max_len:,} are allowed")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise FerkitError(f"{path}: metadata {key!r} is not JSON ({text[:40]!r})") from None

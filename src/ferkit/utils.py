@@ -6,7 +6,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,10 +16,54 @@ from typing import Any
 ProgressFn = Callable[[str, int, int], None]
 
 
+def walk(top: str | Path) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """os.walk(top) (top-down, links to folders listed in dirs but not followed, unreadable folders left out) with a
+    stack instead of recursion: Python 3.11's os.walk, Path.rglob and os.makedirs recurse once per level and raise
+    RecursionError on folders nested about a thousand deep. Sorting `dirs` in place orders and prunes the walk."""
+    stack = [Path(top)]
+    while stack:
+        folder = stack.pop()
+        dirs, files = [], []
+        try:
+            with os.scandir(folder) as it:
+                for e in it:
+                    try:
+                        is_dir = e.is_dir()
+                    except OSError:
+                        is_dir = False
+                    (dirs if is_dir else files).append(e.name)
+        except OSError:
+            continue
+        yield folder, dirs, files
+        stack.extend(reversed([folder / d for d in dirs if not (folder / d).is_symlink()]))
+
+
+def make_dirs(path: str | Path) -> None:
+    """path.mkdir(parents=True, exist_ok=True) without recursion (one level per missing ancestor), see `walk`."""
+    path = Path(path)
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            if not p.is_dir():
+                raise
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """`text` in at most about `limit` characters, its middle elided: a path too long to show keeps both ends."""
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-(limit // 2 - 3):]}"
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Write through a temporary file in the same folder, then rename: a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

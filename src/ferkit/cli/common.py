@@ -11,17 +11,61 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderHook
+from rich.segment import Segment
 from rich.text import Text
 
 from ferkit.errors import FerkitError
-from ferkit.utils import json_default
+from ferkit.utils import json_default, shorten
 
-# File names, labels and messages come from users: rich must never read them as markup ("[/x]" raises) or emoji
-# codes. Styles are given as arguments (style=..., Text) instead of inline tags.
-console = Console(markup=False, emoji=False)
-err_console = Console(stderr=True, markup=False, emoji=False)
 _verbosity = {"level": 0}
+
+
+def one_line(text: str) -> str:
+    """User text (a file name, a CSV label, a zip's class folder, a model's metadata) as the terminal may show it:
+    control and format characters (ESC sequences, newlines, right-to-left overrides, ...) as \\x.. / \\u.... codes,
+    so that a name can neither restyle nor rewrite what the user sees. Every line ferkit prints goes through it."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+class _Escaped:
+    """A renderable whose text segments pass through one_line, line by line (rich's own line breaks and cursor
+    controls stay): wherever a name reaches a table, a title or a message, its escape codes show as text."""
+
+    def __init__(self, inner: object):
+        self.inner = inner
+
+    def __rich_console__(self, console: Console, options: object):
+        for seg in console.render(self.inner, options):  # type: ignore[arg-type]
+            if seg.control or seg.text.isprintable():
+                yield seg
+            else:
+                yield Segment("\n".join(one_line(part) for part in seg.text.split("\n")), seg.style)
+
+
+class _EscapeHook(RenderHook):
+    def process_renderables(self, renderables: list) -> list:
+        return [_Escaped(r) for r in renderables]
+
+
+def _console(**kwargs: object) -> Console:
+    # Names and messages come from users: rich must never read them as markup ("[/x]" raises) or emoji codes (styles
+    # are given as arguments: style=..., Text), and their control characters are shown escaped (_Escaped).
+    c = Console(markup=False, emoji=False, **kwargs)  # type: ignore[arg-type]
+    c.push_render_hook(_EscapeHook())
+    return c
+
+
+console = _console()
+err_console = _console(stderr=True)
+
+
+class _EscapingFormatter(logging.Formatter):
+    """Log lines (the library's 'model x: classes ...', progress lines) with user text escaped, as on the consoles;
+    a traceback (-v) is appended after, as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return one_line(super().formatMessage(record))
 
 
 def set_verbosity(quiet: bool, verbose: bool) -> None:
@@ -34,6 +78,8 @@ def set_verbosity(quiet: bool, verbose: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_EscapingFormatter("%(message)s"))
     logging.getLogger("ferkit").setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
 
 
@@ -59,20 +105,31 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             # pointed at /dev/null so the interpreter's final flush does not complain again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(0) from None
-        except Exception as e:
-            if _verbosity["level"] > 0:
-                raise
-            err_console.print(Text.assemble(("internal error:", "red"),
-                                            f" {type(e).__name__}: {e} (run with -v for details)"),
+        except OSError as e:
+            if e.filename is None:
+                return _internal(e)
+            # The file system refused a path the user gave (longer than it allows, no permission, ...): wherever
+            # it was first touched, that is the user's input, not a bug.
+            err_console.print(Text.assemble(("error:", "red"), f" {one_line(shorten(str(e.filename)))}: "
+                                                               f"{one_line(e.strerror or str(e))}"),
                               highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(2) from None
+        except Exception as e:
+            return _internal(e)
 
     return wrapper
 
 
-def one_line(text: str) -> str:
-    """User text inside a message shown on one line: control characters (newlines, escapes, ...) as \\x.. codes."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+def _internal(e: Exception) -> None:
+    """A bug: exit 1, with the traceback under -v."""
+    if _verbosity["level"] > 0:
+        raise e
+    err_console.print(Text.assemble(("internal error:", "red"),
+                                    f" {one_line(f'{type(e).__name__}: {e}')[:500]} (run with -v for details)"),
+                      highlight=False, soft_wrap=True)
+    raise typer.Exit(1) from None
+
+
 
 
 def print_json(obj: Any) -> None:

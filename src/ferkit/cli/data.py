@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ferkit.cli.common import console, err_console, handle_errors, print_json, quiet
+from ferkit.cli.common import console, err_console, handle_errors, one_line, print_json, quiet
 
 app = typer.Typer(help="Explore, audit and convert datasets.", no_args_is_help=True)
 # ferkit.data.audit's BLANK_STD and NEAR_DISTANCE, for --help without importing NumPy at start-up
@@ -27,7 +27,7 @@ def _status(msg: str, json_out: bool) -> None:
 def _load(data: Path, fmt: str | None, classes: str | None, json_out: bool):
     from ferkit.data import load_dataset
 
-    _status(f"Loading {data} ...", json_out)
+    _status(f"Loading {one_line(str(data))} ...", json_out)
     t0 = time.perf_counter()
     ds = load_dataset(data, format=fmt, classes=classes)
     seconds = time.perf_counter() - t0
@@ -42,7 +42,7 @@ def _print_skipped(skipped: list, limit: int = 20) -> None:
         return
     console.print(f"Load report: {len(skipped)} item(s) skipped", style="yellow")
     for s in skipped[:limit]:
-        console.print(f"  {s.name}: {s.reason}", highlight=False)
+        console.print(f"  {one_line(s.name)}: {one_line(s.reason)}", highlight=False)
     if len(skipped) > limit:
         console.print(f"  ... and {len(skipped) - limit} more (use --json for the full list)")
 
@@ -74,14 +74,14 @@ def info(
     from rich.table import Table
 
     splits = list(facts["counts"])
-    table = Table(title=f"{data} ({facts['format']}, {len(ds.classes)} classes)")
+    table = Table(title=f"{one_line(str(data))} ({facts['format']}, {len(ds.classes)} classes)")
     table.add_column("class")
     for s in splits:
         table.add_column(s, justify="right")
     table.add_column("total", justify="right")
     for c in ds.classes:
         row = [facts["counts"][s][c] for s in splits]
-        table.add_row(c, *[f"{v:,}" for v in row], f"{sum(row):,}")
+        table.add_row(one_line(c), *[f"{v:,}" for v in row], f"{sum(row):,}")
     table.add_section()
     table.add_row("total", *[f"{facts['totals'][s]:,}" for s in splits], f"{facts['total']:,}", style="bold")
     console.print(table)
@@ -89,12 +89,12 @@ def info(
         console.print(f"Imbalance ratio ({facts['imbalance_split']}, largest / smallest class): "
                       f"{facts['imbalance_ratio']:.1f}")
     for s, empty in facts["empty_classes"].items():
-        console.print(f"{s}: no images of {', '.join(empty)}", style="yellow")
+        console.print(f"{s}: no images of {one_line(', '.join(empty))}", style="yellow")
     for s, p in facts["pixels"].items():
         console.print(f"Pixels {s}: mean {p['mean']:.1f}, std {p['std']:.1f}")
     _print_skipped(ds.skipped)
     for p in facts.get("figures", {}).values():
-        console.print(f"Wrote {p}", highlight=False)
+        console.print(f"Wrote {one_line(str(p))}", highlight=False)
 
 
 @app.command()
@@ -151,7 +151,7 @@ def audit(
     from rich.table import Table
 
     splits = list(res.sizes)
-    table = Table(title=f"Audit of {data} ({', '.join(f'{s} {n:,}' for s, n in res.sizes.items())})")
+    table = Table(title=f"Audit of {one_line(str(data))} ({', '.join(f'{s} {n:,}' for s, n in res.sizes.items())})")
     table.add_column("reason")
     for s in splits:
         table.add_column(s, justify="right")
@@ -163,10 +163,17 @@ def audit(
         console.print("No problems found.")
     for s, n in summary["train_copies"].items():
         if n:
-            console.print(f"{s}: {n:,} of {res.sizes[s]:,} items ({n / res.sizes[s]:.1%}) have an exact copy in train")
+            # Another count than the leak row: any copy in train, whatever its label (what a test score is inflated
+            # by), where leak counts same-label copies of any earlier split and label conflicts have their own row.
+            console.print(f"{s}: {n:,} of {res.sizes[s]:,} items ({n / res.sizes[s]:.1%}) have an exact copy in "
+                          "train, whatever its label (the leak row counts copies of an earlier split with the same "
+                          "label; copies with another label are label_conflict)", soft_wrap=True)
+    if res.near_pairs_refuted:
+        console.print(f"{res.near_pairs_refuted:,} perceptual-hash matches were not near copies (pixel correlation "
+                      f"below {A.NEAR_CORRELATION}) and are not reported", soft_wrap=True)
     console.print(f"Audit took {res.seconds:.1f} s.")
     for p in summary.get("outputs", {}).values():
-        console.print(f"Wrote {p}", highlight=False)
+        console.print(f"Wrote {one_line(str(p))}", highlight=False)
 
 
 @app.command()
@@ -202,5 +209,5 @@ def convert(
     if json_out:
         print_json(result)
     else:
-        console.print(f"Wrote {sum(written.values()):,} images to {out} "
+        console.print(f"Wrote {sum(written.values()):,} images to {one_line(str(out))} "
                       f"({', '.join(f'{s} {n:,}' for s, n in written.items())})", highlight=False)

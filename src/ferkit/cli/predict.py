@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from ferkit.cli.common import console, err_console, handle_errors, quiet
+from ferkit.cli.common import console, err_console, handle_errors, one_line, quiet
 from ferkit.errors import FerkitError
 
 log = logging.getLogger("ferkit")
@@ -126,7 +126,7 @@ def _merge(paths: list[str], out: Path | None) -> None:
         raise FerkitError(f"--merge: no results files match {' '.join(paths)}")
     records, warnings = merge(files)
     for w in warnings:
-        err_console.print(f"warning: {w}", style="yellow", highlight=False)
+        err_console.print(f"warning: {one_line(w)}", style="yellow", highlight=False)
     if out is None:
         import json
 
@@ -136,7 +136,8 @@ def _merge(paths: list[str], out: Path | None) -> None:
         return
     write_jsonl(out, records)
     if not quiet():
-        err_console.print(f"merged {len(files)} file(s), {len(records):,} results, into {out}", highlight=False)
+        err_console.print(f"merged {len(files)} file(s), {len(records):,} results, into {one_line(str(out))}",
+                          highlight=False)
 
 
 class _Run:
@@ -187,7 +188,7 @@ class _Run:
             err_console.print(f"skipped {len(self.skipped)} entr{'y' if len(self.skipped) == 1 else 'ies'}:",
                               style="yellow", highlight=False)
             for _src, why in self.skipped:
-                err_console.print(f"  {why}", highlight=False, soft_wrap=True)
+                err_console.print(f"  {one_line(why)}", highlight=False, soft_wrap=True)
         if not quiet():
             err_console.print(self._summary(rate), highlight=False, soft_wrap=True)
             self._print_written()
@@ -226,7 +227,7 @@ class _Run:
         if self.n_inputs > 1:
             parts.append(f"{rate:.1f} {self.unit}/s")
         if self.results is not None:
-            parts.append(f"results in {self.results.path}")
+            parts.append(f"results in {one_line(str(self.results.path))}")
         return "predict: " + ", ".join(parts)
 
     def _print_written(self) -> None:
@@ -237,17 +238,19 @@ class _Run:
             for p in written:
                 origin = f"from {sources[p]}: " if p in sources else ""
                 taken = f" ({origin}{renamed[p]} was taken)" if p in renamed else ""
-                err_console.print(f"wrote {p}{taken}", highlight=False, soft_wrap=True)
+                err_console.print(one_line(f"wrote {p}{taken}"), highlight=False, soft_wrap=True)
             return
         folders = sorted({str(p.parent) for p in written})
-        err_console.print(f"wrote {len(written):,} files under {', '.join(folders[:3])}"
-                          f"{' ...' if len(folders) > 3 else ''} (annotated images keep the source's layout, as .jpg); "
-                          f"first: {written[0]}, last: {written[-1]}", highlight=False, soft_wrap=True)
+        err_console.print(one_line(f"wrote {len(written):,} files under {', '.join(folders[:3])}"
+                                   f"{' ...' if len(folders) > 3 else ''} (annotated images keep the source's layout, "
+                                   f"as .jpg); first: {written[0]}, last: {written[-1]}"), highlight=False,
+                          soft_wrap=True)
         if renamed:
             new, old = next(iter(renamed.items()))
             origin = f" from {sources[new]}" if new in sources else ""
-            err_console.print(f"{len(renamed):,} of them got -2, -3, ... in their name rather than replace a file "
-                              f"(first: {new}{origin}, as {old} was taken)", highlight=False, soft_wrap=True)
+            err_console.print(one_line(f"{len(renamed):,} of them got -2, -3, ... in their name rather than replace "
+                                       f"a file (first: {new}{origin}, as {old} was taken)"), highlight=False,
+                              soft_wrap=True)
 
     def _print_table(self, rate: float) -> None:
         from rich.table import Table
@@ -263,8 +266,8 @@ class _Run:
             for (src, tid), s in sorted(self.tracks.items()):
                 lab = ", ".join(f"{k} {v / s['frames']:.0%}" for k, v in
                                 sorted(s["labels"].items(), key=lambda kv: -kv[1])[:3])
-                cells = [str(tid), str(s["frames"]), f"{s['first']:.1f}", f"{s['last']:.1f}", lab]
-                t.add_row(*([src] if several else []), *cells)
+                cells = [str(tid), str(s["frames"]), f"{s['first']:.1f}", f"{s['last']:.1f}", one_line(lab)]
+                t.add_row(*([one_line(src)] if several else []), *cells)
             console.print(t)
             return
         title = (f"{self.n_inputs} image(s), {self.n_faces} face(s), {self.n_noface} without a face"
@@ -272,11 +275,11 @@ class _Run:
         cells = []
         for r in self.rows:
             if r["face"] is None:
-                cells.append([r["source"] or "", "-", "-", Text("no face", style="dim"), "-", "-"])
+                cells.append([one_line(r["source"] or ""), "-", "-", Text("no face", style="dim"), "-", "-"])
                 continue
             probs = sorted(((r[c], c) for c in self.rec.classes), reverse=True)
-            runner = f"{probs[1][1]} {probs[1][0]:.0%}" if len(probs) > 1 else "-"
-            cells.append([r["source"] or "", str(r["face"]), f"{r['x']},{r['y']},{r['w']},{r['h']}", r["label"],
+            runner = one_line(f"{probs[1][1]} {probs[1][0]:.0%}") if len(probs) > 1 else "-"
+            cells.append([one_line(r["source"] or ""), str(r["face"]), f"{r['x']},{r['y']},{r['w']},{r['h']}", one_line(r["label"]),
                           f"{r['confidence']:.0%}", runner])
         headers = ("source", "face", "box (x,y,w,h)", "label", "confidence", "runner-up")
         # Every value keeps its line; only the source column gives way, losing the start of long paths.

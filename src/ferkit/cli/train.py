@@ -211,6 +211,9 @@ def register(app: typer.Typer) -> None:
             raise FerkitError(f"{model}: no such model; give 'default' or a .onnx file")
         if out.exists() and not force:
             raise FerkitError(f"{out}: already exists; pass --force to overwrite it")
+        from ferkit.inference.model import OnnxClassifier
+
+        OnnxClassifier(src, threads=1)  # checked like every model a user hands in (graph rules, a bounded first run)
         info = quantize_int8(src, out, data, images=images, seed=seed, method=method, reduce_range=reduce_range)
         summary = {"model": str(src), "out": str(out), **info, "size_bytes": out.stat().st_size,
                    "source_size_bytes": src.stat().st_size}

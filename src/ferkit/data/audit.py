@@ -28,14 +28,17 @@ BLANK_STD = 10.0
 # sample, re-crops / re-encodes / retouches of one photo; at 6 about half are different people (docs/data.md).
 # The hash has a constant weight (31 bits over the median + DC), so distances are even: 4 also means 5.
 NEAR_DISTANCE = 4
+# A pHash match is a candidate only: a near copy must also correlate pixel by pixel (Pearson r over the 48x48 gray
+# pixels). Two different people framed alike can share a hash; a re-encode or retouch of one photo keeps r above 0.9.
+NEAR_CORRELATION = 0.9
 
 REASONS = {
     "blank": "blank or near-uniform image (pixel std below the threshold)",
     "duplicate": "exact copy of another item of the same split",
     "leak": "exact copy of an item of an earlier split (val/test image also in train, or test image in val)",
     "label_conflict": "exact copies whose labels disagree",
-    "near_duplicate": "near copy (perceptual hash) of another item of the same split",
-    "near_leak": "near copy (perceptual hash) of an item of an earlier split",
+    "near_duplicate": "near copy (perceptual hash, confirmed by pixel correlation) of another item of the same split",
+    "near_leak": "near copy (perceptual hash, confirmed by pixel correlation) of an item of an earlier split",
     "not_face": "FER+ annotators' majority: not a face",
     "unknown": "FER+ annotators' majority: unknown",
     "no_majority": "FER+ votes without a majority (left out by the FER+ protocol)",
@@ -65,6 +68,7 @@ class AuditResult:
     excluded_images: dict[str, np.ndarray] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     near_pairs_by_distance: dict[int, int] = field(default_factory=dict)
+    near_pairs_refuted: int = 0  # pHash matches whose pixels do not correlate: not reported
     # Per val/test split: items whose exact pixels appear in train, whatever their label (exact_train_copies).
     train_copies: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -92,6 +96,7 @@ class AuditResult:
             "thresholds": self.thresholds,
             "counts": self.counts(),
             "near_pairs_by_distance": {str(k): v for k, v in sorted(self.near_pairs_by_distance.items())},
+            "near_pairs_refuted_by_pixels": self.near_pairs_refuted,
             "train_copies": self.train_copies,
             "clean_drops": {s: len(dropped.get(s, ())) for s in self.sizes},
             "reasons": {r: REASONS[r] for r in self.counts()},
@@ -173,6 +178,18 @@ def near_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.nd
 
 def pixel_std(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32).std(axis=1)
+
+
+def pixel_correlation(images: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Pearson correlation of the pixels of each pair (images[i[k]], images[j[k]])."""
+    out = np.zeros(len(i), np.float32)
+    for s in range(0, len(i), chunk):
+        a = images[i[s:s + chunk]].reshape(len(i[s:s + chunk]), -1).astype(np.float32)
+        b = images[j[s:s + chunk]].reshape(len(a), -1).astype(np.float32)
+        a -= a.mean(1, keepdims=True)
+        b -= b.mean(1, keepdims=True)
+        out[s:s + chunk] = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-6)
+    return out
 
 
 def exact_train_copies(ds: Dataset) -> dict[str, np.ndarray]:
@@ -258,6 +275,9 @@ def audit(
     i, j = ok[i], ok[j]
     differ = np.array([not np.array_equal(images[a], images[b]) for a, b in zip(i, j, strict=True)], dtype=bool)
     i, j, d = i[differ], j[differ], d[differ]
+    same = pixel_correlation(images, i, j) >= NEAR_CORRELATION
+    res.near_pairs_refuted = int((~same).sum())
+    i, j, d = i[same], j[same], d[same]
     res.near_pairs_by_distance = {int(k): int(v) for k, v in zip(*np.unique(d, return_counts=True), strict=True)}
     seen: set[int] = set()
     # The later item (by split order, then position) is the copy; each item is reported once.

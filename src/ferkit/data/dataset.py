@@ -86,7 +86,9 @@ def source_key(path: Path, extra: str) -> str:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 h.update(chunk)
     else:
-        for p in sorted(path.rglob("*")):
+        from ferkit.utils import walk
+
+        for p in sorted(folder / name for folder, dirs, files in walk(path) for name in dirs + files):
             if p.is_symlink():  # a linked class folder is read (formats.Tree): adding or changing one is a change
                 h.update(f"{p.relative_to(path)}\0->{os.readlink(p)}\n".encode())
             if p.is_file():

@@ -9,15 +9,15 @@ remaining votes; otherwise (no majority, or unknown / not-a-face winning) it is 
 from __future__ import annotations
 
 import csv
-import io
 import zipfile
 import zlib
+from array import array
 from pathlib import Path
 
 import numpy as np
 
 from ferkit.data.dataset import FERPLUS_CLASSES, FERPLUS_COLUMNS, FERPLUS_DIRS, Dataset, Skipped, Split
-from ferkit.data.formats import MAX_ROWS, MAX_TEXT_BYTES, Tree, decode_item
+from ferkit.data.formats import MAX_ROWS, Tree, decode_item
 from ferkit.data.preprocess import preprocess
 from ferkit.errors import FerkitError
 
@@ -26,6 +26,8 @@ LABEL_FILE = "label.csv"
 # Why an image is left out by the majority rule (audit reasons).
 NO_MAJORITY, UNKNOWN, NOT_FACE = "no_majority", "unknown", "not_face"
 _BAD_VOTES = "expected a file name, a face box and 10 vote counts"
+# FER+'s largest label.csv (train, 28,709 rows) is 2 MB; MAX_ROWS rows of a name, a box and ten counts fit in this.
+MAX_LABEL_BYTES = 128 * 1024 * 1024
 
 
 def majority(votes: np.ndarray) -> np.ndarray:
@@ -52,36 +54,75 @@ def left_out_reason(votes: np.ndarray) -> str | None:
     return UNKNOWN if FERPLUS_COLUMNS[win] == "unknown" else NOT_FACE
 
 
-def read_label_csv(tree: Tree, label_file: str, where: str) -> list[tuple[int, list[str], np.ndarray]]:
-    """(row number, fields, 10 votes) of every row of a FER+ label.csv; a malformed row is one error naming it."""
+def read_label_csv(tree: Tree, label_file: str, where: str) -> tuple[list[str], np.ndarray]:
+    """(file names, N x 10 votes) of every row of a FER+ label.csv; a malformed row is one error naming it.
+
+    Read as a stream, row by row, keeping only the name and the votes of each: a file of MAX_ROWS rows costs tens of
+    MB, not the GB that whole rows of Python strings took. The file is refused past MAX_LABEL_BYTES before reading."""
     try:
-        data = tree.read(label_file, MAX_TEXT_BYTES)
+        f = tree.open(label_file, MAX_LABEL_BYTES)
     except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error, RuntimeError, NotImplementedError) as e:
         raise FerkitError(f"{where}: cannot read ({type(e).__name__}: {str(e)[:120]})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise FerkitError(f"{where}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
-    out = []
-    rowno = 0
-    try:
-        for rowno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
-            if not row:
-                continue
-            if len(out) >= MAX_ROWS:
-                raise FerkitError(f"{where}: more than {MAX_ROWS:,} rows; refused")
+    names: list[str] = []
+    votes = array("f")
+    offset = 0
+    width = len(FERPLUS_COLUMNS)
+
+    def lines():
+        nonlocal offset
+        for raw in f:  # UTF-8 never has a newline byte inside a character: lines decode on their own
             try:
-                v = np.array([float(x) for x in row[2:12]], dtype=np.float64)  # float32 after the range check
-                if len(v) != len(FERPLUS_COLUMNS):
-                    raise ValueError
-            except (ValueError, IndexError):
-                raise FerkitError(f"{where}: row {rowno}: {_BAD_VOTES}") from None
-            if not np.isfinite(v).all() or (v < 0).any() or (v > 1e6).any():  # nan votes made an all-nan soft label
-                raise FerkitError(f"{where}: row {rowno}: votes must be counts 0..1e6 (got {', '.join(row[2:12])[:120]})")
-            out.append((rowno, row, v.astype(np.float32)))
-    except csv.Error as e:
-        raise FerkitError(f"{where}: row {rowno + 1}: {e}") from None
-    return out
+                text = raw.decode("utf-8-sig" if offset == 0 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise FerkitError(f"{where}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                                  f"{offset + e.start})") from None
+            offset += len(raw)
+            yield text
+
+    # Votes are parsed a block of rows at a time by NumPy (ten float() calls a row took most of the time).
+    rownos: list[int] = []
+    texts: list[str] = []
+
+    def flush() -> None:
+        try:
+            block = np.array(texts, dtype=np.float64).reshape(-1, width)
+        except ValueError:  # a vote that is no number: find its row
+            for i, rowno in enumerate(rownos):
+                try:
+                    [float(x) for x in texts[i * width : (i + 1) * width]]
+                except ValueError:
+                    raise FerkitError(f"{where}: row {rowno}: {_BAD_VOTES}") from None
+            raise
+        bad = ~((block >= 0) & (block <= 1e6)).all(1)  # nan fails too: nan votes made an all-nan soft label
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise FerkitError(f"{where}: row {rownos[i]}: votes must be counts 0..1e6 (got "
+                              f"{', '.join(texts[i * width : (i + 1) * width])[:120]})")
+        votes.frombytes(block.astype(np.float32).tobytes())
+        rownos.clear()
+        texts.clear()
+
+    rowno = 0
+    with f:
+        try:
+            for rowno, row in enumerate(csv.reader(lines()), start=1):
+                if not row:
+                    continue
+                if len(names) >= MAX_ROWS:
+                    raise FerkitError(f"{where}: more than {MAX_ROWS:,} rows; refused")
+                if len(row) < 2 + width:
+                    raise FerkitError(f"{where}: row {rowno}: {_BAD_VOTES}")
+                names.append(row[0])
+                rownos.append(rowno)
+                texts.extend(row[2 : 2 + width])
+                if len(rownos) >= 1 << 14:
+                    flush()
+            flush()
+        except csv.Error as e:
+            raise FerkitError(f"{where}: row {rowno + 1}: {e}") from None
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+            raise FerkitError(f"{where}: cannot read ({type(e).__name__}: {str(e)[:120]})") from None
+    return names, np.frombuffer(votes, np.float32).reshape(-1, len(FERPLUS_COLUMNS))
 
 
 def _label_files(tree: Tree) -> list[tuple[str, str, str]]:
@@ -106,9 +147,8 @@ def vote_table(path: str | Path) -> dict[str, tuple[list[str], np.ndarray]]:
     tree = Tree(path)
     out: dict[str, tuple[list[str], np.ndarray]] = {}
     for folder, split, label_file in _label_files(tree):
-        rows = read_label_csv(tree, label_file, f"{path}:{label_file}")
-        out[split] = ([f"{folder}/{row[0]}" for _, row, _ in rows],
-                      np.array([v for *_, v in rows], dtype=np.float32).reshape(-1, len(FERPLUS_COLUMNS)))
+        names, votes = read_label_csv(tree, label_file, f"{path}:{label_file}")
+        out[split] = ([f"{folder}/{name}" for name in names], votes)
     if not out:
         raise FerkitError(f"{path}: FER+ layout without any label.csv")
     return out
@@ -121,11 +161,11 @@ def load(path: Path, size: int) -> Dataset:
     splits: dict[str, Split] = {}
     skipped: list[Skipped] = []
     for folder, split, label_file in _label_files(tree):
-        rows = read_label_csv(tree, label_file, f"{path}:{label_file}")
-        labels = majority(np.array([v for *_, v in rows]).reshape(-1, len(FERPLUS_COLUMNS)))
+        listed, all_votes = read_label_csv(tree, label_file, f"{path}:{label_file}")
+        labels = majority(all_votes)
         imgs, kept, soft, names = [], [], [], []
-        for (_rowno, row, votes), label in zip(rows, labels, strict=True):
-            rel = f"{folder}/{row[0]}"
+        for name, votes, label in zip(listed, all_votes, labels, strict=True):
+            rel = f"{folder}/{name}"
             if label < 0:
                 continue  # no majority, or unknown / not-a-face: the paper's protocol leaves it out
             if rel not in files:

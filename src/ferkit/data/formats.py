@@ -126,8 +126,11 @@ def _folder_files(root: Path) -> list[str]:
     whole disk."""
     top = root.resolve()
     out: list[str] = []
-
-    def visit(folder: Path, rel: str, seen: frozenset[Path]) -> None:
+    # A stack, not recursion: folders nested a thousand deep are legal (and a RecursionError was not an answer).
+    # Each entry carries its folder's real path, so only links need resolving.
+    stack: list[tuple[Path, Path, str, frozenset[Path]]] = [(root, top, "", frozenset({top}))]
+    while stack:
+        folder, real_folder, rel, seen = stack.pop()
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as e:
@@ -135,18 +138,16 @@ def _folder_files(root: Path) -> list[str]:
         for e in entries:
             p, name = Path(e.path), f"{rel}{e.name}"
             is_dir, is_file = e.is_dir(), e.is_file()  # both follow links; a broken link is neither
-            if is_dir and e.is_symlink() and not p.resolve().is_relative_to(top):
-                raise FerkitError(f"{p}: a link to the folder {p.resolve()}, outside {root}; links to folders are "
+            real = (p.resolve() if e.is_symlink() else real_folder / e.name) if is_dir else None
+            if real is not None and e.is_symlink() and not real.is_relative_to(top):
+                raise FerkitError(f"{p}: a link to the folder {real}, outside {root}; links to folders are "
                                   "followed only inside the dataset's folder (move or copy the folder in, or give "
                                   "a folder that holds both)")
-            if is_dir:
-                real = p.resolve()
+            if real is not None:
                 if real not in seen:  # a link back to a folder above it would loop
-                    visit(p, name + "/", seen | {real})
+                    stack.append((p, real, name + "/", seen | {real}))
             elif is_file:
                 out.append(name)
-
-    visit(root, "", frozenset({top}))
     return out
 
 

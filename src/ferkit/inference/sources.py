@@ -22,6 +22,7 @@ import numpy as np
 
 from ferkit.errors import FerkitError
 
+MAX_CAMERA = 9999  # OpenCV numbers cameras from 0 (a few hundred up name a backend); 10^20 overflows its int
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
 KINDS = ("image", "video", "camera", "frames", "url", "array", "bytes", "file", "skip")
 
@@ -33,6 +34,14 @@ class Entry:
     name: str | None  # the source shown in results (None for arrays)
     key: str | None = None  # relative path inside a folder or glob (saving, sharding, resuming)
     error: str | None = None
+
+
+def camera_index(source: int | str) -> int:
+    """A camera's number (an int, or a string of ASCII digits) in 0..MAX_CAMERA; FerkitError for anything else."""
+    text = str(source)
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_CAMERA)) or int(text) > MAX_CAMERA:
+        raise FerkitError(f"camera {text[:40]}: no such camera index; cameras are numbered 0..{MAX_CAMERA}")
+    return int(text)
 
 
 def is_url(source: object) -> bool:
@@ -69,7 +78,7 @@ def _expand_one(source: Any, in_list: bool) -> list[Entry]:
     if isinstance(source, bool):
         raise FerkitError(f"source {source!r}: not an image, path, folder, glob, video, camera or URL")
     if isinstance(source, int):
-        return [Entry("camera", source, f"camera {source}")]
+        return [Entry("camera", camera_index(source), f"camera {source}")]
     if not isinstance(source, str | Path):
         from ferkit import images
 
@@ -83,11 +92,15 @@ def _expand_one(source: Any, in_list: bool) -> list[Entry]:
     if is_url(text):
         return [Entry("url", text, text)]
     p = Path(text)
-    if p.is_file() or (os.path.lexists(p) and not p.is_dir()):  # a FIFO or a broken link: images.load says which
+    try:
+        exists = p.is_file() or (os.path.lexists(p) and not p.is_dir())  # a FIFO or a broken link: load says which
+    except OSError as e:  # a name longer than the file system allows, ...
+        raise FerkitError(f"{text}: cannot read ({e.strerror or e})") from None
+    if exists:
         kind = "video" if p.suffix.lower() in VIDEO_SUFFIXES else "image"
         return [Entry(kind, p, text, p.name)]
-    if text.isdigit() and not in_list:
-        return [Entry("camera", int(text), f"camera {text}")]
+    if text.isascii() and text.isdigit() and not in_list:
+        return [Entry("camera", camera_index(text), f"camera {text}")]
     if not p.is_dir() and not any(c in text for c in "*?["):
         raise FerkitError(f"{text}: no such file, folder or camera")
     from ferkit.images import SUFFIXES, find_images

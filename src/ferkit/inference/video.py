@@ -51,13 +51,15 @@ class FrameSource:
 
     def __init__(self, source: str | int, stride: int = 1):
         self.source = source
-        self.is_camera = isinstance(source, int) or str(source).isdigit()
+        self.is_camera = isinstance(source, int) or (str(source).isascii() and str(source).isdigit())
         self.stride = max(1, stride)
         if not self.is_camera and not Path(str(source)).is_file():
             raise FerkitError(f"{source}: no such video file")
         with _quiet_stderr():
             if self.is_camera:
-                self.cap = cv2.VideoCapture(int(source))
+                from ferkit.inference.sources import camera_index
+
+                self.cap = cv2.VideoCapture(camera_index(source))
             else:
                 # FFmpeg first: the catch-all backend also tries to read a broken video as an image sequence.
                 self.cap = cv2.VideoCapture(str(source), cv2.CAP_FFMPEG)

@@ -209,11 +209,11 @@ class Engine:
 def _json_or_none(raw: str | None) -> Any:
     import json
 
-    if not raw:
+    if not raw or len(raw) > 1 << 16:  # a model card's metrics are a few kB; a hostile file's are not parsed
         return None
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

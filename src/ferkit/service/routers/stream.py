@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from ferkit.service.deps import check_key, run
-from ferkit.service.errors import ApiError
+from ferkit.service.errors import ApiError, error_response
 from ferkit.service.limits import check_image_bytes
 
 log = logging.getLogger("ferkit.service")
@@ -35,19 +35,23 @@ async def stream(ws: WebSocket, detect: bool | None = None, tta: bool = False, t
                  window: int | None = None, api_key: str | None = None, detect_size: int | None = None,
                  threshold: float | None = None, max_faces: int | None = None) -> None:
     state, config = ws.app.state, ws.app.state.config
-    # Refused before the handshake completes: the client sees HTTP 403 (a browser's WebSocket only an error).
+    # Each refusal has its own answer. A foreign page and a wrong key are refused before the handshake completes,
+    # as HTTP 403 / 401 with the service's JSON error (a browser's WebSocket sees only an error); a full server
+    # accepts and closes at once with 1013 "try again later", which a page and a script both read with its reason.
     origin = ws.headers.get("origin")
     if origin is not None and not origin_allowed(ws, origin):
         log.info("WebSocket from origin %r refused (not this server, not in cors_origins)", origin[:100])
-        await ws.close(code=1008, reason="origin not allowed")
+        await _refuse(ws, ApiError(403, "forbidden_origin", "this page's origin may not open the stream "
+                                   "(not this server, not in cors_origins)"))
         return
     try:
         check_key(ws, api_key)
     except ApiError as e:
-        await ws.close(code=1008, reason=e.message)
+        await _refuse(ws, e)
         return
     if state.streams >= config.max_streams:
-        await ws.close(code=1013, reason=f"{config.max_streams} streams open (the limit); retry later")
+        await ws.accept()
+        await ws.close(code=1013, reason=f"try again later: {config.max_streams} streams open (the limit)")
         return
     state.streams += 1
     try:
@@ -61,6 +65,17 @@ async def stream(ws: WebSocket, detect: bool | None = None, tta: bool = False, t
         await _serve(ws, detect, tta, top_k, window, detection)
     finally:
         state.streams -= 1
+
+
+async def _refuse(ws: WebSocket, err: ApiError) -> None:
+    """An HTTP answer to the handshake where the server offers the ASGI denial-response extension (uvicorn's
+    websockets implementations, the test client); elsewhere a close before accept, which the server sends as 403."""
+    if "websocket.http.response" in (ws.scope.get("extensions") or {}):
+        answer = error_response(err)
+        answer.headers["x-content-type-options"] = "nosniff"
+        await ws.send_denial_response(answer)
+    else:
+        await ws.close(code=1008, reason=err.message)
 
 
 async def _serve(ws: WebSocket, detect: bool | None, tta: bool, top_k: int | None, window: int | None,
