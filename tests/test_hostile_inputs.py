@@ -256,3 +256,15 @@ def test_tiff_strips_are_counted_from_the_directory() -> None:
     assert images._tiff_strips(io.BytesIO(hostile.png_bytes())) == 0
     d = images.load(hostile.tiff_strips(16, 64))  # a legal TIFF of 64 strips still decodes
     assert d.image.shape[:2] == (64, 16) and np.all(d.image == 0)
+
+
+def test_evaluate_and_compare_escape_names(tmp_path: Path) -> None:
+    """A dataset folder named with escapes and a newline reaches evaluate's tables and compare's output escaped."""
+    from conftest import make_class_folders
+
+    data = make_class_folders(tmp_path / f"d{EVIL}", ["happy", "sad"], per_class=4, splits=("test",))
+    for args in (["evaluate", "default", str(data), "--out", str(tmp_path / "e"), "--saliency", "0"],
+                 ["compare", "default", "fast", "--data", str(data), "--out", str(tmp_path / "c")]):
+        r = runner.invoke(app, args, env={"COLUMNS": "300"})
+        assert r.exit_code == 0, r.output
+        _assert_escaped(r.stdout)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ferkit.cli.common import console, handle_errors, print_json, quiet
+from ferkit.cli.common import console, handle_errors, one_line, print_json, quiet
 from ferkit.cli.data import FORMAT_HELP
 from ferkit.cli.progress import progress_bar
 
@@ -71,18 +71,18 @@ def evaluate_cmd(
     from rich.table import Table
 
     r = ev.metrics
-    table = Table(title=f"{r['model']['name']} on {data} ({split}, {r['data']['n']} images)")
+    table = Table(title=one_line(f"{r['model']['name']} on {data} ({split}, {r['data']['n']} images)"))
     for col in ("metric", "value", "note"):
         table.add_column(col, justify="right" if col == "value" else "left")
     for row in summary_rows(r):
-        table.add_row(*row)
+        table.add_row(*map(one_line, row))
     console.print(table)
     pc = Table(title="Per class")
     for col in ("class", "precision", "recall", "F1", "support"):
         pc.add_column(col, justify="left" if col == "class" else "right")
     rows = per_class_rows(r["metrics"])
     for i, row in enumerate(rows):
-        pc.add_row(*row, end_section=i == len(rows) - 3)  # a rule above the averages
+        pc.add_row(*map(one_line, row), end_section=i == len(rows) - 3)  # a rule above the averages
     console.print(pc)
     if detect:
         ds = Table(title="Per dataset (no face: counted as wrong)")
@@ -90,9 +90,9 @@ def evaluate_cmd(
             ds.add_column(col, justify="left" if col == "dataset" else "right")
         rows = dataset_rows(r)
         for i, row in enumerate(rows):
-            ds.add_row(*row[:7], end_section=i == len(rows) - 3)
+            ds.add_row(*map(one_line, row[:7]), end_section=i == len(rows) - 3)
         console.print(ds)
-    console.print(f"Report: {ev.out / 'report.html'}; every image's prediction: {ev.out / 'predictions.csv'}",
+    console.print(one_line(f"Report: {ev.out / 'report.html'}; every image's prediction: {ev.out / 'predictions.csv'}"),
                   highlight=False)
 
 
@@ -134,11 +134,11 @@ def calibrate_cmd(
             console.print(f"  {part}: ECE {_pct(b['ece'])} -> {_pct(a['ece'])}, NLL {b['nll']:.4f} -> {a['nll']:.4f}",
                           highlight=False)
     if res["copy_of_builtin"]:
-        console.print(f"{model} is a built-in model and stays as shipped: wrote a calibrated copy to "
-                      f"{res['written_to']}; use it with --model {res['written_to']}", highlight=False)
+        console.print(one_line(f"{model} is a built-in model and stays as shipped: wrote a calibrated copy to "
+                               f"{res['written_to']}; use it with --model {res['written_to']}"), highlight=False)
     elif res["written_to"]:
         key = "temperature" if res["tta"] == "none" else "temperatures"
-        console.print(f"Stored in {res['written_to']} (metadata '{key}')", highlight=False)
+        console.print(one_line(f"Stored in {res['written_to']} (metadata '{key}')"), highlight=False)
     else:
         console.print("Not written (--no-write)")
 
@@ -176,6 +176,7 @@ def compare_cmd(
         return
     if quiet():
         return
-    typer.echo(markdown(res))  # plain text: a Markdown table must not be re-wrapped to the terminal width
-    console.print(f"Written: {target / 'compare.md'}, {target / 'compare.json'}", highlight=False)
+    # Plain text: a Markdown table must not be re-wrapped to the terminal width; names in it escaped line by line.
+    typer.echo("\n".join(one_line(line) for line in markdown(res).split("\n")))
+    console.print(one_line(f"Written: {target / 'compare.md'}, {target / 'compare.json'}"), highlight=False)
 

@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
                          + ("; training did not beat it, the run keeps the starting weights)"
                             if not summary["beat_start"] else ")"))
             console.print(f"best {cfg.select_metric} {_pct(cfg.select_metric, summary.get(cfg.select_metric))} at "
-                          f"epoch {summary['best_epoch']}{start}; run folder: {summary['run']}", highlight=False)
+                          f"epoch {summary['best_epoch']}{start}; run folder: {one_line(summary['run'])}", highlight=False)
 
     @app.command()
     @handle_errors
@@ -134,8 +134,9 @@ def register(app: typer.Typer) -> None:
                 best = _tune(space, trials, out, data=data, overrides=overrides, seed=seed, resume=resume,
                              progress=progress, score_run=score_run)
         except Interrupted as e:
-            err_console.print(f"interrupted: {e.finished} of {e.trials} trials finished and recorded in {e.folder}; "
-                              f"continue with the same command and --resume --out {e.folder}", highlight=False,
+            folder = one_line(str(e.folder))
+            err_console.print(f"interrupted: {e.finished} of {e.trials} trials finished and recorded in {folder}; "
+                              f"continue with the same command and --resume --out {folder}", highlight=False,
                               soft_wrap=True)
             raise typer.Exit(130) from None
         if json_out:
@@ -144,7 +145,8 @@ def register(app: typer.Typer) -> None:
             folder = Path(best["folder"])
             params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
             console.print(f"best {best['metric']} {_pct(best['metric'], best['value'])} in trial_{best['trial']:03d} "
-                          f"with {params}; table: {folder / 'trials.csv'}; config: {folder / 'best.toml'}",
+                          f"with {params}; table: {one_line(str(folder / 'trials.csv'))}; config: "
+                          f"{one_line(str(folder / 'best.toml'))}",
                           highlight=False)
 
     @app.command()
@@ -180,7 +182,7 @@ def register(app: typer.Typer) -> None:
         model, info = load_weights(weights)
         export_onnx(model, out, info["classes"], info["input_size"], info["crop"],
                     name=name or export_name(weights.parent), version=version, half=half)
-        console.print(f"wrote {out}", highlight=False)
+        console.print(f"wrote {one_line(str(out))}", highlight=False)
 
     @app.command()
     @handle_errors
@@ -220,6 +222,6 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json(summary)
         else:
-            console.print(f"wrote {out} ({summary['size_bytes'] / 1e6:.1f} MB, from "
+            console.print(f"wrote {one_line(str(out))} ({summary['size_bytes'] / 1e6:.1f} MB, from "
                           f"{summary['source_size_bytes'] / 1e6:.1f} MB); calibrated on "
                           f"{info['calibration_images']} training images ({method})")

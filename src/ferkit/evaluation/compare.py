@@ -128,10 +128,15 @@ def _photo_tables(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cell(text: object) -> str:
+    """A name inside a Markdown line: a newline or carriage return in it would end the line (or fake another)."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n").replace("|", "\\|")
+
+
 def markdown(res: dict[str, Any]) -> str:
     """The comparison as Markdown: metrics per model, then McNemar's test per pair."""
     lines = [
-        f"Data: `{res['data']}`, split {res['split']}, {res['n']} images, TTA {res['tta']}"
+        f"Data: `{_cell(res['data'])}`, split {res['split']}, {res['n']} images, TTA {res['tta']}"
         + (", probabilities restricted to the data's classes." if res.get("restrict") else "."),
         "",
         "| model | accuracy % | 95% CI | macro-F1 % | 95% CI | balanced acc. % | top-2 % | log-loss | ECE % |",
@@ -141,7 +146,7 @@ def markdown(res: dict[str, Any]) -> str:
         a, f = r["accuracy_ci95"], r["macro_f1_ci95"]
         loss = "–" if r["log_loss"] is None else f"{r['log_loss']:.4f}"
         lines.append(
-            f"| {r['model']} | {_p(r['accuracy'])} | {_p(a[0])}–{_p(a[1])} | {_p(r['macro_f1'])} | "
+            f"| {_cell(r['model'])} | {_p(r['accuracy'])} | {_p(a[0])}–{_p(a[1])} | {_p(r['macro_f1'])} | "
             f"{_p(f[0])}–{_p(f[1])} | {_p(r['balanced_accuracy'])} | {_p(r['top2_accuracy'])} | "
             f"{loss} | {_p(r['ece'])} |"
         )
