@@ -265,8 +265,8 @@ def realval_gate(candidate: Path, previous: Path | None, data: str, work: Path, 
     from ferkit.evaluation.core import evaluate
     from ferkit.evaluation.metrics import paired_difference_ci
 
-    if not Path(data).is_file():
-        raise SystemExit(f"{data}: no realval archive; every candidate is checked on real photos before it ships")
+    if not Path(data).exists():
+        raise SystemExit(f"{data}: no real photos (realval.zip); every candidate is checked on them before it ships")
     new = evaluate(str(candidate), data, detect=True, report=False, out=work / "realval-candidate")
     card = {"candidate": realval_figures(new.metrics), "data": Path(data).name,
             "pipeline": new.metrics.get("pipeline", {})}

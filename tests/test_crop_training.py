@@ -187,10 +187,12 @@ def test_ship_script_makes_one_onnx_ensemble_with_its_card(tiny_folders: Path, t
     assets, docs = tmp_path / "assets", tmp_path / "docs"
     docs.mkdir()
     cmd = [sys.executable, str(script), "accurate", *map(str, runs), "--version", "0.1", "--data", str(tiny_folders),
-           "--assets", str(assets), "--docs", str(docs), "--reports", str(tmp_path / "reports")]
+           "--assets", str(assets), "--docs", str(docs), "--reports", str(tmp_path / "reports"),
+           "--realval", str(tiny_folders)]  # photos of the tiny set's classes stand in for realval
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     card = json.loads((assets / "ferkit_accurate.json").read_text())
+    assert 0 <= card["realval"]["candidate"]["mean"]["accuracy"] <= 1 and "previous" not in card["realval"]
     w = [m["weight"] for m in card["members"]]
     assert len(w) == 2 and abs(sum(w) - 1) < 1e-3 and min(w) >= 0
     assert card["tta"] in ("none", "flip", "ten_crop") and card["crop"] == 40
