@@ -190,7 +190,7 @@ def _zip_with(tmp_path: Path, manifest: str, members: dict[str, bytes]) -> Path:
     ("dataset,path,label\na,../x.jpg,happy\n", "row 2: path '../x.jpg' is not a plain relative path"),
     ("dataset,path,label\na,a/happy/x.jpg,happy\na,a/happy/x.jpg,happy\n", "row 3: path 'a/happy/x.jpg' is listed twice"),
     ("dataset,file,label\na,a/happy/x.jpg,happy\n", "missing path"),
-    ("dataset,path,label\na,a/happy/x.jpg,joy\n", "dataset classes joy are not among the model's classes"),
+    ("dataset,path,label\na,a/happy/x.jpg,glee\n", "dataset classes glee are not among the model's classes"),
 ])
 def test_bad_manifest_is_one_line_exit_2(tmp_path, manifest, expect):
     img = cv2.imencode(".jpg", np.zeros((60, 60, 3), np.uint8))[1].tobytes()
