@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ferkit.data.dataset import cache_dir
 from ferkit.errors import FerkitError
 
 
@@ -51,10 +52,6 @@ BACKBONES = {
     "faceres_deep": Backbone("human-models", "models/faceres-deep.json", "global_pooling/Mean",
                              "HSE FaceRes, the float32 variant (its own weights, not faceres's at full precision)"),
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FERKIT_CACHE", Path.home() / ".cache" / "ferkit"))
 
 
 def package_dir(name: str) -> Path:
