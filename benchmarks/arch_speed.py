@@ -11,14 +11,14 @@ faces, centre crop, one ONNX Runtime session per model, the best of --rounds tim
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import cpu_name
 
-from ferkit.inference.model import OnnxClassifier
+from ferkit.inference.onnx_classifier import OnnxClassifier
 from ferkit.models import create_model, list_models
 from ferkit.models.export import export_onnx
 from ferkit.models.quantize import quantize_int8
@@ -53,7 +53,7 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (512, 48, 48), dtype=np.uint8)
-    print(f"# {platform.processor() or platform.machine()}, {args.threads} thread(s), batch {args.batch}, "
+    print(f"# {cpu_name()}, {args.threads} thread(s), batch {args.batch}, "
           f"faces/s in ONNX Runtime")
     print(f"{'model':<10} {'crop':>4} {'params':>10} {'fp32 faces/s':>13} {'int8 faces/s':>13} {'int8/fp32':>10}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,20 +12,19 @@ from __future__ import annotations
 import argparse
 import time
 import zipfile
-from pathlib import Path
 
 import cv2
 import numpy as np
+from _common import FER2013_ZIP
 
 from ferkit.inference import Detection, EmotionRecognizer, aligned_crop
 
-ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fer2013.zip"
 MARGINS = (0.8, 0.9, 1.0, 1.1, 1.2, 1.4)
 SHIFTS = (0.0, 0.05, 0.1)  # crop centre moved down by this fraction of the box height
 
 
 def fer_crops(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
-    with zipfile.ZipFile(ZIP) as z:
+    with zipfile.ZipFile(FER2013_ZIP) as z:
         names = sorted(x for x in z.namelist() if x.startswith("test/") and "PrivateTest_" in x and x.endswith(".jpg"))
         rng = np.random.default_rng(seed)
         pick = rng.choice(len(names), size=min(n, len(names)), replace=False)

@@ -1,6 +1,6 @@
 """Data-parallel training speed: images/s of `ferkit train` on 1 process and under torchrun on N processes.
 
-Each configuration is a real run of the training command (`python -m ferkit.training`, through torchrun for more
+Each configuration is a real run of the training command (`python -m ferkit train`, through torchrun for more
 than one process) on the same data and global batch; the figure is the training loop's own images/s of the last
 epoch in the run's log.jsonl (augmentation, forward, backward, gradient all-reduce, optimiser, EMA; not validation),
 so the first epoch can serve as a warm-up. The data is a synthetic FER2013-style CSV (random 48x48 faces, 7 classes)
@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,14 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import free_port, machine
 
 FER2013_TRAIN = 28_709
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def synthetic_csv(path: Path, train: int, val: int, seed: int = 0) -> Path:
@@ -58,7 +51,7 @@ def run(procs: int, args: argparse.Namespace, data: str, work: Path) -> dict:
     if procs > 1:
         cmd += ["-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={procs}", "--master_addr=127.0.0.1",
                 f"--master_port={free_port()}"]
-    cmd += ["-m", "ferkit.training", "--json", *(a for s in sets for a in ("-s", s))]
+    cmd += ["-m", "ferkit", "train", "--json", *(a for s in sets for a in ("-s", s))]
     env = os.environ | {"FERKIT_CACHE": str(work / "cache")}
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -94,18 +87,17 @@ def main() -> None:
         results = [run(p, args, data, work) for p in procs]
     load1 = os.getloadavg()[0]
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" and torch.cuda.is_available() else None
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-               + (f", {gpu}" if gpu else "") + f", torch {torch.__version__}")
+    system = machine() + (f", {gpu}" if gpu else "") + f", torch {torch.__version__}"
     base = results[0]["images_per_s"]
     for r in results:
         r["vs_first"] = r["images_per_s"] / base
-    report = {"machine": machine, "device": args.device, "model": args.model, "global_batch": args.batch,
+    report = {"machine": system, "device": args.device, "model": args.model, "global_batch": args.batch,
               "data": args.data or f"synthetic, {args.images} training images", "epochs": args.epochs,
               "load_average": [round(load0, 2), round(load1, 2)], "results": results}
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"# {machine}; {args.model}, global batch {args.batch}, precision {args.precision}, {report['data']}, "
+    print(f"# {system}; {args.model}, global batch {args.batch}, precision {args.precision}, {report['data']}, "
           f"last of {args.epochs} epochs; 1-min load average {load0:.1f} before, {load1:.1f} after")
     first = f"{procs[0]} process{'es' if procs[0] > 1 else ''}"
     print(f"| processes | threads each | batch each | images/s | vs {first} | FER2013 epoch | whole run incl. start-up |")

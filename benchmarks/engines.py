@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,8 @@ import time
 import zipfile
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+from _common import DATASETS, FER2013_ZIP, REALVAL_ZIP, cpu_name
+
 ENGINES = ("command", "command1", "library", "ray1", "ray2", "spark1", "spark2")
 SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -37,9 +37,9 @@ SUFFIXES = (".jpg", ".jpeg", ".png")
 def extract(data: Path | None, images: int, folder: Path) -> str:
     """`images` photos from a zip or folder into `folder`; which ones, in words."""
     if data is None:
-        data = next((p for p in (SHARED / "realval.zip", SHARED / "fer2013.zip") if p.is_file()), None)
+        data = next((p for p in (REALVAL_ZIP, FER2013_ZIP) if p.is_file()), None)
         if data is None:
-            raise SystemExit(f"no dataset in {SHARED}; give --data (a zip or a folder of photos)")
+            raise SystemExit(f"no dataset in {DATASETS}; give --data (a zip or a folder of photos)")
     if data.is_dir():
         names = sorted(p for p in data.rglob("*") if p.suffix.lower() in SUFFIXES)[:images]
         for i, p in enumerate(names):
@@ -145,7 +145,7 @@ def main() -> None:
         folder = Path(tmp) / "photos"
         folder.mkdir()
         what = extract(args.data, args.images, folder)
-        print(f"{what}; {os.cpu_count()} cores, {platform.processor() or platform.machine()}", file=sys.stderr)
+        print(f"{what}; {os.cpu_count()} cores, {cpu_name()}", file=sys.stderr)
         for engine in engines:
             out = Path(tmp) / engine
             out.mkdir()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -25,24 +24,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from _common import FER2013_ZIP, astronaut_face, cpu_name
 
 from ferkit.inference import EmotionRecognizer, FaceTracker
 from ferkit.inference.tracking import iou
 from ferkit.inference.video import FrameSource, VideoPipeline
 
-ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fer2013.zip"
-
-
-def astronaut_face() -> np.ndarray:
-    from skimage import data
-
-    img = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-    return img[20:260, 120:330]  # face with hair and collar
-
 
 def crops48(n: int) -> np.ndarray:
-    if ZIP.is_file():
-        with zipfile.ZipFile(ZIP) as z:
+    if FER2013_ZIP.is_file():
+        with zipfile.ZipFile(FER2013_ZIP) as z:
             names = sorted(x for x in z.namelist() if x.startswith("test/") and x.endswith(".jpg"))[:n]
             return np.stack([cv2.imdecode(np.frombuffer(z.read(x), np.uint8), cv2.IMREAD_GRAYSCALE) for x in names])
     face = cv2.cvtColor(astronaut_face()[40:200, 30:180], cv2.COLOR_BGR2GRAY)
@@ -136,7 +127,7 @@ def main() -> None:
 
     threads = os.environ.get("FERKIT_THREADS") or "ONNX Runtime default (one per core)"
     rec = EmotionRecognizer(args.model, detect_size=args.detect_size, detector=args.detector)
-    out: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    out: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} cores",
                  "model": rec.model_names[0], "detector": rec.detector_name, "detect_size": args.detect_size,
                  "ort_threads": threads}
     with tempfile.TemporaryDirectory() as tmp:

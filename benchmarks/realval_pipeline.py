@@ -17,21 +17,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import platform
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
+from _common import REALVAL_ZIP, cpu_name
 
 from ferkit.data.photos import read_photos
 from ferkit.evaluation.metrics import mean_over_groups_ci, paired_difference_ci
 from ferkit.images import decode_image
 from ferkit.inference import Detection, EmotionRecognizer, aligned_crop
 from ferkit.inference.recognizer import DEFAULT_MARGIN
-
-ROOT = Path(__file__).resolve().parents[1]
-REALVAL = ROOT.parent / "shared" / "datasets" / "realval.zip"
 
 
 def normalise(crop: np.ndarray, how: str) -> np.ndarray:
@@ -52,7 +48,7 @@ def moved(det: Detection, shift: float, align: bool) -> Detection:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(REALVAL))
+    ap.add_argument("--data", default=str(REALVAL_ZIP))
     ap.add_argument("--models", default="default", help="comma-separated: built-in names or ONNX files")
     ap.add_argument("--margins", default="0.9,1.0,1.1,1.2,1.3")
     ap.add_argument("--shifts", default="0,0.05,0.1", help="crop centre moved down by this share of the box height")
@@ -82,7 +78,7 @@ def main() -> None:
         for img, whole in zip(images, as_is, strict=True):
             found = [] if img is None or whole else first.detect(img, detect_size=size)
             dets[size].append(max(found, key=lambda d: d.box[2] * d.box[3], default=None))
-    print(f"# {platform.processor() or platform.machine()}, {len(ps.photos)} photos of {len(names)} datasets, "
+    print(f"# {cpu_name()}, {len(ps.photos)} photos of {len(names)} datasets, "
           f"decoded and detected in {time.time() - t0:.0f} s")
     for size, ds in dets.items():
         print(f"# detect size {size}: no face in {sum(d is None for d, w in zip(ds, as_is, strict=True) if not w)} "

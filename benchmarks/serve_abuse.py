@@ -23,7 +23,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import resource
 import socket
 import subprocess
@@ -34,21 +33,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _common import free_port, machine, status_kb
 
 SCENARIOS = ("slow-uploads", "many-uploads", "many-connections")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return -1
 
 
 def reset_peak(pid: int) -> bool:
@@ -271,7 +258,7 @@ def main() -> int:
             server.kill()
         Path(log.name).unlink(missing_ok=True)
     report = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine(),
         "server": {"nofile": args.nofile, "workers": config["workers"], "queue": config["queue"],
                    "max_upload_mb": config["max_upload_mb"], "idle_rss_mb": round(idle_rss, 1)},
         "scenarios": results,

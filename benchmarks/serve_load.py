@@ -20,38 +20,21 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import cv2
 import httpx
 import numpy as np
+from _common import astronaut, free_port, machine, rss_mb
 
 MODES = ("off", "on")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def face_jpeg(crop: bool = False) -> bytes:
-    from skimage import data
-
-    img = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    img = astronaut()
     if crop:  # the astronaut's face, square, as a detector would cut it
         img = img[50:170, 163:283]
     return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
@@ -234,7 +217,7 @@ def main() -> int:
 
     results = [run_model(model, args, body, url_path, levels) for model in args.model or ["default"]]
     report = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine(),
         "image": "astronaut face crop 120x120 JPEG, detect=false" if args.crops
         else "skimage astronaut 512x512 JPEG q90, one face",
         "seconds_per_level": args.seconds,

@@ -20,16 +20,13 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import face_jpeg, free_port, level, rss_mb  # noqa: E402
+from _common import free_port, machine, rss_mb
+from serve_load import face_jpeg, level
 
 
 def start(replicas: int, workers: int, args: argparse.Namespace) -> list[tuple[subprocess.Popen, str]]:
@@ -123,7 +120,7 @@ def main() -> int:
     results = [measure(n, args, body) for n in counts]
     load1 = os.getloadavg()[0]
     report = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine(),
         "image": "astronaut face crop 120x120 JPEG, detect=false" if args.crops
         else "skimage astronaut 512x512 JPEG q90, one face",
         "seconds": args.seconds,

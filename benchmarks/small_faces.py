@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import cv2
 import numpy as np
+from _common import astronaut, machine
 
 WIDTHS = (20, 28, 40, 56, 80, 112, 160, 240, 350, 500)
 CANVASES = ((1024, 1024), (2048, 1536))
@@ -30,9 +30,7 @@ CANVASES = ((1024, 1024), (2048, 1536))
 
 def face_patch(det) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """The astronaut's head with some margin, and the face box inside the patch (from the detector at full size)."""
-    from skimage import data
-
-    photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    photo = astronaut()
     x, y, w, h = det.detect(photo, detect_size=0)[0].box
     m = 0.6 * max(w, h)
     x0, y0 = int(max(0, x - m)), int(max(0, y - m))
@@ -89,7 +87,7 @@ def main() -> None:
     methods = {"before": ({"adaptive": False}, None), "full": ({"detect_size": 0}, None)}
     for f in args.factors:
         methods[f"after x{f}"] = ({"adaptive": True}, f)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
+    print(f"machine: {machine()}, load "
           f"{os.getloadavg()[0]:.1f}; detector {rec.detector_name}; {len(photos)} photos "
           f"({', '.join(f'{w}x{h}' for w, h in CANVASES)}), {sum(len(t) for _, t in photos)} faces")
     found: dict[str, dict[int, list[bool]]] = {m: {w: [] for w in WIDTHS} for m in methods}

@@ -23,13 +23,12 @@ the clip explains (flicker).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+from _common import FER2013_ZIP, machine
 
 EXPRESSIONS = ("happy", "surprise", "sad", "angry", "fear")
 LENGTHS = (0.3, 0.5, 0.8, 1.5)
@@ -106,7 +105,7 @@ def score(labels: list[str], truth: list[str], fps: float) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=8, help="clips per expression and length")
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/datasets/fer2013.zip")
+    ap.add_argument("--data", type=Path, default=FER2013_ZIP)
     ap.add_argument("--model", default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -122,7 +121,7 @@ def main() -> None:
             for _ in range(args.clips):
                 frames, truth = make_clip(faces, expression, length, rng)
                 runs.append((length, rec.predict_proba(frames), truth))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; model "
+    print(f"machine: {machine()}; model "
           f"{rec.model_names[0]}; {len(runs)} clips, {sum(len(t) for *_, t in runs):,} frames at {FPS} fps; "
           f"faces read as their label (p >= 0.5) on the still image: "
           f"{', '.join(f'{c} {len(v)}' for c, v in faces.items())}")

@@ -13,11 +13,11 @@ and is not counted.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
 import torch.nn.functional as F
+from _common import cpu_name
 
 from ferkit.models import create_model, list_models
 from ferkit.training.augment import AugmentConfig, augment
@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
+    print(f"# {cpu_name()}, torch {torch.__version__}, {args.threads} threads, "
           f"batch {args.batch}, native bf16: {native}")
     print(f"{'model':<12} {'crop':>4} {'frozen':>6} {'params':>9} {'fp32 img/s':>11} {'bf16 img/s':>11} {'fp32 epoch':>11} "
           f"{'bf16 epoch':>11}")

@@ -11,27 +11,25 @@ loop as detection and classification).
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+from _common import astronaut, machine
 
 
 def main() -> None:
-    from skimage import data
-
     from ferkit.inference.video import VIDEO_CODECS, _quiet_stderr
 
-    face = cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (300, 300))
+    face = cv2.resize(astronaut(), (300, 300))
     frames = []
     for t in range(60):
         f = np.full((480, 640, 3), 200, np.uint8)
         f[40:340, 20 + 3 * t : 320 + 3 * t] = face
         frames.append(f)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
+    print(f"machine: {machine()}, load "
           f"{os.getloadavg()[0]:.1f}; OpenCV {cv2.__version__}")
     print(f"{'codec':6} {'file':6} {'opens':6} {'ms/frame':>9} {'bytes':>9}")
     with tempfile.TemporaryDirectory() as d:

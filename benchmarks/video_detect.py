@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,13 +38,13 @@ from typing import Any
 
 import cv2
 import numpy as np
+from _common import FER2013_ZIP, astronaut, cpu_name
 
 from ferkit.inference import Detection, EmotionRecognizer, FaceTracker, available_detectors, create_detector
 from ferkit.inference.tracking import iou
 from ferkit.inference.video import FrameSource, VideoPipeline
 
 CLIPS = ("one", "five", "cuts", "expr")
-ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fer2013.zip"
 
 
 # -- the clips ---------------------------------------------------------------------------------------------------
@@ -53,7 +52,7 @@ def _photos() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]
     """The astronaut (BGR), the background, and her face box in the photo (the default detector, full size)."""
     from skimage import data
 
-    astro = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    astro = astronaut()
     bg = cv2.resize(cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), (640, 480), interpolation=cv2.INTER_AREA)
     face = create_detector("auto", detect_size=0).detect(astro)[0].box
     return astro, bg, face
@@ -76,7 +75,7 @@ def _fer_faces(n: int) -> np.ndarray:
     """n FER2013 Training faces (a fixed random sample), each upscaled to 144 px with a 36 px reflected border."""
     from ferkit.data import load_dataset
 
-    train = load_dataset(ZIP)["train"]
+    train = load_dataset(FER2013_ZIP)["train"]
     idx = np.random.default_rng(1).choice(len(train), n, replace=False)
     return np.stack([cv2.cvtColor(cv2.copyMakeBorder(cv2.resize(train.images[i], (144, 144),
                                                                  interpolation=cv2.INTER_CUBIC),
@@ -247,11 +246,11 @@ def main() -> None:
     for c in clips:
         if c not in CLIPS:
             raise SystemExit(f"error: --clips {c}: unknown; choose from {', '.join(CLIPS)}")
-    if "expr" in clips and not ZIP.is_file():
-        print(f"note: {ZIP} not found; the expr clip is left out")
+    if "expr" in clips and not FER2013_ZIP.is_file():
+        print(f"note: {FER2013_ZIP} not found; the expr clip is left out")
         clips.remove("expr")
 
-    out: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+    out: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, load average "
                             f"{os.getloadavg()[0]:.2f}",
                  "threads": args.threads or "library default", "frames": args.frames, "baseline":
                  f"{installed[0]} at detect size 640, every frame", "rows": []}

@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--tta", default="none,flip,ten_crop", help="TTA modes to measure (ten_crop needs a crop model)")
     args = ap.parse_args()
     from ferkit.data import load_dataset
-    from ferkit.evaluation.predictors import load_ensemble
+    from ferkit.evaluation.predictors import load_ensemble, predict
 
     val = load_dataset(args.data)["val"]
     modes = args.tta.split(",")
@@ -48,7 +48,7 @@ def main() -> None:
             if t == "ten_crop" and ens.members[0].crop >= ens.input_size:
                 accs.append("n/a")
                 continue
-            pred = ens.predict(val.images, tta=t)[1].argmax(1)
+            pred = predict(ens, val.images, t)[1].argmax(1)
             accs.append(f"{100 * (pred == val.labels).mean():.2f}%")
             recall = ", ".join(f"{100 * (pred[val.labels == k] == k).mean():.1f}%"
                                for k in (ens.classes.index(c) for c in HARD))

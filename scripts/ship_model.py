@@ -51,11 +51,11 @@ def member_val_probs(run: Path, data: str) -> tuple[np.ndarray, np.ndarray]:
     f = run / "val_probs.npz"
     if not f.is_file():
         from ferkit.data import load_dataset
-        from ferkit.evaluation.predictors import load_ensemble
+        from ferkit.evaluation.predictors import load_ensemble, predict
 
         ens = load_ensemble(str(run / "best.safetensors"))
         val = load_dataset(data)["val"]
-        np.savez(f, probs=ens.predict(val.images, tta="ten_crop")[1], labels=val.labels,
+        np.savez(f, probs=predict(ens, val.images, "ten_crop")[1], labels=val.labels,
                  classes=np.array(ens.classes))
     z = np.load(f)
     return z["probs"].astype(np.float64), z["labels"]
@@ -103,7 +103,7 @@ def crops_per_s(model: Path, crops: np.ndarray, threads: int, batch: int = 64, s
     the card names: the figure benchmarks/peers.py measures, here for the card (meaningful on an idle machine)."""
     import time
 
-    from ferkit.inference.model import OnnxClassifier
+    from ferkit.inference.onnx_classifier import OnnxClassifier
 
     m = OnnxClassifier(model, threads=threads)
     out = {}
@@ -166,7 +166,7 @@ def main() -> None:
 
     from ferkit.evaluation.core import calibrate, evaluate, temperature_metadata
     from ferkit.evaluation.metrics import fit_temperature
-    from ferkit.models.export import export_onnx, load_ensemble, load_weights, set_onnx_metadata
+    from ferkit.models.export import ensemble_graph, export_onnx, load_weights, set_onnx_metadata
     from ferkit.runs import read_log as read_training_log
     from ferkit.utils import atomic_write
 
@@ -189,7 +189,7 @@ def main() -> None:
         weights = choose_weights(list(probs), labels[0])
         for m, p, w in zip(members, probs, weights, strict=True):
             m["weight"], m["val_accuracy_ten_crop"] = w, float((p.argmax(1) == labels[0]).mean())
-        model, info = load_ensemble([r / "best.safetensors" for r in args.runs], weights)
+        model, info = ensemble_graph([r / "best.safetensors" for r in args.runs], weights)
     else:
         model, info = load_weights(args.runs[0] / "best.safetensors")
     export_onnx(model, candidate, info["classes"], info["input_size"], info["crop"], name=f"ferkit-{args.name}",

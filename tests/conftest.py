@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny datasets written by the tests themselves, and the location of the real archives."""
+"""Shared fixtures: tiny datasets written by the tests themselves, the location of the real archives, the astronaut
+photo, and the shipped model's recognizer. Plain functions the tests call themselves are in helpers.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import astronaut_bgr
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -42,8 +44,20 @@ def tiny_folders(tmp_path: Path) -> Path:
 def recognizer():
     """The shipped default model, one thread (the service tests' recognizer)."""
     from ferkit.inference import EmotionRecognizer
-    from ferkit.inference.model import default_model_path
+    from ferkit.inference.onnx_classifier import default_model_path
 
     if not default_model_path().is_file():
         pytest.skip("no shipped model at src/ferkit/assets/ferkit_default.onnx")
     return EmotionRecognizer(threads=1)
+
+
+@pytest.fixture(scope="module")
+def rec(recognizer):
+    """`recognizer` under the short name the inference, integration and hostile-input tests use."""
+    return recognizer
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    """scikit-image's astronaut photo, BGR: one per test module."""
+    return astronaut_bgr()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from helpers import BENCHMARKS
 
 
 def test_arch_speed_prints_a_row_per_model_and_crop() -> None:
-    cmd = [sys.executable, str(BENCH / "arch_speed.py"), "--models", "vgg_xs", "--crops", "48,40", "--seconds", "0.05",
-           "--rounds", "1", "--batch", "16"]
+    cmd = [sys.executable, str(BENCHMARKS / "arch_speed.py"), "--models", "vgg_xs", "--crops", "48,40",
+           "--seconds", "0.05", "--rounds", "1", "--batch", "16"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("vgg_xs")]

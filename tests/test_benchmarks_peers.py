@@ -9,7 +9,6 @@ table adds up.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,25 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SHARED
+from helpers import BENCHMARKS, astronaut_bgr, load_benchmark
 
 from ferkit.inference import EmotionRecognizer, available_detectors
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-PEER_PYTHON = BENCH / ".peer-venv" / "bin" / "python"
-
-
-def load_peers():
-    spec = importlib.util.spec_from_file_location("peers", BENCH / "peers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+PEER_PYTHON = BENCHMARKS / ".peer-venv" / "bin" / "python"
 
 
 @pytest.mark.skipif(not available_detectors(), reason="no face detector installed")
 @pytest.mark.parametrize("faces", [1, 3])
 def test_frames_hold_the_faces_they_claim(faces: int) -> None:
     pytest.importorskip("skimage")
-    frames = load_peers().build_frames(4, faces)
+    frames = load_benchmark("peers").build_frames(4, faces)
     assert frames.shape == (4, 480, 640, 3)
     rec = EmotionRecognizer()
     assert [len(rec.predict(f).faces) for f in frames] == [faces] * 4
@@ -46,8 +38,8 @@ def test_frames_hold_the_faces_they_claim(faces: int) -> None:
 @pytest.mark.skipif(not PEER_PYTHON.is_file(), reason="no fer venv (bash benchmarks/peer_env.sh)")
 @pytest.mark.skipif(not (SHARED / "fer2013.zip").is_file(), reason="FER2013 archive not available")
 def test_peers_runs_both_sides_and_the_ratios_add_up() -> None:
-    r = subprocess.run([sys.executable, str(BENCH / "peers.py"), "--peer", "fer", "--crops", "200", "--frames", "2",
-                        "--seconds", "0.01", "--rounds", "1", "--json"], capture_output=True, text=True, timeout=900)
+    r = subprocess.run([sys.executable, str(BENCHMARKS / "peers.py"), "--peer", "fer", "--crops", "200", "--frames",
+                        "2", "--seconds", "0.01", "--rounds", "1", "--json"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     fer, (ours,) = out["fer"], out["ferkit"]
@@ -69,7 +61,7 @@ FACEAPI_LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgusted", "s
 def test_faceapi_labels_map_one_to_one_onto_fer2013() -> None:
     from ferkit.data import FER2013_CLASSES
 
-    peers = load_peers()
+    peers = load_benchmark("peers")
     assert sorted(peers.FACEAPI_TO_FER2013) == sorted(FACEAPI_LABELS)
     assert sorted(peers.FACEAPI_TO_FER2013.values()) == sorted(FER2013_CLASSES)
     assert peers.FACEAPI_TO_FER2013["fearful"] == "fear" and peers.FACEAPI_TO_FER2013["disgusted"] == "disgust"
@@ -82,7 +74,7 @@ def test_faceapi_labels_map_one_to_one_onto_fer2013() -> None:
 
 
 def test_largest_face_and_photo_scores() -> None:
-    peers = load_peers()
+    peers = load_benchmark("peers")
     assert peers.largest([]) is None
     assert peers.largest([(0, 0, 10, 10), (5, 5, 20, 5), (1, 1, 10, 10)]) == 0
     assert peers.largest([(0, 0, 10, 10), (5, 5, 20, 20)]) == 1
@@ -102,9 +94,8 @@ def test_largest_face_and_photo_scores() -> None:
 def make_photo_set(root: Path) -> Path:
     """A realval-style folder: manifest.csv + photos (the astronaut, happy, twice; a blank wall, labelled sad)."""
     import cv2
-    from skimage import data
 
-    astro = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    astro = astronaut_bgr()
     rows = ["dataset,path,label,identity,rated_agrees,sha1"]
     for name, img, ds, label in (("a1.jpg", astro, "one", "happy"), ("a2.png", cv2.resize(astro, (256, 256)), "two",
                                  "happy"), ("wall.png", np.full((200, 240), 128, np.uint8), "two", "sad")):
@@ -117,7 +108,7 @@ def make_photo_set(root: Path) -> Path:
 
 def test_load_photos_reads_a_manifest_and_samples_by_stratum(tmp_path: Path) -> None:
     pytest.importorskip("skimage")
-    peers = load_peers()
+    peers = load_benchmark("peers")
     root = make_photo_set(tmp_path / "photos")
     photos = peers.load_photos(root)
     assert [(p["dataset"], p["label"], p["image"].ndim) for p in photos] == [("one", "happy", 3), ("two", "happy", 3),
@@ -145,8 +136,8 @@ def faceapi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm are not installed")
     root = tmp_path_factory.mktemp("npm") / "ferkit-faceapi-peer"
-    r = subprocess.run(["bash", str(BENCH / "peer_env.sh"), "--faceapi", str(root)], capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run(["bash", str(BENCHMARKS / "peer_env.sh"), "--faceapi", str(root)], capture_output=True,
+                       text=True, timeout=900)
     if r.returncode != 0:
         pytest.skip(f"npm could not install face-api: {r.stderr.strip()[-300:]}")
     return root
@@ -160,7 +151,7 @@ def test_faceapi_worker_classifies_and_detects(faceapi_root: Path) -> None:
 
     from ferkit.data import FER2013_CLASSES
 
-    peers = load_peers()
+    peers = load_benchmark("peers")
     w = peers.FaceApiWorker(faceapi_root)
     try:
         # The package's own label list is the one the mapping expects.
@@ -197,7 +188,7 @@ def test_faceapi_worker_classifies_and_detects(faceapi_root: Path) -> None:
 def test_peers_runs_faceapi_with_photos(faceapi_root: Path, tmp_path: Path) -> None:
     pytest.importorskip("skimage")
     photos = make_photo_set(tmp_path / "photos")
-    r = subprocess.run([sys.executable, str(BENCH / "peers.py"), "--peer", "faceapi", "--faceapi-root",
+    r = subprocess.run([sys.executable, str(BENCHMARKS / "peers.py"), "--peer", "faceapi", "--faceapi-root",
                         str(faceapi_root), "--crops", "20", "--frames", "1", "--seconds", "0.01", "--rounds", "1",
                         "--data", str(photos), "--json"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]

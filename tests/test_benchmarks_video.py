@@ -3,26 +3,16 @@ by each face's velocity, and a tiny run prints a row per option (its speed figur
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import BENCHMARKS, load_benchmark
 
 from ferkit.inference import Detection, available_detectors
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 pytestmark = pytest.mark.skipif(not available_detectors(), reason="no face detector installed")
-
-
-def load_video_detect():
-    spec = importlib.util.spec_from_file_location("video_detect", BENCH / "video_detect.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["video_detect"] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
 
 
 class FakeRecognizer:
@@ -38,7 +28,7 @@ class FakeRecognizer:
 
 
 def test_motion_moves_boxes_between_detections_by_velocity() -> None:
-    vd = load_video_detect()
+    vd = load_benchmark("video_detect")
     fake = FakeRecognizer()
     m = vd.MotionDetect(fake, every=3)
     boxes = [m.detect(None)[0] for _ in range(7)]
@@ -51,8 +41,8 @@ def test_motion_moves_boxes_between_detections_by_velocity() -> None:
 
 def test_tiny_run_has_a_row_per_option_and_the_baseline_finds_the_drawn_faces() -> None:
     pytest.importorskip("skimage")
-    r = subprocess.run([sys.executable, str(BENCH / "video_detect.py"), "--frames", "9", "--clips", "one,five",
-                        "--sizes", "320", "--every", "3", "--detectors", "auto", "--json"],
+    r = subprocess.run([sys.executable, str(BENCHMARKS / "video_detect.py"), "--frames", "9", "--clips",
+                        "one,five", "--sizes", "320", "--every", "3", "--detectors", "auto", "--json"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(r.stdout)["rows"]

@@ -53,7 +53,7 @@ def test_random_crops_cover_every_window_position() -> None:
 @pytest.mark.slow
 def test_crop_run_exports_its_contract_and_every_consumer_follows_it(tiny_folders: Path, tmp_path: Path) -> None:
     from ferkit.evaluation.predictors import load_ensemble
-    from ferkit.inference.model import OnnxClassifier
+    from ferkit.inference.onnx_classifier import OnnxClassifier
     from ferkit.models.export import read_weights
 
     out = tmp_path / "run"
@@ -70,7 +70,7 @@ def test_crop_run_exports_its_contract_and_every_consumer_follows_it(tiny_folder
     # Evaluation (ONNX and safetensors) sees exactly what inference sees.
     for spec in (out / "model.onnx", out / "best.safetensors"):
         for tta, ref in (("none", plain), ("ten_crop", ten)):
-            np.testing.assert_allclose(load_ensemble(str(spec)).proba(faces, tta), ref, atol=1e-4)
+            np.testing.assert_allclose(load_ensemble(str(spec)).predict_proba(faces, tta=tta), ref, atol=1e-4)
     with pytest.raises(FerkitError, match="crop: 50"):
         Trainer(small_cfg(tiny_folders, tmp_path / "big", "crop=50"))
 
@@ -176,7 +176,7 @@ def test_ship_script_makes_one_onnx_ensemble_with_its_card(tiny_folders: Path, t
     import subprocess
     import sys
 
-    from ferkit.inference.model import OnnxClassifier
+    from ferkit.inference.onnx_classifier import OnnxClassifier
     from ferkit.views import tta_views
 
     runs = []

@@ -16,8 +16,8 @@ from ferkit.data import FER2013_CLASSES, FERPLUS_CLASSES, load_dataset, select_c
 from ferkit.data.ferplus import majority as ferplus_majority
 from ferkit.data.ferplus import vote_table as ferplus_vote_table
 from ferkit.data.formats import detect_format
-from ferkit.data.preprocess import decode_image, read_image
 from ferkit.errors import FerkitError
+from ferkit.images import decode_image, read_image
 
 
 @pytest.fixture(autouse=True)

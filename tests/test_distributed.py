@@ -4,7 +4,7 @@
    a 1-process checkpoint resumes on 2 processes, whose replicas end with identical weights and EMA, each having
    learned from its own share of the same permutation a single process would have used, and only rank 0 wrote the
    run folder; and a 2-process run interrupted and resumed on 2 ends bit-identical to an uninterrupted one.
-2. `torchrun -m ferkit.training` on 2 processes matches a 1-process run with the same global batch, and the loss
+2. `torchrun -m ferkit train` on 2 processes matches a 1-process run with the same global batch, and the loss
    decreases. These runs train only the output layer of the shipped model (freeze = true), so BatchNorm uses its
    stored statistics; with augmentation, dropout and EMA off, the 2 shares of a batch then give the gradient of the
    whole batch and the only difference is float rounding. (BatchNorm in training mode normalises each share by its
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ if not (dist.is_available() and dist.is_gloo_available()):
     pytest.skip("this PyTorch build has no torch.distributed with Gloo", allow_module_level=True)
 
 from conftest import make_class_folders  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 from ferkit.training import Trainer, load_config  # noqa: E402
 
@@ -87,12 +87,6 @@ os._exit(0)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")  # Gloo on the loopback interface
@@ -122,7 +116,7 @@ def test_two_processes_keep_identical_replicas_and_resume(data: Path, tmp_path: 
     one.cfg.epochs = 1  # stop after the first epoch, as an interruption would
     one.fit()
     order = one._order()  # the second epoch's permutation, as one process would draw it
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     (tmp_path / "worker.py").write_text(WORKER)
     for rank in range(2):
@@ -169,7 +163,7 @@ def test_torchrun_on_two_processes_matches_one_with_the_same_global_batch(data: 
     one.fit()
     # The module entry point torchrun launches: the same command as `ferkit train`.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "ferkit.training",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "ferkit", "train",
            "--data", str(data), "--out", str(out), "--json", *(a for s in COMPARE for a in ("-s", s))]
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import astronaut_bgr
 from typer.testing import CliRunner
 
 from ferkit.cli import app
@@ -19,16 +20,10 @@ from ferkit.cli import app
 pytest.importorskip("skimage")
 
 
-def _astronaut() -> np.ndarray:
-    from skimage import data
-
-    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-
-
 def _photos() -> dict[str, tuple[str, str, bytes]]:
     """name -> (dataset, label, encoded image). Labels are the tests' own: what matters is the same answer as
     predict's, whatever the model says."""
-    astro = _astronaut()
+    astro = astronaut_bgr()
     blank = np.full((200, 260, 3), 128, np.uint8)  # nothing a detector calls a face
     # Two faces: the astronaut, and a small copy of her in the corner; the evaluation scores the larger one.
     two = astro.copy()

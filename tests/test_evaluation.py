@@ -119,7 +119,7 @@ def test_evaluate_tta_and_val_split(env, tmp_path):
 
 
 def test_calibrate_stores_temperature_and_evaluate_reports_both_eces(env, tmp_path):
-    from ferkit.inference.model import OnnxClassifier
+    from ferkit.inference.onnx_classifier import OnnxClassifier
 
     copy = tmp_path / "cal.onnx"
     r = _run("calibrate", env["onnx"], env["data"], "--out", copy, "--json")
@@ -138,7 +138,7 @@ def test_calibrate_stores_temperature_and_evaluate_reports_both_eces(env, tmp_pa
 
 
 def test_calibrate_with_tta_stores_a_temperature_for_that_mode_only(env, tmp_path):
-    from ferkit.inference.model import OnnxClassifier
+    from ferkit.inference.onnx_classifier import OnnxClassifier
     from ferkit.models.export import set_onnx_metadata
     from ferkit.views import apply_temperature
 
@@ -236,7 +236,7 @@ def test_calibrate_never_changes_a_builtin_model(env, tmp_path, monkeypatch):
     """`ferkit calibrate default DATA` writes a new file in the current folder and says where (issue 13.1)."""
     import hashlib
 
-    from ferkit.inference.model import OnnxClassifier, default_model_path
+    from ferkit.inference.onnx_classifier import OnnxClassifier, default_model_path
 
     shipped = default_model_path()
     before = shipped.read_bytes()

@@ -21,8 +21,8 @@ from ferkit.evaluation.metrics import (
     reliability,
     vote_agreement,
 )
-from ferkit.evaluation.predictors import parse_model_specs
 from ferkit.evaluation.saliency import occlusion_map
+from ferkit.inference.resolve import resolve_models
 from ferkit.views import apply_temperature, cut, tta_mode, tta_views
 
 CLASSES = ["a", "b", "c"]
@@ -169,7 +169,7 @@ def test_tta_views_and_crops():
     assert tta_mode(True) == "flip" and tta_mode(False) == "none"
     with pytest.raises(FerkitError, match="tta 'rotate'"):
         tta_mode("rotate")
-    assert parse_model_specs(["a,b", "c"]) == ["a", "b", "c"]
+    assert [r.spec for r in resolve_models(["default,fast", "accurate"])] == ["default", "fast", "accurate"]
 
 
 def test_crop_views_are_the_windows_training_cuts():

@@ -45,22 +45,10 @@ def cli_error(args: list[str], expect: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def face_jpg(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from skimage import data
-
+def face_jpg(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> Path:
     p = tmp_path_factory.mktemp("face") / "astronaut.jpg"
-    cv2.imwrite(str(p), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(p), astronaut)
     return p
-
-
-@pytest.fixture(scope="module")
-def rec():
-    from ferkit.inference import EmotionRecognizer
-    from ferkit.inference.model import default_model_path
-
-    if not default_model_path().is_file():
-        pytest.skip("no shipped model")
-    return EmotionRecognizer(threads=1)
 
 
 IMAGE_KINDS = hostile.of("image")

@@ -40,10 +40,8 @@ def _error_line(r) -> str:
 
 
 @pytest.fixture(scope="module")
-def face_png(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from skimage import data
-
-    return cv2.imencode(".png", cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))[1].tobytes()
+def face_png(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> bytes:
+    return cv2.imencode(".png", astronaut)[1].tobytes()
 
 
 # -- arguments ------------------------------------------------------------------------------------------------------

@@ -56,11 +56,11 @@ def test_ferkit_ensemble_export_passes(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from ferkit.inference import OnnxClassifier
     from ferkit.models import create_model
-    from ferkit.models.export import WeightedEnsemble, WithSoftmax, export_onnx
+    from ferkit.models.export import EnsembleGraph, WithSoftmax, export_onnx
 
     torch.manual_seed(0)
     members = [create_model("vgg_xs", 3).eval() for _ in range(2)]
-    ens = WeightedEnsemble(members, [[0, 1, 2], [2, 1, 0]], [1.0, 2.0]).eval()
+    ens = EnsembleGraph(members, [[0, 1, 2], [2, 1, 0]], [1.0, 2.0]).eval()
     path = export_onnx(ens, tmp_path / "ens.onnx", ["a", "b", "c"], input_size=48)
     clf = OnnxClassifier(path, threads=1)
     with torch.no_grad():
@@ -71,7 +71,7 @@ def test_ferkit_ensemble_export_passes(tmp_path: Path) -> None:
 
 def test_builtin_models_are_ours_and_not_probed(monkeypatch: pytest.MonkeyPatch) -> None:
     from ferkit.inference import OnnxClassifier, onnx_check
-    from ferkit.inference.model import default_model_path
+    from ferkit.inference.onnx_classifier import default_model_path
 
     if not default_model_path().is_file():
         pytest.skip("no shipped model")

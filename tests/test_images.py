@@ -16,13 +16,6 @@ from ferkit import images
 from ferkit.errors import FerkitError
 
 
-@pytest.fixture(scope="module")
-def astronaut() -> np.ndarray:
-    from skimage import data
-
-    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-
-
 def pil_bytes(bgr: np.ndarray, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).save(buf, fmt, **kw)
@@ -104,7 +97,7 @@ def test_large_images_come_back_reduced_with_their_full_size(fmt):
 
 def test_reduced_decoding_keeps_boxes_in_full_size_pixels(astronaut, tmp_path):
     from ferkit.inference import EmotionRecognizer
-    from ferkit.inference.model import default_model_path
+    from ferkit.inference.onnx_classifier import default_model_path
 
     if not default_model_path().is_file():
         pytest.skip("no shipped model")

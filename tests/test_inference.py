@@ -13,9 +13,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import astronaut_bgr
 
-from ferkit.data.preprocess import decode_image
 from ferkit.errors import FerkitError
+from ferkit.images import decode_image
 from ferkit.inference import (
     Detection,
     EmotionRecognizer,
@@ -74,16 +75,10 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx", ["angry", "happy", "neutral"])
 
 
+# Not conftest's `rec`: it runs without the shipped model too (model_path), on ONNX Runtime's default threads.
 @pytest.fixture(scope="session")
 def rec(model_path: Path) -> EmotionRecognizer:
     return EmotionRecognizer(model_path)
-
-
-@pytest.fixture(scope="session")
-def astronaut() -> np.ndarray:
-    from skimage import data
-
-    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
 
 
 @pytest.fixture(scope="session")
@@ -426,9 +421,7 @@ def test_labels_stay_inside_the_image_and_clear_of_other_labels_and_bars(tmp_pat
         assert not any(hits(label, b) for b in bars), (i, label)
     # Drawn: the same places, every face's label in its colour; the picture is in tmp_path to look at.
     classes = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-    from skimage import data
-
-    img = cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (w, h))
+    img = cv2.resize(astronaut_bgr(), (w, h))
     out = Prediction(crowd_faces(classes), w, h, image=img).plot()
     assert out.shape == (h, w, 3)
     cv2.imwrite(str(tmp_path / "crowd.png"), out)

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import SHARED
+from helpers import astronaut_bgr
 
 from ferkit.errors import FerkitError
 from ferkit.inference import EmotionRecognizer, available_detectors, default_model_path
@@ -46,19 +47,13 @@ class Inputs:
             self.faces[str(p)] = faces
 
 
-def astronaut() -> np.ndarray:
-    from skimage import data
-
-    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-
-
 def jpeg(image: np.ndarray) -> bytes:
     return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
 
 
 def add_photos(inputs: Inputs) -> None:
     """Photos with 0 to 4 faces (the astronaut tiled and mirrored), and inputs that are no readable image."""
-    a = astronaut()
+    a = astronaut_bgr()
     m = a[:, ::-1]
     inputs.add("photos/one.jpg", jpeg(a), faces=1)
     inputs.add("photos/four.jpg", jpeg(np.vstack([np.hstack([a, m]), np.hstack([m, a])])), faces=4)
@@ -110,11 +105,6 @@ def reference(rec: EmotionRecognizer, item: Any, name: str | None) -> Prediction
 
 
 @pytest.fixture(scope="module")
-def rec() -> EmotionRecognizer:
-    return EmotionRecognizer(threads=1)
-
-
-@pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     return make_inputs(tmp_path_factory.mktemp("integrations"))
 
@@ -136,7 +126,7 @@ def test_rows_equal_predict_for_bytes_paths_and_arrays(rec: EmotionRecognizer, i
 
 
 def test_arrays_are_rgb_unless_told(rec: EmotionRecognizer) -> None:
-    bgr = astronaut()
+    bgr = astronaut_bgr()
     expected = rec.predict(bgr)
     assert_row(core.predict_rows(rec, [np.ascontiguousarray(bgr[:, :, ::-1])])[0], expected, None)
     assert_row(core.predict_rows(rec, [bgr], rgb=False)[0], expected, None)
@@ -159,7 +149,7 @@ def test_what_is_not_one_image_is_an_error_row_never_an_exception(rec: EmotionRe
     assert "folder" in rows[6]["error"]  # a folder named 0 here; elsewhere "0" is no file, never camera 0
     assert "no such file" in core.predict_rows(rec, ["7"])[0]["error"]
     # Spark's binaryFile paths are file: URIs.
-    one = astronaut()
+    one = astronaut_bgr()
     cv2.imwrite(str(tmp_path / "a b.jpg"), one)
     uri = (tmp_path / "a b.jpg").as_uri()
     row = core.predict_rows(rec, [uri])[0]

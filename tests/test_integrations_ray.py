@@ -43,11 +43,6 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     return inputs
 
 
-@pytest.fixture(scope="module")
-def rec() -> EmotionRecognizer:
-    return EmotionRecognizer(threads=1)
-
-
 def test_map_batches_on_two_actors_equals_predict(cluster: None, inputs: Inputs, rec: EmotionRecognizer) -> None:
     items = [{"bytes": d, "path": p, "id": i} for i, (d, p) in enumerate(zip(inputs.data, inputs.paths, strict=True))]
     ds = ray.data.from_items(items, override_num_blocks=8)

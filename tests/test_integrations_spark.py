@@ -54,11 +54,6 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     return make_inputs(tmp_path_factory.mktemp("spark"), fer=300)
 
 
-@pytest.fixture(scope="module")
-def rec() -> EmotionRecognizer:
-    return EmotionRecognizer(threads=1)
-
-
 def rows_of(df: Any) -> list[dict[str, Any]]:
     return [r.asDict(recursive=True) for r in df.collect()]
 

@@ -28,13 +28,6 @@ def model_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def astronaut() -> np.ndarray:
-    from skimage import data
-
-    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> Path:
     """A folder tree: two faces, one image without a face, and bad files in a subfolder."""
     root = tmp_path_factory.mktemp("photos")

@@ -34,20 +34,6 @@ def invoke(args: list[str]):
 
 
 @pytest.fixture(scope="module")
-def astronaut() -> np.ndarray:
-    from skimage import data
-
-    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-
-
-@pytest.fixture(scope="module")
-def rec() -> EmotionRecognizer:
-    if not default_model_path().is_file():
-        pytest.skip("no shipped model")
-    return EmotionRecognizer(threads=1)
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> Path:
     """Twelve images (faces and walls) in two levels, and one file that is no image."""
     root = tmp_path_factory.mktemp("many")

@@ -77,7 +77,7 @@ def meta(path: Path) -> dict[str, str]:
 def test_int8_keeps_metadata_and_loads_as_a_ferkit_model(fp32: Path, int8: Path) -> None:
     import onnx
 
-    from ferkit.inference.model import OnnxClassifier
+    from ferkit.inference.onnx_classifier import OnnxClassifier
 
     before, after = meta(fp32), meta(int8)
     assert {k: after[k] for k in before} == before  # every entry kept, unchanged
@@ -114,7 +114,7 @@ def test_only_narrow_single_channel_convolutions_stay_float(tmp_path: Path) -> N
 
 
 def test_int8_outputs_close_to_fp32_and_file_smaller(fp32: Path, int8: Path) -> None:
-    from ferkit.inference.model import OnnxClassifier
+    from ferkit.inference.onnx_classifier import OnnxClassifier
 
     x, y = blobs(200, seed=2)  # not the calibration images
     p32 = OnnxClassifier(fp32).predict_proba(x)
@@ -180,7 +180,7 @@ def test_half_weights_halve_the_file_compute_in_float32_and_still_quantise(fp32:
     import onnx
     import onnxruntime as ort
 
-    from ferkit.inference.model import OnnxClassifier
+    from ferkit.inference.onnx_classifier import OnnxClassifier
     from ferkit.models.quantize import float_weights, half_weights, quantize_int8
 
     proto = onnx.load(str(fp32))

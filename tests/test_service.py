@@ -13,6 +13,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+from helpers import astronaut_bgr, free_port, start_uvicorn
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -21,7 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from ferkit.errors import FerkitError  # noqa: E402
 from ferkit.inference import EmotionRecognizer  # noqa: E402
-from ferkit.inference.model import default_model_path  # noqa: E402
+from ferkit.inference.onnx_classifier import default_model_path  # noqa: E402
 from ferkit.service import ServiceConfig, create_app  # noqa: E402
 from ferkit.service.errors import ApiError  # noqa: E402
 from ferkit.service.limits import check_image_bytes  # noqa: E402
@@ -32,8 +33,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 # -- fixtures ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def face_jpeg() -> bytes:
-    skdata = pytest.importorskip("skimage.data")
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    pytest.importorskip("skimage.data")
+    ok, buf = cv2.imencode(".jpg", astronaut_bgr(), [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok
     return buf.tobytes()
 
@@ -416,6 +417,7 @@ def test_concurrent_requests_agree(recognizer, face_jpeg):
         serial = [post(b) for b in bodies[:2]]
         with ThreadPoolExecutor(8) as ex:
             parallel = list(ex.map(post, bodies))
+    assert all(serial), serial  # faces found in the photo and in its mirror image
     for i, faces in enumerate(parallel):
         assert faces == serial[i % 2]
 
@@ -581,7 +583,7 @@ def test_cli_serve(monkeypatch, tmp_path):
     assert r.exit_code == 0 and "Example: ferkit serve" in r.output and "FERKIT_API_KEY" in r.output
     assert "<" not in r.output and "--detect-size" in r.output and "--access-log" in r.output
     assert "--batch-window-ms" in r.output and "--batch-faces" in r.output
-    port = str(_free_port())
+    port = str(free_port())
     r = runner.invoke(app, ["serve", "--port", port, "--model", str(tmp_path / "missing.onnx")])
     assert r.exit_code == 2 and "missing.onnx" in r.stderr
     r = runner.invoke(app, ["serve", "--port", port, "--batch-window-ms", "-1"])
@@ -589,14 +591,6 @@ def test_cli_serve(monkeypatch, tmp_path):
     monkeypatch.setenv("FERKIT_WORKERS", "zero")
     r = runner.invoke(app, ["serve", "--port", port])
     assert r.exit_code == 2 and "FERKIT_WORKERS='zero'" in r.stderr
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_cli_serve_port_in_use_exits_2_before_loading_the_model(monkeypatch):
@@ -665,25 +659,13 @@ def test_library_errors_map_to_statuses_by_type_not_text():
 
 def test_graceful_shutdown_finishes_in_flight_request(recognizer, face_jpeg):
     """A real uvicorn server: a request still running when shutdown starts gets its 200."""
-    import socket
-
     import httpx
-    import uvicorn
 
-    from ferkit.cli.serve import uvicorn_config
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     gated = Gated(recognizer)
     app = create_app(ServiceConfig(port=port, workers=1, graceful_timeout=10), recognizer=gated)
-    server = uvicorn.Server(uvicorn_config(app, app.state.config, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server, thread = start_uvicorn(app)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
     assert server.started
     gated.gate.clear()
     gated.entered.clear()  # set by the warm-up
@@ -962,20 +944,10 @@ def test_real_server_caps_connections_and_drops_idle_ones(recognizer):
     import socket
 
     import httpx
-    import uvicorn
 
-    from ferkit.cli.serve import uvicorn_config
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     app = create_app(ServiceConfig(port=port, workers=1, max_connections=4, header_timeout=1.0), recognizer=recognizer)
-    server = uvicorn.Server(uvicorn_config(app, app.state.config, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
+    server, thread = start_uvicorn(app)
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
     time.sleep(0.2)
     extra = socket.create_connection(("127.0.0.1", port))
@@ -998,24 +970,12 @@ def test_real_server_refuses_websockets_each_in_its_own_way(recognizer, face_jpe
     """What docs/service.md says a browser or client sees: at the handshake HTTP 401 for a wrong key, 403 for a
     foreign Origin, 400 for a foreign Host, each with its JSON error; a stream past max_streams is accepted and
     closed with 1013 "try again later" (before: the same empty 403 as a foreign Origin); the right key works."""
-    import socket
-
-    import uvicorn
     from websockets.exceptions import ConnectionClosed, InvalidStatus
     from websockets.sync.client import connect
 
-    from ferkit.cli.serve import uvicorn_config
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     app = create_app(ServiceConfig(port=port, workers=1, api_key="s3cret", max_streams=1), recognizer=recognizer)
-    server = uvicorn.Server(uvicorn_config(app, app.state.config, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
+    server, thread = start_uvicorn(app)
     url = f"ws://127.0.0.1:{port}/v1/stream"
     try:
         for target, headers, status, code in (

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import pytest
+from helpers import astronaut_bgr
 
 from ferkit.errors import FerkitError
 from ferkit.service.batcher import MicroBatcher
@@ -193,7 +194,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ferkit.inference import EmotionRecognizer  # noqa: E402
-from ferkit.inference.model import default_model_path  # noqa: E402
+from ferkit.inference.onnx_classifier import default_model_path  # noqa: E402
 from ferkit.service import ServiceConfig, create_app  # noqa: E402
 from ferkit.service.pool import PixelBudget  # noqa: E402
 
@@ -203,8 +204,8 @@ JPEG = {"content-type": "image/jpeg"}
 @pytest.fixture(scope="module")
 def bodies() -> list[bytes]:
     """Four different uploads, five faces: the astronaut, mirrored, darker, and two astronauts side by side."""
-    skdata = pytest.importorskip("skimage.data")
-    img = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
+    pytest.importorskip("skimage.data")
+    img = astronaut_bgr()
     imgs = [img, img[:, ::-1], (img * 0.6).astype(np.uint8), np.hstack([img, img[:, ::-1]])]
     return [cv2.imencode(".jpg", i, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for i in imgs]
 

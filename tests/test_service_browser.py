@@ -13,14 +13,13 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import cv2
 import pytest
+from helpers import astronaut_bgr, free_port, start_uvicorn
 
 pytest.importorskip("fastapi")
 websockets = pytest.importorskip("websockets")
@@ -33,40 +32,23 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server():
-    from ferkit.cli.serve import uvicorn_config
-    from ferkit.inference import EmotionRecognizer
-    from ferkit.inference.model import default_model_path
+def server(recognizer):
     from ferkit.service import ServiceConfig, create_app
 
-    if not default_model_path().is_file():
-        pytest.skip("no shipped model")
-    rec = EmotionRecognizer(threads=1)
-    app = create_app(ServiceConfig(port=_free_port(), workers=1), recognizer=rec)
-    srv = uvicorn.Server(uvicorn_config(app, app.state.config, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
+    app = create_app(ServiceConfig(port=free_port(), workers=1), recognizer=recognizer)
+    srv, thread = start_uvicorn(app, timeout=30)
     assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{app.state.config.port}", rec.classes
+    yield f"http://127.0.0.1:{app.state.config.port}", recognizer.classes
     srv.should_exit = True
     thread.join(15)
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[str, Path]:
-    skdata = pytest.importorskip("skimage.data")
+    pytest.importorskip("skimage.data")
     d = tmp_path_factory.mktemp("images")
-    img = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
+    img = astronaut_bgr()
     jpeg = d / "astronaut.jpg"
     cv2.imwrite(str(jpeg), img)
     # Chromium's fake camera plays an MJPEG file (concatenated JPEGs) in a loop.

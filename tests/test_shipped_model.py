@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ferkit.inference.model import OnnxClassifier
+from ferkit.inference.onnx_classifier import OnnxClassifier
 from ferkit.inference.resolve import builtin_models
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -55,7 +55,7 @@ def test_a_run_folder_that_holds_a_run_is_refused_unless_resumed_or_reused(tiny_
 
 def test_runs_without_out_are_numbered_and_named_after_their_folder(tiny_folders: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from ferkit.inference.model import OnnxClassifier
+    from ferkit.inference.onnx_classifier import OnnxClassifier
 
     monkeypatch.chdir(tmp_path)
     folders = []
@@ -120,7 +120,7 @@ def test_typed_flags_are_not_turned_back_into_text(tiny_folders: Path) -> None:
 
 
 def test_export_names_the_model_after_the_run_and_never_overwrites(tiny_folders: Path, tmp_path: Path) -> None:
-    from ferkit.inference.model import OnnxClassifier
+    from ferkit.inference.onnx_classifier import OnnxClassifier
     from ferkit.utils import assets_dir
 
     run = tmp_path / "mine"

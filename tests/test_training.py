@@ -23,14 +23,14 @@ def small_cfg(data: Path, out: Path, *extra: str):
 
 
 def test_registry_builds_every_model_and_rejects_unknown() -> None:
-    from ferkit.models import registry
+    from ferkit.models import architectures
     from ferkit.models.export import classifier_name
 
     x = torch.rand(2, 1, 48, 48) * 255
     assert list_models() == ["baseline", "faceres", "faceres96", "faceres_deep", "resnet_l", "resnet_m", "resnet_s",
                              "vgg_e", "vgg_f", "vgg_f1", "vgg_fs", "vgg_l", "vgg_m", "vgg_s", "vgg_sg", "vgg_xs"]
     for name in list_models():
-        assert getattr(registry, name).__name__ == name  # each model is a function of its own name
+        assert getattr(architectures, name).__name__ == name  # each model is a function of its own name
         model = create_model(name, 5)
         assert model(x).shape == (2, 5)
         # The declared output layer is the network's last Linear, the one that maps to the 5 classes.
@@ -39,6 +39,20 @@ def test_registry_builds_every_model_and_rejects_unknown() -> None:
         assert head is last and head.out_features == 5
     with pytest.raises(FerkitError, match="unknown"):
         create_model("nope")
+
+
+def test_registry_refuses_a_duplicate_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ferkit.models import registry
+
+    # A copy, so a registry that wrongly accepted the duplicate would not hand the impostor to later tests.
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    def vgg_s(num_classes: int = 7) -> torch.nn.Module:
+        return torch.nn.Linear(1, num_classes)
+
+    with pytest.raises(ValueError, match="'vgg_s' is already registered"):
+        registry.register_model(vgg_s)
+    assert type(create_model("vgg_s")).__name__ == "VGG"  # the built-in network still answers to its name
 
 
 @pytest.mark.filterwarnings("error::torch.jit.TracerWarning")  # `ferkit train` prints none when it exports
@@ -124,6 +138,45 @@ def test_resume_continues_exactly(tiny_folders: Path, tmp_path: Path) -> None:
     b = resumed.model.state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_run_folder_records_the_code_of_each_start(tiny_folders: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """provenance.jsonl: ferkit's and torch's versions and the git commit, one record per start or resume; a run
+    folder from before ferkit kept them resumes all the same."""
+    import re
+
+    import ferkit
+    from ferkit import runs
+
+    run = tmp_path / "run"
+    first = Trainer(small_cfg(tiny_folders, run, "epochs=2"))
+    (record,) = runs.read_provenance(run)
+    assert (record["ferkit"], record["torch"], record["start_epoch"]) == (ferkit.__version__, torch.__version__, 0)
+    git = record["git"]  # None where ferkit is installed rather than checked out
+    assert git is None or (re.fullmatch(r"[0-9a-f]{40}", git["commit"]) and git["dirty"] in (True, False))
+    first.cfg.epochs = 1  # stop after one epoch, as an interruption would
+    first.fit()
+    (run / runs.PROVENANCE).unlink()  # as in a run folder trained before provenance was kept
+    assert Trainer(small_cfg(tiny_folders, run, "epochs=2"), resume=True).epoch == 1
+    Trainer(small_cfg(tiny_folders, run, "epochs=2"), resume=True)
+    assert [r["start_epoch"] for r in runs.read_provenance(run)] == [1, 1]
+    with monkeypatch.context() as m:
+        m.setenv("PATH", str(tmp_path))  # no git: no commit, and no error
+        assert runs.git_commit() is None
+    assert runs._git(tmp_path, "rev-parse", "HEAD") is None  # not a repository
+
+
+def test_trainer_leaves_the_config_alone(tiny_folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without out the trainer claims a new numbered folder of its own; the caller's config keeps out None (a
+    second run from it gets the next number), and config.toml records the folder claimed."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, [f"data={tiny_folders}", "model=vgg_s", "epochs=1", "batch_size=16", "threads=1"])
+    claimed: list[Path] = []
+    first, second = Trainer(cfg, on_out=claimed.append), Trainer(cfg)
+    assert cfg.out is None
+    assert claimed == [first.out] == [Path("runs") / "vgg_s-tiny"] and second.out == Path("runs") / "vgg_s-tiny2"
+    assert load_config(first.out / "config.toml").out == str(tmp_path / "runs" / "vgg_s-tiny")
 
 
 def test_imbalance_options_and_soft_labels_need_votes(tiny_folders: Path, tmp_path: Path) -> None:
@@ -412,7 +465,7 @@ def test_on_epoch_sees_every_row_and_may_stop_the_run(tiny_folders: Path, tmp_pa
 
 
 def test_trainer_and_evaluate_report_the_same_validation_metrics(tmp_path: Path) -> None:
-    """One definition (ferkit.metrics): the log's val_* equal evaluate's figures on the val split, even when val
+    """One definition (ferkit.scoring): the log's val_* equal evaluate's figures on the val split, even when val
     lacks a class (macro-F1 over the classes present in both)."""
     import shutil
 
@@ -443,13 +496,11 @@ def test_layers_import_downwards_and_the_library_draws_nothing() -> None:
     src = Path(__file__).resolve().parents[1] / "src" / "ferkit"
     above = {"training": ("evaluation", "inference", "service", "cli"), "models": ("training", "evaluation",
              "inference", "service", "cli"), "runs.py": ("training", "evaluation", "inference", "service", "cli"),
-             "metrics.py": ("training", "evaluation", "inference", "service", "cli")}
+             "scoring.py": ("training", "evaluation", "inference", "service", "cli")}
     checked = 0
-    for part in ("training", "models", "evaluation", "runs.py", "metrics.py", "utils.py", "views.py"):
+    for part in ("training", "models", "evaluation", "runs.py", "scoring.py", "utils.py", "views.py"):
         files = [src / part] if part.endswith(".py") else sorted((src / part).glob("*.py"))
         for f in files:
-            if f.name == "__main__.py":  # `python -m ferkit.training` is the command line's entry, not the library
-                continue
             tree = ast.parse(f.read_text())
             names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
             names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]

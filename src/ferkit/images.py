@@ -55,6 +55,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ferkit.utils import walk  # noqa: E402
+
 # Pillow's names (a camera JPEG with extra pictures opens as "MPO"). No EPS (it runs Ghostscript), no PSD,
 # ICO, ...: formats nobody sends a face in are only attack surface.
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "JPEG2000")
@@ -284,8 +286,6 @@ def find_images(source: str | Path) -> tuple[list[tuple[Path, Path]], list[tuple
 
 
 def _walk(root: Path) -> list[Path]:
-    from ferkit.utils import walk
-
     out: list[Path] = []
     for base, dirs, files in walk(root):  # links to folders are listed in dirs but not followed
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))

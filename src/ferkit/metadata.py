@@ -1,11 +1,14 @@
 """The fields a ferkit model file carries (ONNX metadata, safetensors metadata), typed and ranged before anything is
-allocated from them: one rule for every route a model file comes in by, each fault one line naming file and field."""
+allocated from them: one rule for every route a model file comes in by, each fault one line naming file and field;
+and the one rule for lining up the classes of several models (`ensemble_orders`)."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+
+import numpy as np
 
 from ferkit.errors import FerkitError
 
@@ -71,3 +74,16 @@ def parse_json(path: str | Path, key: str, raw: object, max_len: int = 1 << 16) 
         return json.loads(text)
     except (ValueError, RecursionError):
         raise FerkitError(f"{path}: metadata {key!r} is not JSON ({text[:40]!r})") from None
+
+
+def ensemble_orders(members: list[tuple[str, list[str]]]) -> list[np.ndarray]:
+    """The one ensemble rule (inference, evaluation, export): members (name, classes) know the same classes in any
+    order; for each, the column order that puts its probabilities in the first member's class order."""
+    first_name, first = members[0]
+    out = []
+    for name, classes in members:
+        if sorted(classes) != sorted(first):
+            raise FerkitError(f"{name}: classes {', '.join(classes)} differ from {first_name}'s ({', '.join(first)}); "
+                              "an ensemble needs one class set (in any order)")
+        out.append(np.array([list(classes).index(c) for c in first]))
+    return out

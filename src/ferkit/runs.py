@@ -12,6 +12,7 @@ A run folder holds:
 | curves.png | training, evaluation | loss and accuracy per epoch |
 | model.onnx | training | the best weights exported for inference |
 | metrics.json | training | best epoch, validation figures, training time |
+| provenance.jsonl | training | the code each start or resume ran: ferkit's and torch's versions, the git commit |
 
 Every file is written through `ferkit.utils.atomic_write`: a reader (or a resumed run) never sees half a file.
 """
@@ -20,9 +21,12 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+from ferkit import __version__
 from ferkit.errors import FerkitError
 from ferkit.utils import atomic_write, next_free
 
@@ -34,9 +38,10 @@ TEACHER = "teacher.npz"
 CURVES = "curves.png"
 ONNX = "model.onnx"
 METRICS = "metrics.json"
+PROVENANCE = "provenance.jsonl"
 # The files of one training run: a run folder reused with exist_ok loses these (and keeps teacher.npz, whose
 # fingerprint says whether it still fits, and anything else the user put there).
-RUN_FILES = (CONFIG, LOG, WEIGHTS, STATE, CURVES, ONNX, METRICS)
+RUN_FILES = (CONFIG, LOG, WEIGHTS, STATE, CURVES, ONNX, METRICS, PROVENANCE)
 DEFAULT_BASE = Path("runs") / "train"
 # Names of the built-in models (`--model default`): a run's exported model is never called one of them.
 BUILTIN_NAMES = ("default", "accurate", "fast", "default-int8")
@@ -77,9 +82,8 @@ def export_name(run: str | Path) -> str:
     return f"run-{name}" if name in BUILTIN_NAMES else name
 
 
-def read_log(run: str | Path) -> list[dict[str, Any]]:
-    """Per-epoch rows of a run folder's log.jsonl (unreadable lines are skipped: a run may still be writing)."""
-    path = Path(run) / LOG
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """A JSON-lines file's objects (unreadable lines are skipped: a run may still be writing)."""
     if not path.is_file():
         return []
     rows = []
@@ -88,20 +92,71 @@ def read_log(run: str | Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and "epoch" in row:
+        if isinstance(row, dict):
             rows.append(row)
     return rows
 
 
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def read_log(run: str | Path) -> list[dict[str, Any]]:
+    """Per-epoch rows of a run folder's log.jsonl."""
+    return [r for r in _read_rows(Path(run) / LOG) if "epoch" in r]
+
+
 def write_log(run: str | Path, rows: list[dict[str, Any]]) -> None:
     """Replace the log with these rows, atomically."""
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    atomic_write(Path(run) / LOG, lambda p: Path(p).write_text(text))
+    _write_rows(Path(run) / LOG, rows)
 
 
 def append_log(run: str | Path, row: dict[str, Any]) -> None:
     """Add one epoch's row. The whole (small) log is rewritten atomically, so a kill never leaves half a line."""
     write_log(run, [*read_log(run), row])
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    try:
+        # No optional locks: a status must not hold the index's lock while the user commits.
+        done = subprocess.run(["git", "--no-optional-locks", *args], cwd=folder, capture_output=True, text=True,
+                              timeout=5)
+    except (OSError, subprocess.SubprocessError):  # no git, or a repository too slow to ask
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_commit() -> dict[str, Any] | None:
+    """The commit of the repository ferkit's code is checked out from, and whether its tracked files differ from it
+    (dirty); None for an installed package."""
+    here = Path(__file__).parent
+    # A package installed into a virtual environment that lies inside some repository is not that repository's code.
+    if _git(here, "ls-files", "--error-unmatch", Path(__file__).name) is None:
+        return None
+    commit = _git(here, "rev-parse", "HEAD")
+    if not commit:
+        return None
+    status = _git(here, "status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def provenance() -> dict[str, Any]:
+    """The code a run trains with: ferkit's and PyTorch's versions, and the git commit (None outside a checkout)."""
+    import torch
+
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ferkit": __version__, "torch": torch.__version__,
+            "git": git_commit()}
+
+
+def read_provenance(run: str | Path) -> list[dict[str, Any]]:
+    """The provenance records of a run folder, oldest first; none for a run trained before ferkit kept them."""
+    return _read_rows(Path(run) / PROVENANCE)
+
+
+def add_provenance(run: str | Path, record: dict[str, Any]) -> None:
+    """Add one start's (or resume's) record: a run resumed with other code keeps the record of each."""
+    _write_rows(Path(run) / PROVENANCE, [*read_provenance(run), record])
 
 
 def curves_png(rows: list[dict[str, Any]]) -> bytes:

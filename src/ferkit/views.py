@@ -1,8 +1,8 @@
 """The views a network sees of a face, shared by training, evaluation and inference (no train/serve skew).
 
-A face is preprocessed to `input_size` x `input_size` (48). A model trained on crops sees a `crop` x `crop`
-window of it (e.g. 40): random windows while training, the centre window at test time, and the four corners
-and centre, each also mirrored, for ten-crop TTA. A model trained on full frames (crop == input_size) keeps its
+A face crop of any size and colour is preprocessed (`preprocess`: gray, resized) to `input_size` x `input_size`
+(48). A model trained on crops sees a `crop` x `crop` window of it (e.g. 40): random windows while training, the
+centre window at test time, and the four corners and centre, each also mirrored, for ten-crop TTA. A model trained on full frames (crop == input_size) keeps its
 old TTA views (five crops of 7/8 of the side, resized back). Works on NumPy arrays and, for training, on torch
 tensors; torch is never imported here.
 """
@@ -12,15 +12,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import cv2
 import numpy as np
 
 from ferkit.errors import FerkitError
+from ferkit.images import crop_batch
 
-TTA_MODES = ("none", "flip", "crops", "flip+crops", "ten_crop")
+# One vocabulary for test-time augmentation, in the library, the CLI and the service. "ten_crop" is "flip+crops";
+# "auto" is the mode a model's card chose on PublicTest (ferkit.inference.classifier.Classifier.mode resolves it).
+TTA_MODES = ("none", "flip", "crops", "flip+crops", "ten_crop", "auto")
 
 
 def tta_mode(tta: bool | str | None) -> str:
-    """A TTA option as one of TTA_MODES (True means "flip"; "ten_crop" is "flip+crops")."""
+    """A TTA option as one of TTA_MODES, checked (False/None: "none"; True: "flip", the mirror; "ten_crop" is
+    "flip+crops"); "auto" stays "auto" until a model resolves it."""
     if tta is True:
         return "flip"
     if tta is False or tta is None:
@@ -28,6 +33,48 @@ def tta_mode(tta: bool | str | None) -> str:
     if tta not in TTA_MODES:
         raise FerkitError(f"tta {tta!r}: unknown; choose one of {', '.join(TTA_MODES)}")
     return "flip+crops" if tta == "ten_crop" else tta
+
+
+def to_gray_u8(image: np.ndarray) -> np.ndarray:
+    """Any decoded image (gray, BGR, BGRA, 8- or 16-bit, float 0..1) as 8-bit gray."""
+    img = np.asarray(image)
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype.kind == "f":
+        scale = 255.0 if img.size and float(np.nanmax(img)) <= 1.0 else 1.0
+        img = np.clip(np.nan_to_num(img) * scale, 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3:
+        code = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}.get(img.shape[2])
+        if code is None:
+            raise FerkitError(f"image has {img.shape[2]} channels; expected 1, 3 or 4")
+        img = cv2.cvtColor(img, code)
+    if img.ndim != 2 or min(img.shape) == 0:
+        raise FerkitError(f"image has shape {img.shape}; expected H x W or H x W x C")
+    return img
+
+
+def preprocess(image: np.ndarray, size: int = 48) -> np.ndarray:
+    """Gray, resized to size x size, uint8: the model's input (normalisation is inside the model). The one
+    preprocessing function that training, evaluation and inference share (no train/serve skew)."""
+    gray = to_gray_u8(image)
+    if gray.shape == (size, size):
+        return gray
+    shrinking = gray.shape[0] > size or gray.shape[1] > size
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(gray, (size, size), interpolation=interp)
+
+
+def faces_at(crops: object, size: int) -> np.ndarray:
+    """Face crops in any form `ferkit.images.crop_batch` takes, as N x size x size uint8 model inputs."""
+    crops = crop_batch(crops)
+    if isinstance(crops, np.ndarray) and crops.ndim == 3 and crops.shape[1:] == (size, size) and (
+            crops.dtype == np.uint8):
+        return crops
+    return np.stack([preprocess(c, size) for c in crops]) if len(crops) else np.zeros((0, size, size), np.uint8)
 
 
 def cut(images: Any, ys: Any, xs: Any, crop: int) -> Any:
@@ -56,8 +103,6 @@ def _window(images: np.ndarray, y: int, x: int, crop: int) -> np.ndarray:
 
 
 def _resized_five_crops(images: np.ndarray, fraction: float = 0.875) -> list[np.ndarray]:
-    import cv2
-
     s = images.shape[1]
     c = max(1, int(round(s * fraction)))
     return [np.stack([cv2.resize(im, (s, s), interpolation=cv2.INTER_LINEAR) for im in _window(images, y, x, c)])
@@ -68,6 +113,8 @@ def _resized_five_crops(images: np.ndarray, fraction: float = 0.875) -> list[np.
 def tta_views(images: np.ndarray, tta: str, crop: int | None = None) -> list[np.ndarray]:
     """The views of a batch of N x S x S faces for a TTA mode, each N x crop x crop (crop defaults to S)."""
     tta = tta_mode(tta)
+    if tta == "auto":
+        raise FerkitError("tta 'auto' names a model's own mode: resolve it with the model first (Classifier.mode)")
     s = images.shape[1]
     crop = crop or s
     if crop > s:

@@ -135,3 +135,20 @@ def _internal(e: Exception) -> None:
 def print_json(obj: Any) -> None:
     """Machine-readable output on stdout, nothing else on it."""
     sys.stdout.write(json.dumps(obj, indent=2, default=json_default) + "\n")
+
+
+TTA_HELP = ("Test-time augmentation: none, flip (the mirror), crops (centre and four corners), flip+crops (all ten; "
+            "also ten_crop), auto (the mode the model's card chose on validation data); the views' probabilities are "
+            "averaged.")
+
+
+def tta_option(help: str = TTA_HELP) -> Any:
+    return typer.Option("none", "--tta", metavar="MODE", help=help)
+
+
+def check_tta(value: str) -> str:
+    """--tta checked before any work, so a wrong mode is one error, not a no-op or one error per image."""
+    from ferkit.views import tta_mode  # the inference stack is not imported for --help
+
+    tta_mode(value)
+    return value

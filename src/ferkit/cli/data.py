@@ -118,8 +118,8 @@ def audit(
     Example: ferkit data audit fer2013.zip --out reports/fer2013-audit --write-clean
     """
     from ferkit.data import audit as A
+    from ferkit.data.archive import Tree
     from ferkit.data.ferplus import vote_table
-    from ferkit.data.formats import Tree
     from ferkit.errors import FerkitError
 
     if write_clean and out is None:

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import typer
 
-from ferkit.cli.common import console, handle_errors, one_line, print_json, quiet
+from ferkit.cli.common import TTA_HELP, check_tta, console, handle_errors, one_line, print_json, quiet, tta_option
 from ferkit.cli.data import FORMAT_HELP
 from ferkit.cli.progress import progress_bar
 
 SPLIT_HELP = "Which split to use: train, val or test."
 MAP_HELP = "Dataset class -> model class, e.g. 'anger=angry,happiness=happy,contempt=-' ('-' leaves a class out)."
-TTA_HELP = "Test-time augmentation: none, flip, crops (five crops), flip+crops or ten_crop (the same ten views)."
 DETECT_HELP = ("Whole labelled photos through the product's pipeline, as EmotionRecognizer.predict sees a user's "
                "photo: detection, alignment, crop, classification of the largest face; a photo with no face found "
                "counts as wrong and is listed. DATA: a folder or .zip of <class>/<photo> or <dataset>/<class>/<photo>, "
@@ -40,7 +39,7 @@ def evaluate_cmd(
     data: Path = typer.Argument(..., metavar="DATA", help="Any dataset ferkit reads, or a cleaned manifest.json."),
     split: str = typer.Option("test", "--split", metavar="SPLIT", help=SPLIT_HELP),
     out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR", help="Output folder.  \\[default: a new runs/eval/<model>-<data>, numbered if it exists]"),
-    tta: str = typer.Option("none", "--tta", metavar="MODE", help=TTA_HELP),
+    tta: str = tta_option(),
     map_spec: str | None = typer.Option(None, "--map", metavar="A=B,...", help=MAP_HELP),
     restrict: bool = typer.Option(False, "--restrict", help=RESTRICT_HELP),
     format: str | None = typer.Option(None, "--format", metavar="FORMAT", help=FORMAT_HELP),
@@ -56,6 +55,7 @@ def evaluate_cmd(
     Example: ferkit evaluate default fer2013.zip --out runs/eval/default-fer2013
     Whole photos: ferkit evaluate default ../shared/datasets/realval.zip --detect
     """
+    check_tta(tta)
     from ferkit.evaluation import evaluate
     from ferkit.evaluation.report import dataset_rows, per_class_rows, summary_rows
 
@@ -105,8 +105,8 @@ def calibrate_cmd(
                                                                 "in place; a built-in model, which is read-only, to "
                                                                 "a new <name>-calibrated.onnx in the current folder)."),
     write: bool = typer.Option(True, "--write/--no-write", help="Store the temperature in the model's metadata."),
-    tta: str = typer.Option("none", "--tta", metavar="MODE", help="Fit T for predictions with this TTA (stored for "
-                            "that mode only: averaged views need their own T). " + TTA_HELP),
+    tta: str = tta_option("Fit T for predictions with this TTA (stored for that mode only: averaged views need "
+                          "their own T). " + TTA_HELP),
     map_spec: str | None = typer.Option(None, "--map", metavar="A=B,...", help=MAP_HELP),
     format: str | None = typer.Option(None, "--format", metavar="FORMAT", help=FORMAT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout, nothing else."),
@@ -115,6 +115,7 @@ def calibrate_cmd(
 
     Example: ferkit calibrate runs/fer2013_default ../shared/datasets/fer2013.zip
     """
+    check_tta(tta)
     from ferkit.evaluation import calibrate
 
     with progress_bar() as prog:
@@ -149,7 +150,7 @@ def compare_cmd(
     data: Path = typer.Option(..., "--data", "-d", metavar="PATH", help="The dataset all models are evaluated on."),
     split: str = typer.Option("test", "--split", metavar="SPLIT", help=SPLIT_HELP),
     out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for compare.md and compare.json.  \\[default: a new runs/eval/compare-<data>, numbered if it exists]"),
-    tta: str = typer.Option("none", "--tta", metavar="MODE", help=TTA_HELP),
+    tta: str = tta_option(),
     map_spec: str | None = typer.Option(None, "--map", metavar="A=B,...", help=MAP_HELP),
     restrict: bool = typer.Option(False, "--restrict", help=RESTRICT_HELP),
     format: str | None = typer.Option(None, "--format", metavar="FORMAT", help=FORMAT_HELP),
@@ -162,6 +163,7 @@ def compare_cmd(
 
     Example: ferkit compare default runs/fer2013_default --data ../shared/datasets/fer2013.zip
     """
+    check_tta(tta)
     from ferkit.evaluation import compare, markdown, write_compare
     from ferkit.evaluation.core import default_out
     from ferkit.runs import new_run_dir

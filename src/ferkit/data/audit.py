@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ferkit.data import ferplus
 from ferkit.data.dataset import SPLITS, Dataset
 from ferkit.utils import atomic_write, atomic_write_text
 
@@ -298,8 +299,6 @@ def audit(
 def _ferplus_flags(
     res: AuditResult, votes: dict[str, tuple[list[str], np.ndarray]], read_image: ImageReader | None
 ) -> None:
-    from ferkit.data import ferplus
-
     for split, (names, v) in votes.items():
         if not len(names):
             continue

@@ -168,16 +168,3 @@ def remap_split(split: Split, lut: np.ndarray, n_new: int, renormalise: bool = T
     if sub.soft is not None:
         sub.soft = remap_votes(sub.soft, lut, n_new, renormalise)
     return sub, keep
-
-
-def ensemble_orders(members: list[tuple[str, list[str]]]) -> list[np.ndarray]:
-    """The one ensemble rule (inference, evaluation, export): members (name, classes) know the same classes in any
-    order; for each, the column order that puts its probabilities in the first member's class order."""
-    first_name, first = members[0]
-    out = []
-    for name, classes in members:
-        if sorted(classes) != sorted(first):
-            raise FerkitError(f"{name}: classes {', '.join(classes)} differ from {first_name}'s ({', '.join(first)}); "
-                              "an ensemble needs one class set (in any order)")
-        out.append(np.array([list(classes).index(c) for c in first]))
-    return out

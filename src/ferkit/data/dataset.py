@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ferkit.utils import atomic_write
+from ferkit.utils import atomic_write, walk
 
 SPLITS = ("train", "val", "test")
 
@@ -86,10 +86,8 @@ def source_key(path: Path, extra: str) -> str:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 h.update(chunk)
     else:
-        from ferkit.utils import walk
-
         for p in sorted(folder / name for folder, dirs, files in walk(path) for name in dirs + files):
-            if p.is_symlink():  # a linked class folder is read (formats.Tree): adding or changing one is a change
+            if p.is_symlink():  # a linked class folder is read (archive.Tree): adding or changing one is a change
                 h.update(f"{p.relative_to(path)}\0->{os.readlink(p)}\n".encode())
             if p.is_file():
                 st = p.stat()

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ferkit.data.archive import MAX_ROWS, Tree, decode_item
 from ferkit.data.dataset import FERPLUS_CLASSES, FERPLUS_COLUMNS, FERPLUS_DIRS, Dataset, Skipped, Split
-from ferkit.data.formats import MAX_ROWS, Tree, decode_item
-from ferkit.data.preprocess import preprocess
 from ferkit.errors import FerkitError
+from ferkit.views import preprocess
 
 DIRS = FERPLUS_DIRS
 LABEL_FILE = "label.csv"

@@ -20,8 +20,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ferkit.data.archive import SPLIT_ALIASES, Tree, _unsafe_member
 from ferkit.data.dataset import Skipped
-from ferkit.data.formats import IMAGE_EXTS, SPLIT_ALIASES, Tree, _class_order, _read_rows, _unsafe_member
+from ferkit.data.formats import IMAGE_EXTS, _class_order, _read_rows
 from ferkit.errors import FerkitError
 
 MANIFEST = "manifest.csv"

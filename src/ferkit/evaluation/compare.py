@@ -7,11 +7,14 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from ferkit.data import load_dataset
+from ferkit.data.photos import read_photos
 from ferkit.errors import FerkitError
-from ferkit.evaluation.core import outside_data, prepare, summarize
-from ferkit.evaluation.metrics import mcnemar
-from ferkit.evaluation.predictors import load_ensemble, parse_model_specs
-from ferkit.utils import ProgressFn, write_json
+from ferkit.evaluation.core import outside_data, prepare
+from ferkit.evaluation.metrics import mcnemar, paired_difference_ci, summarize
+from ferkit.evaluation.pipeline import recognizer, run_photos, summarize_run
+from ferkit.evaluation.predictors import load_ensemble, predict
+from ferkit.utils import ProgressFn, atomic_write_text, write_json
 
 
 def compare(
@@ -27,20 +30,17 @@ def compare(
 
     detect: labelled photos through the product's pipeline (ferkit.evaluation.pipeline.compare_photos).
     """
-    from ferkit.data import load_dataset
 
     if len(models) < 2:
         raise FerkitError("compare: give at least two models")
     if detect:
-        from ferkit.evaluation.pipeline import compare_photos
-
         for flag, given in (("--format", format is not None), ("--restrict", restrict)):
             if given:
                 raise FerkitError(f"{flag}: not used with --detect")
         return compare_photos(models, data, split=split, tta=tta, map_spec=map_spec, n_boot=n_boot, seed=seed,
                               alpha=alpha, progress=progress)
     t0 = time.perf_counter()
-    ensembles = [load_ensemble(parse_model_specs(m)) for m in models]
+    ensembles = [load_ensemble(m) for m in models]
     ds = load_dataset(data, format=format, size=max(e.input_size for e in ensembles))
     preps = []
     for spec, ens in zip(models, ensembles, strict=True):
@@ -56,7 +56,7 @@ def compare(
     n_items = len(preps[0].split)
     for spec, ens, prep in zip(models, ensembles, preps, strict=True):
         sp = prep.split
-        prob, raw = ens.predict(sp.images, tta, progress=progress, what=f"predicting {spec}")
+        prob, raw = predict(ens, sp.images, tta, progress=progress, what=f"predicting {spec}")
         outside = outside_data(prob.argmax(1), prep, ens.classes)
         prob, raw = prep.restrict(prob), prep.restrict(raw)
         m = summarize(sp.labels, prob, raw, prep.classes, ens.calibrated, sp.soft, prep.train_copy, n_boot, seed)
@@ -167,8 +167,62 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def write_compare(res: dict[str, Any], out: Path) -> None:
-    from ferkit.utils import atomic_write_text
-
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", res)
     atomic_write_text(out / "compare.md", markdown(res))
+
+
+def compare_photos(
+    models: list[str], data: str | Path, split: str = "test", tta: str = "none", map_spec: str | None = None,
+    n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """`compare(..., detect=True)`: every model through the pipeline on the same photos; McNemar's test and a paired
+    bootstrap of the accuracy difference (over all, and of the mean over datasets) for every pair."""
+
+    if len(models) < 2:
+        raise FerkitError("compare: give at least two models")
+    t0 = time.perf_counter()
+    ps = read_photos(data, split)
+    recs = []
+    for spec in models:
+        try:
+            recs.append(recognizer(spec, tta))
+        except FerkitError as e:
+            raise FerkitError(f"model {spec}: {e}") from None
+    runs_ = []
+    for spec, rec in zip(models, recs, strict=True):
+        try:
+            run = run_photos(rec, ps, map_spec, progress=progress, what=f"predicting {spec}", tta=tta)
+        except FerkitError as e:
+            raise FerkitError(f"model {spec}: {e}") from None
+        if runs_ and [p.path for p in run.photos] != [p.path for p in runs_[0].photos]:
+            raise FerkitError(f"model {spec}: evaluates {len(run.photos)} photos, {models[0]} {len(runs_[0].photos)};"
+                              " compare needs the same photos for every model")
+        runs_.append(run)
+    rows, names = [], []
+    for spec, run in zip(models, runs_, strict=True):
+        s = summarize_run(run, n_boot, seed)
+        m = s["metrics"]
+        names.append(_unique(spec, names))
+        rows.append({
+            "model": names[-1], "spec": spec, "accuracy": m["accuracy"], "accuracy_ci95": m["ci95"]["accuracy"],
+            "macro_f1": m["macro_f1"], "macro_f1_ci95": m["ci95"]["macro_f1"],
+            "balanced_accuracy": m["balanced_accuracy"], "top2_accuracy": m["top2_accuracy"],
+            "log_loss": m["log_loss"], "ece": m["ece"], "temperature": run.model["members"][0]["temperature"],
+            "accuracy_without_train_copies": None, "in_votes_accuracy": None, "predicted_outside_data": None,
+            "no_face": s["no_face"]["n"], "mean_over_datasets": s["mean_over_datasets"],
+            "datasets": {k: {"n": v["n"], "accuracy": v["accuracy"], "accuracy_ci95": v["accuracy_ci95"],
+                             "macro_f1": v["macro_f1"], "macro_f1_ci95": v["macro_f1_ci95"]}
+                         for k, v in s["datasets"].items()},
+        })
+    groups = runs_[0].datasets
+    pairs = []
+    for i, j in combinations(range(len(rows)), 2):
+        a, b = runs_[i].correct, runs_[j].correct
+        t = mcnemar(a, b)
+        pairs.append({"a": names[i], "b": names[j], **t, "significant": t["p_exact"] < alpha,
+                      "accuracy_difference": paired_difference_ci(a, b, n_boot=n_boot, seed=seed),
+                      "mean_over_datasets_difference": paired_difference_ci(a, b, groups, n_boot=n_boot, seed=seed)})
+    return {"data": str(data), "split": ps.split or "all", "n": len(runs_[0].y), "tta": tta, "alpha": alpha,
+            "restrict": False, "detect": True, "pipeline": runs_[0].pipeline, "datasets": ps.datasets,
+            "models": rows, "mcnemar": pairs, "seconds": round(time.perf_counter() - t0, 2)}

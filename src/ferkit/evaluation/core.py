@@ -13,22 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ferkit import runs
+from ferkit import __version__, runs
+from ferkit.data import load_dataset
 from ferkit.data.audit import exact_train_copies
 from ferkit.data.classes import class_lut, match_classes, parse_map, remap_split
 from ferkit.data.dataset import Dataset, Split
 from ferkit.errors import FerkitError
-from ferkit.evaluation.metrics import (
-    bootstrap_ci,
-    classification_metrics,
-    f1_from_confusions,
-    fit_temperature,
-    reliability,
-    vote_agreement,
-)
-from ferkit.evaluation.predictors import Ensemble, load_ensemble
-from ferkit.utils import ProgressFn, is_package_asset, next_free, write_json
-from ferkit.views import tta_mode
+from ferkit.evaluation.metrics import expected_calibration_error, fit_temperature, summarize
+from ferkit.evaluation.pipeline import evaluate_photos
+from ferkit.evaluation.predictors import load_ensemble, predict
+from ferkit.evaluation.report import build_figures, default_out, write_report
+from ferkit.inference.classifier import Ensemble
+from ferkit.inference.resolve import resolve_models
+from ferkit.utils import ProgressFn, atomic_write, is_package_asset, next_free, write_json
+from ferkit.views import apply_temperature, tta_mode
 
 if TYPE_CHECKING:
     from ferkit.evaluation.pipeline import PhotoEvaluation
@@ -74,7 +72,7 @@ class Evaluation:
 
     def proba(self, images: np.ndarray) -> np.ndarray:
         """Calibrated probabilities over the evaluated classes (for occlusion maps)."""
-        return self.prepared.restrict(self.ensemble.proba(images))
+        return self.prepared.restrict(self.ensemble.predict_proba(images))
 
 
 def prepare(ds: Dataset, classes: list[str], split: str, map_spec: str | None, copies: bool = True,
@@ -111,51 +109,6 @@ def outside_data(pred: np.ndarray, prep: Prepared, model_classes: list[str]) -> 
             "classes": {model_classes[i]: int(c) for i, c in enumerate(counts) if c}}
 
 
-def summarize(
-    y: np.ndarray, prob: np.ndarray, prob_raw: np.ndarray, classes: list[str], calibrated: bool,
-    soft: np.ndarray | None = None, train_copy: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
-) -> dict[str, Any]:
-    """The metrics block of metrics.json for labels `y` and (calibrated, uncalibrated) probabilities."""
-    m = classification_metrics(y, prob, classes)
-    pred = prob.argmax(1)
-    m["ci95"] = bootstrap_ci(y, pred, len(classes), n_boot=n_boot, seed=seed)
-    rel = reliability(y, prob)
-    m["ece"] = rel["ece"]
-    cal: dict[str, Any] = {"reliability": rel}
-    if calibrated:
-        rel_raw = reliability(y, prob_raw)
-        cal.update(ece_uncalibrated=rel_raw["ece"], reliability_uncalibrated=rel_raw)
-    m["calibration"] = cal
-    m["votes"] = vote_agreement(pred, soft) if soft is not None else None
-    m["train_copies"] = None
-    if train_copy is not None:
-        clean = ~train_copy
-        block: dict[str, Any] = {"n_copies": int(train_copy.sum()), "n_without": int(clean.sum())}
-        if clean.any():
-            block["accuracy_without"] = float((pred[clean] == y[clean]).mean())
-            cm = np.zeros((1, len(classes), len(classes)), np.int64)
-            np.add.at(cm[0], (y[clean], pred[clean]), 1)
-            present = np.bincount(y[clean], minlength=len(classes)) > 0
-            block["macro_f1_without"] = float(f1_from_confusions(cm)[0, present].mean())
-        if train_copy.any():
-            block["accuracy_on_copies"] = float((pred[train_copy] == y[train_copy]).mean())
-        m["train_copies"] = block
-    return m
-
-
-def default_out(models: list[str], data: str | Path, split: str) -> Path:
-    def label(s: str) -> str:
-        p = Path(s.rstrip("/"))
-        name = p.name
-        for suf in (".gz", ".zip", ".csv", ".json", ".onnx", ".safetensors"):
-            name = name.removesuffix(suf)
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "model"
-
-    model = "+".join(label(m) for m in models)
-    tail = "" if split == "test" else f"-{split}"
-    return Path("runs") / "eval" / f"{model}-{label(str(data))}{tail}"
-
-
 def evaluate(
     models: list[str] | str,
     data: str | Path,
@@ -183,21 +136,17 @@ def evaluate(
     (ferkit.evaluation.pipeline): metrics per dataset and over all, the photos with no face found counted as wrong
     and listed. It returns a PhotoEvaluation (metrics, out, figures, and the run behind them).
     """
-    from ferkit.data import load_dataset
-    from ferkit.evaluation.predictors import parse_model_specs
 
     t0 = time.perf_counter()
-    specs = parse_model_specs(models)
     if detect:
-        from ferkit.evaluation.pipeline import evaluate_photos
-
         for flag, given in (("--format", format is not None), ("--restrict", restrict)):
             if given:
                 raise FerkitError(f"{flag}: not used with --detect (it reads labelled photos and scores all the "
                                   "model's classes)")
-        return evaluate_photos(specs, data, split=split, out=out, tta=tta, map_spec=map_spec, n_boot=n_boot,
+        return evaluate_photos(models, data, split=split, out=out, tta=tta, map_spec=map_spec, n_boot=n_boot,
                                seed=seed, report=report, progress=progress)
-    ens = load_ensemble(specs)
+    ens = load_ensemble(models)
+    tta = ens.mode(tta) if tta_mode(tta) == "auto" else tta
     log.info("model %s: %d classes (%s), input %d px", ens.name, len(ens.classes), ", ".join(ens.classes),
              ens.input_size)
     ds = load_dataset(data, format=format, size=ens.input_size)
@@ -205,7 +154,7 @@ def evaluate(
     sp = prep.split
     log.info("data %s: %s split, %d images%s", data, split, len(sp),
              f" ({prep.left_out} left out by --map)" if prep.left_out else "")
-    prob, prob_raw = ens.predict(sp.images, tta, progress=progress)
+    prob, prob_raw = predict(ens, sp.images, tta, progress=progress)
     outside = outside_data(prob.argmax(1), prep, ens.classes)
     prob, prob_raw = prep.restrict(prob), prep.restrict(prob_raw)
     metrics = summarize(sp.labels, prob, prob_raw, prep.classes, ens.calibrated, sp.soft, prep.train_copy,
@@ -215,7 +164,7 @@ def evaluate(
                     "renormalises over the dataset's classes", outside["n"], len(sp), data,
                     ", ".join(f"{c} {n}" for c, n in outside["classes"].items()))
     result = {
-        "ferkit_version": _version(),
+        "ferkit_version": __version__,
         "model": ens.info(),
         "data": {
             "source": str(data), "format": ds.format, "split": split, "classes": ds.classes, "n": len(sp),
@@ -230,12 +179,10 @@ def evaluate(
         "seconds": None,
     }
     ev = Evaluation(result, prep, ens, prob, prob_raw)
-    out_dir = Path(out) if out is not None else runs.new_run_dir(default_out(specs, data, split))
+    out_dir = Path(out) if out is not None else runs.new_run_dir(default_out([m.name for m in ens.members], data, split))
     ev.out = out_dir
     write_predictions(out_dir / PREDICTIONS, sp, sp.labels, prob, prep.classes)
     if report:
-        from ferkit.evaluation.report import build_figures, write_report
-
         log.info("drawing figures and occlusion maps")
         ev.figures = build_figures(ev, saliency_per_class=saliency, seed=seed)
         result["seconds"] = round(time.perf_counter() - t0, 2)
@@ -255,7 +202,6 @@ def write_predictions(path: Path, sp: Split, y: np.ndarray, prob: np.ndarray, cl
     (the list to go through when relabelling)."""
     import csv
 
-    from ferkit.utils import atomic_write
 
     pred = prob.argmax(1)
 
@@ -268,12 +214,6 @@ def write_predictions(path: Path, sp: Split, y: np.ndarray, prob: np.ndarray, cl
                             f"{prob[i, pred[i]]:.4f}", *(f"{p:.4f}" for p in prob[i])])
 
     atomic_write(path, write)
-
-
-def _version() -> str:
-    from ferkit import __version__
-
-    return __version__
 
 
 def calibrated_path(member: Any, out: str | Path | None) -> Path:
@@ -312,23 +252,19 @@ def calibrate(
 
     Reports ECE and NLL before and after on the fitting split, and on the test split when there is one.
     """
-    from ferkit.evaluation.metrics import expected_calibration_error
-    from ferkit.evaluation.predictors import parse_model_specs
-    from ferkit.views import apply_temperature
 
-    specs = parse_model_specs(model)
-    if len(specs) != 1:
+    if len(resolve_models(model)) != 1:
         raise FerkitError("calibrate: give one model (an ensemble has no single temperature)")
-    ens = load_ensemble(specs)
+    ens = load_ensemble(model)
     member = ens.members[0]
+    tta = member.mode(tta)
     if write and member.kind != "onnx":
         raise FerkitError(f"{member.source}: calibrate stores the temperature in an ONNX model; "
                           "give a .onnx file or a run folder with model.onnx (or use --no-write)")
-    from ferkit.data import load_dataset
 
     ds = load_dataset(data, format=format, size=ens.input_size)
     prep = prepare(ds, ens.classes, split, map_spec, copies=False)
-    _, raw = ens.predict(prep.split.images, tta=tta, progress=progress)
+    _, raw = predict(ens, prep.split.images, tta, progress=progress)
     y = prep.split.labels
     t = fit_temperature(y, raw)
 
@@ -346,7 +282,7 @@ def calibrate(
     }
     if split != "test" and "test" in ds.splits:
         tp = prepare(ds, ens.classes, "test", map_spec, copies=False)
-        _, traw = ens.predict(tp.split.images, tta=tta)
+        _, traw = predict(ens, tp.split.images, tta)
         res["test"] = {"before": scores(tp.split.labels, traw),
                        "after": scores(tp.split.labels, apply_temperature(traw, t))}
     res["written_to"] = None

@@ -15,12 +15,12 @@ import numpy as np
 def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Accuracy, balanced accuracy, per-class P/R/F1/support, macro/weighted F1, confusion matrices, top-2, log-loss.
 
-    Accuracy, macro-F1 and log-loss are ferkit.metrics' (the trainer's validation uses the same definitions);
+    Accuracy, macro-F1 and log-loss are ferkit.scoring' (the trainer's validation uses the same definitions);
     macro-F1 and balanced accuracy average over the classes present in `y`.
     """
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-    from ferkit.metrics import validation_metrics
+    from ferkit.scoring import validation_metrics
 
     y = np.asarray(y, dtype=np.int64)
     prob = np.asarray(prob, dtype=np.float64)
@@ -235,3 +235,35 @@ def vote_agreement(pred: np.ndarray, soft: np.ndarray) -> dict[str, float]:
     and the mean share of votes it got (the chance a random annotator agrees)."""
     got = soft[np.arange(len(pred)), pred]
     return {"in_votes_accuracy": float((got > 0).mean()), "mean_vote_share": float(got.mean())}
+
+
+def summarize(
+    y: np.ndarray, prob: np.ndarray, prob_raw: np.ndarray, classes: list[str], calibrated: bool,
+    soft: np.ndarray | None = None, train_copy: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
+) -> dict[str, Any]:
+    """The metrics block of metrics.json for labels `y` and (calibrated, uncalibrated) probabilities."""
+    m = classification_metrics(y, prob, classes)
+    pred = prob.argmax(1)
+    m["ci95"] = bootstrap_ci(y, pred, len(classes), n_boot=n_boot, seed=seed)
+    rel = reliability(y, prob)
+    m["ece"] = rel["ece"]
+    cal: dict[str, Any] = {"reliability": rel}
+    if calibrated:
+        rel_raw = reliability(y, prob_raw)
+        cal.update(ece_uncalibrated=rel_raw["ece"], reliability_uncalibrated=rel_raw)
+    m["calibration"] = cal
+    m["votes"] = vote_agreement(pred, soft) if soft is not None else None
+    m["train_copies"] = None
+    if train_copy is not None:
+        clean = ~train_copy
+        block: dict[str, Any] = {"n_copies": int(train_copy.sum()), "n_without": int(clean.sum())}
+        if clean.any():
+            block["accuracy_without"] = float((pred[clean] == y[clean]).mean())
+            cm = np.zeros((1, len(classes), len(classes)), np.int64)
+            np.add.at(cm[0], (y[clean], pred[clean]), 1)
+            present = np.bincount(y[clean], minlength=len(classes)) > 0
+            block["macro_f1_without"] = float(f1_from_confusions(cm)[0, present].mean())
+        if train_copy.any():
+            block["accuracy_on_copies"] = float((pred[train_copy] == y[train_copy]).mean())
+        m["train_copies"] = block
+    return m

@@ -19,10 +19,18 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from ferkit import __version__, runs
+from ferkit.data.classes import class_lut, parse_map
 from ferkit.data.dataset import Skipped
 from ferkit.data.photos import Photo, PhotoSet, read_photos
 from ferkit.errors import FerkitError
-from ferkit.utils import ProgressFn
+from ferkit.evaluation.metrics import mean_over_groups_ci, reliability, summarize, top_k_accuracy
+from ferkit.evaluation.report import NO_FACE, build_photo_figures, default_out, write_report
+from ferkit.inference.recognizer import EmotionRecognizer
+from ferkit.inference.resolve import resolve_models
+from ferkit.scoring import log_loss
+from ferkit.utils import ProgressFn, atomic_write, write_json
+from ferkit.views import tta_mode
 
 if TYPE_CHECKING:
     from ferkit.inference.recognizer import EmotionRecognizer
@@ -30,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ferkit.evaluation")
 
-NO_FACE = "no face"
 THUMB = 96  # pixels a side of the photo and of its face crop in the report's grids
 
 
@@ -85,20 +92,15 @@ def largest_face(pred: Prediction) -> Face | None:
     return max(pred.faces, key=lambda f: f.box[2] * f.box[3], default=None)
 
 
-def recognizer(models: list[str], tta: str = "none") -> EmotionRecognizer:
+def recognizer(models: list[str] | str, tta: str = "none") -> EmotionRecognizer:
     """The recognizer a user gets for these models (an ensemble for several), with the product's default settings."""
-    from ferkit.inference.recognizer import EmotionRecognizer
-    from ferkit.views import tta_mode
 
-    mode = tta_mode(tta)
-    return EmotionRecognizer(models if len(models) > 1 else models[0], tta=False if mode == "none" else mode)
+    return EmotionRecognizer(models, tta=tta)
 
 
 def model_info(rec: EmotionRecognizer, tta: str) -> dict[str, Any]:
     return {"name": "+".join(rec.model_names), "classes": list(rec.classes),
-            "members": [{"name": m.name, "source": str(m.path), "kind": "onnx", "classes": list(m.classes),
-                         "input_size": m.input_size, "crop": m.crop, "temperature": m.temperature_for(tta)}
-                        for m in rec.models]}
+            "members": [{**m.info(), "temperature": m.temperature_for(rec.classifier.mode(tta))} for m in rec.models]}
 
 
 def pipeline_info(rec: EmotionRecognizer) -> dict[str, Any]:
@@ -113,7 +115,6 @@ def run_photos(rec: EmotionRecognizer, ps: PhotoSet, map_spec: str | None = None
                progress: ProgressFn | None = None, what: str = "detecting and classifying", tta: str = "none",
                ) -> PhotoRun:
     """Every photo of `ps` through `rec.predict`; unreadable ones are skipped and listed, the rest go on."""
-    from ferkit.data.classes import class_lut, parse_map
 
     try:
         lut = class_lut(ps.classes, rec.classes, parse_map(map_spec))
@@ -194,9 +195,6 @@ def photo_metrics(y: np.ndarray, prob: np.ndarray, found: np.ndarray, classes: l
     """evaluate's metrics block, with "no face" as one more predicted class (always wrong): accuracy, F1s, the
     confusion matrix and their intervals count those photos; log-loss and ECE are over the photos with a face
     (a missing face has no probability to score), top-2 over all (no face: wrong)."""
-    from ferkit.evaluation.core import summarize
-    from ferkit.evaluation.metrics import reliability, top_k_accuracy
-    from ferkit.metrics import log_loss
 
     c = len(classes)
     ext = np.zeros((len(y), c + 1), np.float32)
@@ -233,7 +231,6 @@ def dataset_block(m: dict[str, Any]) -> dict[str, Any]:
 
 def summarize_run(run: PhotoRun, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """metrics (over all), datasets (each one's block), mean_over_datasets and the no-face list."""
-    from ferkit.evaluation.metrics import mean_over_groups_ci
 
     overall = photo_metrics(run.y, run.prob, run.found, run.classes, n_boot, seed)
     ds = run.datasets
@@ -257,14 +254,12 @@ def evaluate_photos(
     progress: ProgressFn | None = None,
 ) -> PhotoEvaluation:
     """`evaluate(..., detect=True)`: see the module docstring; writes metrics.json, predictions.csv and the report."""
-    from ferkit import runs
-    from ferkit.data.classes import parse_map
-    from ferkit.evaluation.core import _version, default_out
-    from ferkit.utils import write_json
 
     t0 = time.perf_counter()
+    specs = [ref.spec for ref in resolve_models(models)]
     ps = read_photos(data, split)
-    rec = recognizer(models, tta)
+    rec = recognizer(specs, tta)
+    tta = rec.classifier.mode(tta) if tta_mode(tta) == "auto" else tta
     log.info("model %s, detector %s; data %s: %d photos in %d dataset(s) (%s)", "+".join(rec.model_names),
              rec.detector_name, data, len(ps.photos), len(ps.datasets), ", ".join(ps.datasets))
     run = run_photos(rec, ps, map_spec, pairs=report, progress=progress, tta=tta)
@@ -275,7 +270,7 @@ def evaluate_photos(
         log.warning("no face found in %d of %d photos: counted as wrong (metrics.json: no_face)",
                     summary["no_face"]["n"], len(run.y))
     result: dict[str, Any] = {
-        "ferkit_version": _version(),
+        "ferkit_version": __version__,
         "model": run.model,
         "pipeline": run.pipeline,
         "data": {
@@ -293,13 +288,11 @@ def evaluate_photos(
         "seconds": None,
     }
     ev = PhotoEvaluation(result, run)
-    name = [Path(str(m).rstrip("/")).name or str(m) for m in models]
+    name = [Path(m.rstrip("/")).name or m for m in specs]
     ev.out = Path(out) if out is not None else runs.new_run_dir(default_out(name, data, ps.split or "test"))
     ev.out.mkdir(parents=True, exist_ok=True)
     write_photo_predictions(ev.out / "predictions.csv", run)
     if report:
-        from ferkit.evaluation.report import build_photo_figures, write_report
-
         ev.figures = build_photo_figures(ev, seed=seed)
         result["seconds"] = round(time.perf_counter() - t0, 2)
         write_report(ev, ev.out)  # type: ignore[arg-type]
@@ -315,7 +308,6 @@ def write_photo_predictions(path: Path, run: PhotoRun) -> None:
     with no face has predicted "no face" and empty probabilities."""
     import csv
 
-    from ferkit.utils import atomic_write
 
     classes = run.classes
     pred = run.pred
@@ -338,63 +330,3 @@ def write_photo_predictions(path: Path, run: PhotoRun) -> None:
     atomic_write(path, write)
 
 
-# -- compare ------------------------------------------------------------------------------------------------------
-def compare_photos(
-    models: list[str], data: str | Path, split: str = "test", tta: str = "none", map_spec: str | None = None,
-    n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, progress: ProgressFn | None = None,
-) -> dict[str, Any]:
-    """`compare(..., detect=True)`: every model through the pipeline on the same photos; McNemar's test and a paired
-    bootstrap of the accuracy difference (over all, and of the mean over datasets) for every pair."""
-    from itertools import combinations
-
-    from ferkit.evaluation.compare import _unique
-    from ferkit.evaluation.metrics import mcnemar, paired_difference_ci
-    from ferkit.evaluation.predictors import parse_model_specs
-
-    if len(models) < 2:
-        raise FerkitError("compare: give at least two models")
-    t0 = time.perf_counter()
-    ps = read_photos(data, split)
-    recs = []
-    for spec in models:
-        try:
-            recs.append(recognizer(parse_model_specs(spec), tta))
-        except FerkitError as e:
-            raise FerkitError(f"model {spec}: {e}") from None
-    runs_: list[PhotoRun] = []
-    for spec, rec in zip(models, recs, strict=True):
-        try:
-            run = run_photos(rec, ps, map_spec, progress=progress, what=f"predicting {spec}", tta=tta)
-        except FerkitError as e:
-            raise FerkitError(f"model {spec}: {e}") from None
-        if runs_ and [p.path for p in run.photos] != [p.path for p in runs_[0].photos]:
-            raise FerkitError(f"model {spec}: evaluates {len(run.photos)} photos, {models[0]} {len(runs_[0].photos)};"
-                              " compare needs the same photos for every model")
-        runs_.append(run)
-    rows, names = [], []
-    for spec, run in zip(models, runs_, strict=True):
-        s = summarize_run(run, n_boot, seed)
-        m = s["metrics"]
-        names.append(_unique(spec, names))
-        rows.append({
-            "model": names[-1], "spec": spec, "accuracy": m["accuracy"], "accuracy_ci95": m["ci95"]["accuracy"],
-            "macro_f1": m["macro_f1"], "macro_f1_ci95": m["ci95"]["macro_f1"],
-            "balanced_accuracy": m["balanced_accuracy"], "top2_accuracy": m["top2_accuracy"],
-            "log_loss": m["log_loss"], "ece": m["ece"], "temperature": run.model["members"][0]["temperature"],
-            "accuracy_without_train_copies": None, "in_votes_accuracy": None, "predicted_outside_data": None,
-            "no_face": s["no_face"]["n"], "mean_over_datasets": s["mean_over_datasets"],
-            "datasets": {k: {"n": v["n"], "accuracy": v["accuracy"], "accuracy_ci95": v["accuracy_ci95"],
-                             "macro_f1": v["macro_f1"], "macro_f1_ci95": v["macro_f1_ci95"]}
-                         for k, v in s["datasets"].items()},
-        })
-    groups = runs_[0].datasets
-    pairs = []
-    for i, j in combinations(range(len(rows)), 2):
-        a, b = runs_[i].correct, runs_[j].correct
-        t = mcnemar(a, b)
-        pairs.append({"a": names[i], "b": names[j], **t, "significant": t["p_exact"] < alpha,
-                      "accuracy_difference": paired_difference_ci(a, b, n_boot=n_boot, seed=seed),
-                      "mean_over_datasets_difference": paired_difference_ci(a, b, groups, n_boot=n_boot, seed=seed)})
-    return {"data": str(data), "split": ps.split or "all", "n": len(runs_[0].y), "tta": tta, "alpha": alpha,
-            "restrict": False, "detect": True, "pipeline": runs_[0].pipeline, "datasets": ps.datasets,
-            "models": rows, "mcnemar": pairs, "seconds": round(time.perf_counter() - t0, 2)}

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ferkit import runs
+from ferkit.utils import atomic_write, atomic_write_text, write_json
 
 if TYPE_CHECKING:
     from ferkit.evaluation.core import Evaluation
     from ferkit.evaluation.pipeline import PhotoEvaluation
 
 GRID_COLS = 8
+# The label of a photo where no face was found (evaluation through the pipeline).
+NO_FACE = "no face"
 
 
 def build_figures(ev: Evaluation, saliency_per_class: int = 2, seed: int = 0) -> dict[str, bytes]:
-    from ferkit import runs
     from ferkit.evaluation import plots
     from ferkit.evaluation.saliency import occlusion_map
 
@@ -75,7 +80,6 @@ def build_photo_figures(ev: PhotoEvaluation, seed: int = 0) -> dict[str, bytes]:
     """evaluate --detect's figures: the confusion matrix with its "no face" column, reliability over the photos with
     a face, and grids of each photo (the scored face's box drawn) beside the crop the model saw."""
     from ferkit.evaluation import plots
-    from ferkit.evaluation.pipeline import NO_FACE
 
     run, m = ev.run, ev.metrics["metrics"]
     classes = [*run.classes, NO_FACE]
@@ -111,8 +115,6 @@ def build_photo_figures(ev: PhotoEvaluation, seed: int = 0) -> dict[str, bytes]:
 
 
 def write_report(ev: Evaluation | PhotoEvaluation, out: Path) -> None:
-    from ferkit.utils import atomic_write, atomic_write_text, write_json
-
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for name, png in ev.figures.items():
@@ -339,3 +341,16 @@ def render_html(r: dict[str, Any], figs: dict[str, bytes]) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>ferkit evaluation: {e(model['name'])}</title><style>{CSS}</style></head>"
             f"<body><main>\n{body}\n</main></body></html>\n")
+
+
+def default_out(models: list[str], data: str | Path, split: str) -> Path:
+    def label(s: str) -> str:
+        p = Path(s.rstrip("/"))
+        name = p.name
+        for suf in (".gz", ".zip", ".csv", ".json", ".onnx", ".safetensors"):
+            name = name.removesuffix(suf)
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "model"
+
+    model = "+".join(label(m) for m in models)
+    tail = "" if split == "test" else f"-{split}"
+    return Path("runs") / "eval" / f"{model}-{label(str(data))}{tail}"

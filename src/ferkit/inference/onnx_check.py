@@ -15,7 +15,7 @@ through, in this order, before anything runs in this process:
 3. its first run (`first_run`): loading it and running it once on a blank 1 x 1 x crop x crop face happen in a child
    process limited to PROBE_MEMORY bytes of address space (Linux) and PROBE_SECONDS seconds; only a model that
    passes is loaded here. The report (declared inputs and outputs, the probe's output) is checked by
-   ferkit.inference.model against the metadata: output N x classes, finite probabilities summing to one.
+   ferkit.inference.onnx_classifier against the metadata: output N x classes, finite probabilities summing to one.
 
 Each refusal is one FerkitError line naming the file. ferkit's own exports (every registry network, ensembles, the
 MobileNet `faceres` with its Resize and TensorFlow-style Pad) pass: their computed sizes come from constants and
@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferkit.errors import FerkitError
+from ferkit.inference import _first_run
 
 MAX_MODEL_BYTES = 256 << 20  # ferkit's largest model, the `accurate` ensemble, is 25 MB
 MAX_NODES = 100_000  # the `faceres` MobileNet has about 600; a graph of millions is slow to even load
@@ -296,8 +297,6 @@ def first_run(path: Path, crop: int) -> dict:
 
 
 def _first_run_script() -> str:
-    from ferkit.inference import _first_run
-
     return _first_run.__file__
 
 

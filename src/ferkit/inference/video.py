@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -18,14 +18,25 @@ import numpy as np
 from ferkit.errors import FerkitError
 from ferkit.images import MAX_PIXELS, ImageTooLarge
 from ferkit.inference.detect import Detection
-from ferkit.inference.results import Prediction
-from ferkit.inference.sources import VIDEO_SUFFIXES  # noqa: F401 - re-exported: where callers found it
+from ferkit.inference.draw import class_colour
+from ferkit.inference.results import Face, Prediction
+from ferkit.inference.sources import (
+    VIDEO_SUFFIXES,  # noqa: F401 - re-exported: where callers found it
+    camera_index,
+)
 from ferkit.inference.tracking import FaceTracker
 from ferkit.utils import atomic_write, atomic_write_text
 
-if TYPE_CHECKING:
-    from ferkit.inference.recognizer import EmotionRecognizer
 
+class FaceSteps(Protocol):
+    """What a frame needs of an EmotionRecognizer: its public pipeline steps."""
+
+    detector_name: str
+
+    def detect(self, image: np.ndarray, **detection: Any) -> list[Detection]: ...
+
+    def faces(self, image: np.ndarray, detections: list[Detection] | None, *, tta: bool | str | None = None,
+              keep_crops: bool = False) -> list[Face]: ...
 
 
 @contextlib.contextmanager
@@ -57,8 +68,6 @@ class FrameSource:
             raise FerkitError(f"{source}: no such video file")
         with _quiet_stderr():
             if self.is_camera:
-                from ferkit.inference.sources import camera_index
-
                 self.cap = cv2.VideoCapture(camera_index(source))
             else:
                 # FFmpeg first: the catch-all backend also tries to read a broken video as an image sequence.
@@ -127,11 +136,12 @@ class VideoPipeline:
     smooth. The one video loop body: `EmotionRecognizer.stream` and the service's /v1/stream both run frames
     through it. detect=False takes each whole frame as one face crop."""
 
-    recognizer: EmotionRecognizer
+    recognizer: FaceSteps
     tracker: FaceTracker = field(default_factory=FaceTracker)
     detect_every: int = 1
     detect: bool | None = None
     keep_crops: bool = False
+    tta: bool | str | None = None  # None: the recognizer's own
     detection: dict = field(default_factory=dict)  # EmotionRecognizer.detect's keywords
     _count: int = 0
     _last: list[Detection] = field(default_factory=list)
@@ -139,22 +149,14 @@ class VideoPipeline:
     def process(self, frame: np.ndarray, index: int | None = None, time: float | None = None) -> Prediction:
         rec = self.recognizer
         index = self._count if index is None else index
-        if self.detect is False:
-            pred = rec.predict(frame, detect=False, keep_crops=self.keep_crops)
-            faces = pred.faces
-        else:
-            if self._count % max(1, self.detect_every) == 0:
-                self._last = rec.detect(frame, **self.detection)
-            crops = [rec.crop(frame, d) for d in self._last]
-            prob = rec.predict_proba(crops) if crops else np.zeros((0, len(rec.classes)), np.float32)
-            faces = [
-                rec._face(p, d.box, d.score, d.landmarks, c if self.keep_crops else None)
-                for p, d, c in zip(prob, self._last, crops, strict=True)
-            ]
+        if self.detect is not False and self._count % max(1, self.detect_every) == 0:
+            self._last = rec.detect(frame, **self.detection)
+        faces = rec.faces(frame, None if self.detect is False else self._last, tta=self.tta,
+                          keep_crops=self.keep_crops)
         self._count += 1
         self.tracker.update(faces)
         h, w = frame.shape[:2]
-        return Prediction(faces, w, h, detector=None if self.detect is False else rec.detector.name, frame=index,
+        return Prediction(faces, w, h, detector=None if self.detect is False else rec.detector_name, frame=index,
                           time=time, image=frame)
 
 
@@ -197,7 +199,6 @@ class Timeline:
                 "timeline plot skipped: matplotlib is not installed (pip install matplotlib); the CSV has the data"
             )
             return out
-        from ferkit.inference.draw import class_colour
 
         tracks = sorted({r[2] for r in self.rows})
         for tr in tracks:

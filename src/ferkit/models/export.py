@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ferkit.data.classes import ensemble_orders, match_classes
+from ferkit.data.classes import match_classes
 from ferkit.errors import FerkitError
-from ferkit.metadata import MAX_INPUT_SIZE, parse_classes, parse_int
+from ferkit.metadata import MAX_INPUT_SIZE, ensemble_orders, parse_classes, parse_int
 from ferkit.models.registry import create_model, list_models
+from ferkit.utils import atomic_write
 
 
 class WithSoftmax(nn.Module):
@@ -72,9 +73,11 @@ def load_weights(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, info
 
 
-class WeightedEnsemble(nn.Module):
+class EnsembleGraph(nn.Module):
     """Members' probabilities averaged with weights, in the first member's class order, returned as
-    log-probabilities so the export's softmax gives back the average: one ONNX file that loads like any model."""
+    log-probabilities so the export's softmax gives back the average: one ONNX file that loads like any model.
+    The PyTorch graph of what ferkit.inference.classifier.Ensemble computes at run time, by the same rule
+    (ferkit.metadata.ensemble_orders, normalised weights), for shipping an ensemble as one file."""
 
     def __init__(self, members: list[nn.Module], orders: list[list[int]], weights: list[float]):
         super().__init__()
@@ -92,8 +95,8 @@ class WeightedEnsemble(nn.Module):
         return torch.log(p.clamp_min(1e-12))
 
 
-def load_ensemble(paths: list[str | Path], weights: list[float] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """A WeightedEnsemble of ferkit safetensors files (same classes in any order, same input size and crop)."""
+def ensemble_graph(paths: list[str | Path], weights: list[float] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """An EnsembleGraph of ferkit safetensors files (same classes in any order, same input size and crop)."""
     members, infos = [], []
     for p in paths:
         model, info = load_weights(p)
@@ -107,7 +110,7 @@ def load_ensemble(paths: list[str | Path], weights: list[float] | None = None) -
     weights = weights or [1.0] * len(members)
     if len(weights) != len(members) or min(weights) < 0 or sum(weights) <= 0:
         raise FerkitError(f"ensemble weights {weights}: give one non-negative weight per member")
-    ens = WeightedEnsemble(members, orders, weights).eval()
+    ens = EnsembleGraph(members, orders, weights).eval()
     return ens, {**infos[0], "arch": ens.arch, "members": [str(p) for p in paths], "weights": ens.weights}
 
 
@@ -170,7 +173,6 @@ def export_onnx(
     ferkit.models.quantize.half_weights)."""
     import onnx
 
-    from ferkit.utils import atomic_write
 
     path = Path(path)
     # A copy: the exporter folds batch norms into the convolutions of the module it is given, in place.
@@ -218,7 +220,6 @@ def set_onnx_metadata(path: str | Path, updates: dict[str, str], out: str | Path
     (atomically either way)."""
     import onnx
 
-    from ferkit.utils import atomic_write
 
     path = Path(path)
     m = onnx.load(str(path))

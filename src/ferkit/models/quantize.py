@@ -4,7 +4,7 @@ and float16 storage of the weights (half_weights) for a file half the size that 
 Activations are calibrated on images of a dataset's *training* split only (never validation or test, which measure
 the result). The quantised file keeps every metadata entry of the source (classes, input_size, crop, name,
 version, temperature, ...) and adds ``precision = "int8"`` and ``quantization`` (how it was made), so it loads
-through ``ferkit.inference.model.OnnxClassifier`` like any ferkit model.
+through ``ferkit.inference.onnx_classifier.OnnxClassifier`` like any ferkit model.
 
 Needs ``onnx`` and ``onnxruntime`` (``pip install 'ferkit[train]'``), not PyTorch.
 """
@@ -19,17 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ferkit.data.preprocess import preprocess
+from ferkit.data import load_dataset
 from ferkit.errors import FerkitError
 from ferkit.utils import atomic_write
-from ferkit.views import tta_views
+from ferkit.views import preprocess, tta_views
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
 def calibration_images(data: str | Path, n: int = 2000, seed: int = 0, size: int = 48) -> np.ndarray:
     """Up to `n` faces drawn at random (fixed seed) from the training split of any dataset ferkit reads."""
-    from ferkit.data import load_dataset
 
     ds = load_dataset(data, size=size)
     train = ds.splits.get("train")

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from ferkit import __version__
+from ferkit.inference import EmotionRecognizer
 from ferkit.service.config import ServiceConfig
 from ferkit.service.engine import Engine
 from ferkit.service.errors import install_handlers
@@ -53,8 +54,6 @@ def loopback_hosts(host: str, extra: tuple[str, ...] = ()) -> list[str]:
 
 
 def build_recognizer(config: ServiceConfig) -> Any:
-    from ferkit.inference import EmotionRecognizer
-
     # One ONNX Runtime thread per worker by default: several workers each using every core only thrash.
     threads = max(1, (os.cpu_count() or 1) // config.workers)
     return EmotionRecognizer(list(config.model) or None, precision=config.precision, detector=config.detector,

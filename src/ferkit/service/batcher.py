@@ -24,12 +24,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 
+from ferkit.images import crop_batch
+from ferkit.inference.classifier import RUN_BATCH, Classifier
+
 log = logging.getLogger("ferkit.service")
 
-# crops -> N x C probabilities, one row per crop in order (EmotionRecognizer.predict_proba).
+# crops -> N x C probabilities, one row per crop in order (Classifier.predict_proba).
 Classify = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 
@@ -189,3 +193,31 @@ def _settle(item: _Item, fn: Classify) -> None:
         item.future.set_result(fn(item.crops))
     except Exception as e:  # noqa: BLE001 - handed to the request's worker, which raises it there
         item.future.set_exception(e)
+
+
+class BatchedClassifier(Classifier):
+    """A classifier whose `predict_proba` hands the crops to a MicroBatcher (keyed by TTA mode) and waits for its
+    rows: what the service gives `EmotionRecognizer.with_classifier`, so an upload's detection, crops and result
+    stay the library's code and only the network call is shared with other requests. `waiting` is entered while a
+    request waits for its batch (the engine lets go of its Haar lock there)."""
+
+    def __init__(self, inner: Classifier, batcher: MicroBatcher,
+                 waiting: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        self.inner, self.batcher, self.waiting = inner, batcher, waiting
+        for key in ("name", "source", "kind", "classes", "input_size", "crop", "tta", "temperature", "temperatures",
+                    "run_dir"):
+            setattr(self, key, getattr(inner, key))
+
+    def mode(self, tta: bool | str | None) -> str:
+        return self.inner.mode(tta)
+
+    def temperature_for(self, tta: bool | str | None = None) -> float:
+        return self.inner.temperature_for(tta)
+
+    def probabilities(self, faces: Any, tta: bool | str | None = None,
+                      batch: int = RUN_BATCH) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.probabilities(faces, tta, batch)
+
+    def predict_proba(self, crops: Any, batch: int = RUN_BATCH, tta: bool | str | None = None) -> np.ndarray:
+        with self.waiting():
+            return self.batcher.classify(self.inner.mode(tta), crop_batch(crops))

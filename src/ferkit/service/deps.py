@@ -8,7 +8,9 @@ from typing import Annotated, Any
 from fastapi import Depends, Query, Request
 from starlette.requests import HTTPConnection
 
+from ferkit.errors import FerkitError
 from ferkit.service.errors import ApiError
+from ferkit.views import tta_mode
 
 
 def check_key(conn: HTTPConnection, query_key: str | None = None) -> None:
@@ -62,7 +64,29 @@ DetectQ = Annotated[
           "Default: detect unless the image is exactly the model's input size."),
 ]
 TopKQ = Annotated[int | None, Query(ge=1, description="Keep only the k most probable classes per face.")]
-TtaQ = Annotated[bool, Query(description="Test-time augmentation: also classify the mirrored crop and average.")]
+# Booleans as FastAPI read them before TTA had modes: true is the mirror, as in the library.
+_TTA_BOOLEANS = {"true": "flip", "1": "flip", "yes": "flip", "on": "flip",
+                 "false": "none", "0": "none", "no": "none", "off": "none"}
+
+
+def parse_tta(value: str) -> str:
+    """A `tta` query value as a TTA mode (ferkit.views.TTA_MODES), or a 422 naming the field."""
+    mode = _TTA_BOOLEANS.get(value.lower(), value)
+    try:
+        tta_mode(mode)
+    except FerkitError as e:
+        raise ApiError(422, "invalid_parameter", f"query parameter tta: {e}") from None
+    return mode
+
+
+def tta_option(tta: Annotated[str, Query(
+        description="Test-time augmentation: none (default); flip (or true): also the mirrored crop; crops: the "
+                    "centre and four corners; flip+crops: all ten; auto: the mode the model's card chose on "
+                    "validation data. The views' probabilities are averaged.")] = "none") -> str:
+    return parse_tta(tta)
+
+
+TtaQ = Annotated[str, Depends(tta_option)]
 DetectSizeQ = Annotated[int | None, Query(ge=0, le=8192, description="Reduce the image so its long side is at most "
                                           "this for detection (0: full size). Default: the server's --detect-size.")]
 ThresholdQ = Annotated[float | None, Query(ge=0, le=1, description="Minimum detector score. Default: the server's "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import threading
 import time
@@ -14,11 +13,14 @@ import numpy as np
 
 from ferkit import images
 from ferkit.errors import FerkitError
-from ferkit.service.batcher import MicroBatcher
+from ferkit.service.batcher import BatchedClassifier, MicroBatcher
 from ferkit.service.errors import ApiError, from_ferkit_error
 from ferkit.service.limits import FORMATS
 from ferkit.service.metrics import Metrics
 from ferkit.service.pool import PixelBudget
+
+# The TTA modes a network call can run ("auto" resolves to one of them, "ten_crop" is "flip+crops").
+RUN_MODES = ("none", "flip", "crops", "flip+crops")
 
 
 class Engine:
@@ -33,13 +35,6 @@ class Engine:
         self.detection = dict(detection or {})  # the server's detection settings; a request may override them
         self.max_pixels = max_pixels
         self.pixels = PixelBudget(pixel_budget or 2 * max_pixels)
-        # TTA is a per-request option but a recognizer setting: a shallow copy shares the ONNX sessions
-        # and the detector, so the TTA twin costs nothing and requests never mutate shared state.
-        self.rec_tta = copy.copy(recognizer)
-        # The TTA the model was shipped with (chosen on validation data), else the mirror.
-        self.rec_tta.tta = recognizer.models[0].metadata.get("tta", "flip") if recognizer.models else "flip"
-        if self.rec_tta.tta == "none":
-            self.rec_tta.tta = "flip"
         self.metrics = metrics
         self.classes: list[str] = list(recognizer.classes)
         self.input_size = int(recognizer.input_size)
@@ -55,25 +50,14 @@ class Engine:
         # OpenCV's CascadeClassifier keeps per-call scratch state in the object: one Haar detection at a time.
         self._lock = threading.Lock() if self.detector == "haar" else contextlib.nullcontext()
         self.batcher: MicroBatcher | None = None
-        self._recs = {False: self.rec, True: self.rec_tta}  # what classifies an upload, by its TTA
-        if batch_window > 0 and batch_faces > 1 and hasattr(recognizer, "predict_proba"):
+        self.uploads = recognizer  # what classifies an upload: the recognizer, or its twin over the batcher
+        if batch_window > 0 and batch_faces > 1 and hasattr(recognizer, "with_classifier"):
+            clf = recognizer.classifier
+            # One function per TTA mode: requests with different modes are never mixed in one network call.
             self.batcher = MicroBatcher(
-                {tta: functools.partial(rec.predict_proba, batch=batch_faces) for tta, rec in self._recs.items()},
+                {mode: functools.partial(clf.predict_proba, batch=batch_faces, tta=mode) for mode in RUN_MODES},
                 window=batch_window, max_faces=batch_faces, capacity=batch_capacity, observe=self._observe_batch)
-            self._recs = {tta: self._batched(rec, tta, self.batcher) for tta, rec in self._recs.items()}
-
-    def _batched(self, rec: Any, tta: bool, batcher: MicroBatcher) -> Any:
-        """A twin of `rec` (a shallow copy: the same ONNX sessions and detector, as the TTA twin) whose crops go to
-        the batcher: detection, alignment and the Prediction stay the library's own code (EmotionRecognizer.predict
-        classifies through self.predict_proba), only crops -> probabilities is shared with other requests."""
-        twin = copy.copy(rec)
-
-        def predict_proba(crops: Any, batch: int = 64) -> np.ndarray:
-            with self._detector_released():
-                return batcher.classify(tta, crops)
-
-        twin.predict_proba = predict_proba
-        return twin
+            self.uploads = recognizer.with_classifier(BatchedClassifier(clf, self.batcher, self._detector_released))
 
     @contextlib.contextmanager
     def _detector_released(self) -> Iterator[None]:
@@ -100,7 +84,7 @@ class Engine:
             self.batcher.close()
 
     # -- per image ----------------------------------------------------------------------------------------------
-    def predict_bytes(self, data: bytes, name: str, detect: bool | None, tta: bool, top_k: int | None,
+    def predict_bytes(self, data: bytes, name: str, detect: bool | None, tta: str, top_k: int | None,
                       detection: dict | None = None) -> dict:
         start = time.perf_counter()
         try:
@@ -114,11 +98,10 @@ class Engine:
             raise
         return self._answer(pred, top_k, start)
 
-    def video(self, window: int, detect: bool | None, tta: bool, detection: dict | None = None) -> StreamSession:
+    def video(self, window: int, detect: bool | None, tta: str, detection: dict | None = None) -> StreamSession:
         """One WebSocket stream's session: its frames go through the library's own stream (tracking, smoothing)."""
-        rec = self.rec_tta if tta else self.rec
         try:
-            return StreamSession(rec, window, detect, {**self.detection, **(detection or {})})
+            return StreamSession(self.rec, window, detect, {**self.detection, **(detection or {}), "tta": tta})
         except FerkitError as e:
             raise ApiError(422, "invalid_parameter", str(e)) from None
 
@@ -139,7 +122,7 @@ class Engine:
             raise from_ferkit_error(e) from None
         return self._answer(pred, top_k, start)
 
-    def _decode_and_predict(self, data: bytes, name: str | None, detect: bool | None, tta: bool,
+    def _decode_and_predict(self, data: bytes, name: str | None, detect: bool | None, tta: str,
                             detection: dict) -> Any:
         """Decoding waits for room in the pixel budget (the header's size, what decoding costs) and holds it until
         the prediction is done."""
@@ -149,7 +132,7 @@ class Engine:
             decoded = images.load(data, where, formats=FORMATS, max_pixels=self.max_pixels)
             return self._predict(decoded, name, detect, tta, detection)
 
-    def _predict(self, decoded: images.Decoded, name: str | None, detect: bool | None, tta: bool,
+    def _predict(self, decoded: images.Decoded, name: str | None, detect: bool | None, tta: str,
                  detection: dict) -> Any:
         """Boxes in the pixels of the full image, also when a very large one was decoded reduced."""
         image = decoded.image
@@ -159,9 +142,8 @@ class Engine:
             raise ApiError(
                 501, "no_detector", "no face detector is installed on this server; pass detect=false for face crops"
             )
-        rec = self._recs[bool(tta)]
         with self._lock:
-            pred = rec.predict(image, detect=detect, name=name, **detection)
+            pred = self.uploads.predict(image, detect=detect, name=name, tta=tta, **detection)
         return pred.scaled_to(decoded.width, decoded.height)
 
     def _answer(self, pred: Any, top_k: int | None, start: float) -> dict:

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ferkit.errors import FerkitError
+from ferkit.images import EmptyImage, ImageTooLarge, UnknownFormat
 
 log = logging.getLogger("ferkit.service")
 
@@ -45,7 +46,6 @@ class ApiError(Exception):
 def from_ferkit_error(e: FerkitError) -> ApiError:
     """Map the library's one-line user errors to HTTP by their type: over a limit 413, not an image format 415, no
     bytes at all 400 empty_body, any other 400 bad_image. The message is the library's."""
-    from ferkit.images import EmptyImage, ImageTooLarge, UnknownFormat
 
     msg = str(e)
     if isinstance(e, ImageTooLarge):

@@ -28,7 +28,9 @@ class ErrorOut(BaseModel):
     error: ErrorBody
 
 
-class ModelRef(BaseModel):
+class ModelOut(BaseModel):
+    """The model that answered: its name (members joined by +) and version."""
+
     name: str
     version: str
 
@@ -61,7 +63,7 @@ class PredictionOut(BaseModel):
     )
 
     schema_version: int = SCHEMA_FIELD
-    model: ModelRef
+    model: ModelOut
     source: str | None = Field(None, description="File name of the upload")
     width: int
     height: int
@@ -102,7 +104,7 @@ class BatchOut(BaseModel):
         }
     )
 
-    model: ModelRef
+    model: ModelOut
     results: list[BatchItemOut]
 
 

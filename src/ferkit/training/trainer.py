@@ -11,6 +11,7 @@ only rank 0 writes the run folder (docs/distributed.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,10 +30,11 @@ from torch import nn
 from ferkit import runs
 from ferkit.data import Dataset, load_dataset
 from ferkit.data.classes import matched_note, parse_map
+from ferkit.data.split import carve_val
 from ferkit.errors import FerkitError
-from ferkit.metrics import validation_metrics
 from ferkit.models import create_model
 from ferkit.models.export import classifier_name, init_from
+from ferkit.scoring import validation_metrics
 from ferkit.training.augment import augment, mix
 from ferkit.training.config import TrainConfig, absolute_paths, to_toml, validate
 from ferkit.training.distill import Teacher, compute_teacher, distill_loss, teacher_specs
@@ -186,113 +188,56 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{cfg.model}{init}-{name(cfg.data or 'data')}"
 
 
+def _check(cfg: TrainConfig, resume: bool) -> None:
+    validate(cfg)  # a config built in code gets the same checks as one read from a file
+    if cfg.data is None:
+        raise FerkitError("no dataset to train on: pass --data PATH (any dataset `ferkit data info` reads, e.g. "
+                          "fer2013.zip or a folder of class folders), or set data in the config")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise FerkitError("--device cuda: no CUDA GPU is available here")
+    if resume and cfg.out is None:
+        raise FerkitError("--resume needs the run folder: --out RUN")
+
+
+def _class_weights(labels: np.ndarray, n: int) -> torch.Tensor:
+    """Each class's weight, inverse to its share of the training images (balance = weights or sampler)."""
+    counts = np.bincount(labels, minlength=n).astype(np.float64)
+    return torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+
+
 class Trainer:
     """One run: `Trainer(cfg).fit()`; `train(cfg)` also finishes the run folder (curves, ONNX, metrics.json).
 
     resume: continue the run in cfg.out from its last finished epoch. exist_ok: train into a folder that is not
     empty (the old run's files are removed); without either, such a folder is refused. cfg.out None: a new
-    numbered folder, runs/train, runs/train2, ... progress: called as training goes (rank 0 only). on_epoch: called
-    with (epoch, log row) after each epoch is saved; it may raise to stop the run (tuning's pruning does).
+    numbered folder, runs/train, runs/train2, ... (the trainer's `out`; cfg is left as it is). progress: called as
+    training goes (rank 0 only). on_epoch: called with (epoch, log row) after each epoch is saved; it may raise to
+    stop the run (tuning's pruning does). on_out: called with the run folder as soon as it is claimed, so that a
+    caller knows where an interrupted run is kept.
     """
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = None,
-                 exist_ok: bool = False, on_epoch: EpochFn | None = None):
+                 exist_ok: bool = False, on_epoch: EpochFn | None = None,
+                 on_out: Callable[[Path], None] | None = None):
+        _check(cfg, resume)
         self.cfg = cfg
-        validate(cfg)  # a config built in code gets the same checks as one read from a file
-        if cfg.data is None:
-            raise FerkitError("no dataset to train on: pass --data PATH (any dataset `ferkit data info` reads, e.g. "
-                              "fer2013.zip or a folder of class folders), or set data in the config")
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise FerkitError("--device cuda: no CUDA GPU is available here")
         self.device = torch.device(cfg.device)
         self.rank, self.world, local_rank = dist_env()
         if self.world > 1:
             self._join_process_group(local_rank)
         self.progress = progress if self.rank == 0 else None
         self.on_epoch = on_epoch
-        if resume and cfg.out is None:
-            raise FerkitError("--resume needs the run folder: --out RUN")
-        # Rank 0 decides the run folder (numbered when not given, refused when it holds another run) and tells the
-        # others: they must not race it to the next free number.
-        cfg.out = self._from_rank0(lambda: self._claim_out(resume, exist_ok))
-        self.out = Path(cfg.out)
-        if cfg.threads:
-            cores = os.cpu_count() or 1
-            if cfg.threads > cores:  # more threads than cores only thrash (4096 of them hung a 2-core machine)
-                self._log(logging.WARNING, "threads %d: this machine has %d cores; using %d", cfg.threads, cores,
-                          cores)
-            torch.set_num_threads(min(cfg.threads, cores))
-        elif self.world > 1 and self.device.type == "cpu":
-            # torchrun sets OMP_NUM_THREADS=1; "all cores" means the node's cores shared out among its processes.
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-        if cfg.batch_size % self.world:
-            raise FerkitError(f"batch_size: {cfg.batch_size} does not split evenly over {self.world} processes; "
-                              f"the global batch is shared out, so choose a multiple of {self.world}")
+        self.out = self._claim_out(resume, exist_ok)
+        if on_out is not None:
+            on_out(self.out)
+        self._set_threads()
         self.bf16 = use_bf16(cfg, self.device)
-        # Under torchrun each node's first process decodes (and caches) the dataset while the others wait.
-        if self.world > 1 and local_rank != 0:
-            dist.barrier()
-        self.ds = load_dataset(cfg.data, format=cfg.format, classes=cfg.classes, val_fraction=cfg.val_fraction)
-        if self.world > 1 and local_rank == 0:
-            dist.barrier()
-        self.val_source = "val"
-        if "val" not in self.ds.splits and "train" in self.ds.splits and cfg.val_fraction > 0:
-            from ferkit.data.split import carve_val
-
-            self.ds = carve_val(self.ds, cfg.val_fraction, cfg.seed)
-            self.val_source = f"{cfg.val_fraction:.0%} of train (stratified, seed {cfg.seed})"
-            self._log(logging.INFO, "%s has no val split: validating on %s, %d images; val_fraction sets the share",
-                      cfg.data, self.val_source, len(self.ds["val"]))
-        for split in ("train", "val"):
-            if split not in self.ds.splits:
-                raise FerkitError(f"{cfg.data}: has no {split} split; training needs train and val "
-                                  "(set val_fraction above 0 to carve val out of train)")
+        self.ds, self.val_source = self._load_data(local_rank)
         self.classes = self.ds.classes
         self.input_size = int(self.ds["train"].images.shape[-1])
-        if not 0 <= cfg.crop <= self.input_size:
-            raise FerkitError(f"crop: {cfg.crop} must lie between 0 (whole face) and the face size {self.input_size}")
-        self.crop = cfg.crop or self.input_size
-        kw = {} if cfg.dropout is None else {"dropout": cfg.dropout}
-        torch.manual_seed(cfg.seed)
-        self.model = create_model(cfg.model, len(self.classes), **kw)
-        if cfg.init:
-            # "default": the shipped model's weights, beside its ONNX file in the package.
-            init = assets_dir() / "ferkit_default.safetensors" if cfg.init == "default" else cfg.init
-            new, matched = init_from(self.model, init, self.classes, parse_map(cfg.class_map))
-            self._log(logging.INFO, "starting from %s%s%s", cfg.init,
-                      f"; classes matched by emotion: {matched_note(matched)}" if matched else "",
-                      f"; new classes (their output rows start afresh): {', '.join(new)}" if new else "")
-        elif cfg.pretrained and hasattr(self.model, "load_pretrained"):
-            self.model.load_pretrained()
-            self._log(logging.INFO, "starting from %s's pretrained weights", cfg.model)
-        if cfg.freeze:
-            if not cfg.init:
-                raise FerkitError("freeze: only the output layer would learn on a random body; set init as well")
-            head = classifier_name(self.model) + "."
-            for name, p in self.model.named_parameters():
-                p.requires_grad = name.startswith(head)
-        if cfg.sync_bn and self.world > 1:
-            if self.device.type != "cuda":
-                raise FerkitError("sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set sync_bn = false on CPUs")
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.model = self.model.to(self.device)
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        # The training forward goes through DDP (gradients all-reduced in backward); EMA, checkpoints and
-        # validation use the plain module, whose weights are the same in every process.
-        self.net: nn.Module = self.model
-        if self.world > 1:
-            import inspect
-
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            # BatchNorm statistics are averaged after each step below, not copied from rank 0 before each forward
-            # (the argument was renamed in newer PyTorch).
-            new_name = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
-            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                           **{"forward_sync_buffers" if new_name else "broadcast_buffers": False})
-            torch.manual_seed(cfg.seed + self.rank)  # dropout masks differ between processes
+        self.crop = self._crop()
+        self.model = self._build_model()
+        self.net = self._data_parallel()
         # Without SyncBN each process's BatchNorm statistics follow its own share: averaged after every step.
         self.sync_buffers = self.world > 1 and not cfg.sync_bn and not cfg.freeze and any(
             b.dtype.is_floating_point for b in self.model.buffers())
@@ -300,20 +245,13 @@ class Trainer:
         self.x_train = torch.from_numpy(self.ds["train"].images).to(self.device)
         self.y_train = _targets(self.ds, "train", cfg).to(self.device)
         self.teacher = self._teacher() if cfg.teacher else None
-        n = len(self.x_train)
-        # A last batch smaller than the number of processes would leave some with nothing to learn from: it is
-        # skipped (other images each epoch). With one process this is ceil(n / batch_size).
-        self.steps_per_epoch = n // cfg.batch_size + (n % cfg.batch_size >= self.world)
-        if self.steps_per_epoch == 0:
-            raise FerkitError(f"{cfg.data}: {n} training images, fewer than the {self.world} processes")
+        self.steps_per_epoch = self._steps_per_epoch()
         self.opt = make_optimizer(cfg, self.model)
         self.sched = make_schedule(cfg, self.opt, self.steps_per_epoch)
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         # Augmentation, mixing and teacher views: one generator per process (seed + rank), saved in the checkpoint.
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + self.rank)
-        counts = np.bincount(self.ds["train"].labels, minlength=len(self.classes)).astype(np.float64)
-        self.class_weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32,
-                                          device=self.device)
+        self.class_weights = _class_weights(self.ds["train"].labels, len(self.classes)).to(self.device)
         self.epoch = 0
         self.best: float | None = None
         self.best_epoch = 0
@@ -322,32 +260,9 @@ class Trainer:
         if resume:
             self._load_state()
         if self.rank == 0:
-            text = to_toml(absolute_paths(cfg))
-            atomic_write(self.out / runs.CONFIG, lambda p: Path(p).write_text(text))
+            self._record_run()
 
-    def _claim_out(self, resume: bool, exist_ok: bool) -> str:
-        if self.cfg.out is None:
-            return str(runs.new_run_dir(Path("runs") / default_run_name(self.cfg)))
-        runs.check_out(self.cfg.out, resume, exist_ok)
-        Path(self.cfg.out).mkdir(parents=True, exist_ok=True)
-        return self.cfg.out
-
-    def _from_rank0(self, fn: Callable[[], Any]) -> Any:
-        """fn() in rank 0, its result (or its FerkitError) in every process."""
-        out: Any = None
-        if self.rank == 0:
-            try:
-                out = fn()
-            except FerkitError as e:
-                out = e
-        if self.world > 1:
-            box = [out]
-            dist.broadcast_object_list(box, src=0)
-            out = box[0]
-        if isinstance(out, FerkitError):
-            raise out
-        return out
-
+    # -- set-up, in the order __init__ takes the steps ---------------------------------------------------------
     def _join_process_group(self, local_rank: int) -> None:
         if not dist.is_available():
             raise FerkitError("torchrun: this PyTorch build has no torch.distributed")
@@ -358,10 +273,108 @@ class Trainer:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if self.cfg.batch_size % self.world:
+            raise FerkitError(f"batch_size: {self.cfg.batch_size} does not split evenly over {self.world} processes; "
+                              f"the global batch is shared out, so choose a multiple of {self.world}")
 
-    def _log(self, level: int, msg: str, *args: Any) -> None:
-        if self.rank == 0:  # the other processes train the same model: one voice is enough
-            log.log(level, msg, *args)
+    def _claim_out(self, resume: bool, exist_ok: bool) -> Path:
+        """Rank 0 decides the run folder (numbered when not given, refused when it holds another run) and tells the
+        others: they must not race it to the next free number."""
+        def claim() -> str:
+            if self.cfg.out is None:
+                return str(runs.new_run_dir(Path("runs") / default_run_name(self.cfg)))
+            runs.check_out(self.cfg.out, resume, exist_ok)
+            Path(self.cfg.out).mkdir(parents=True, exist_ok=True)
+            return self.cfg.out
+
+        return Path(self._from_rank0(claim))
+
+    def _set_threads(self) -> None:
+        threads = self.cfg.threads
+        if threads:
+            cores = os.cpu_count() or 1
+            if threads > cores:  # more threads than cores only thrash (4096 of them hung a 2-core machine)
+                self._log(logging.WARNING, "threads %d: this machine has %d cores; using %d", threads, cores, cores)
+            torch.set_num_threads(min(threads, cores))
+        elif self.world > 1 and self.device.type == "cpu":
+            # torchrun sets OMP_NUM_THREADS=1; "all cores" means the node's cores shared out among its processes.
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+    def _load_data(self, local_rank: int) -> tuple[Dataset, str]:
+        """The dataset with train and val splits, and where val came from."""
+        cfg = self.cfg
+        # Under torchrun each node's first process decodes (and caches) the dataset while the others wait.
+        if self.world > 1 and local_rank != 0:
+            dist.barrier()
+        ds = load_dataset(cfg.data, format=cfg.format, classes=cfg.classes, val_fraction=cfg.val_fraction)
+        if self.world > 1 and local_rank == 0:
+            dist.barrier()
+        val_source = "val"
+        if "val" not in ds.splits and "train" in ds.splits and cfg.val_fraction > 0:
+            ds = carve_val(ds, cfg.val_fraction, cfg.seed)
+            val_source = f"{cfg.val_fraction:.0%} of train (stratified, seed {cfg.seed})"
+            self._log(logging.INFO, "%s has no val split: validating on %s, %d images; val_fraction sets the share",
+                      cfg.data, val_source, len(ds["val"]))
+        for split in ("train", "val"):
+            if split not in ds.splits:
+                raise FerkitError(f"{cfg.data}: has no {split} split; training needs train and val "
+                                  "(set val_fraction above 0 to carve val out of train)")
+        return ds, val_source
+
+    def _crop(self) -> int:
+        if not 0 <= self.cfg.crop <= self.input_size:
+            raise FerkitError(f"crop: {self.cfg.crop} must lie between 0 (whole face) and the face size "
+                              f"{self.input_size}")
+        return self.cfg.crop or self.input_size
+
+    def _build_model(self) -> nn.Module:
+        """The network on the training device: a fine-tune's starting weights, or pretrained ones, frozen as set."""
+        cfg = self.cfg
+        kw = {} if cfg.dropout is None else {"dropout": cfg.dropout}
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.model, len(self.classes), **kw)
+        if cfg.init:
+            # "default": the shipped model's weights, beside its ONNX file in the package.
+            init = assets_dir() / "ferkit_default.safetensors" if cfg.init == "default" else cfg.init
+            new, matched = init_from(model, init, self.classes, parse_map(cfg.class_map))
+            self._log(logging.INFO, "starting from %s%s%s", cfg.init,
+                      f"; classes matched by emotion: {matched_note(matched)}" if matched else "",
+                      f"; new classes (their output rows start afresh): {', '.join(new)}" if new else "")
+        elif cfg.pretrained and hasattr(model, "load_pretrained"):
+            model.load_pretrained()
+            self._log(logging.INFO, "starting from %s's pretrained weights", cfg.model)
+        if cfg.freeze:
+            if not cfg.init:
+                raise FerkitError("freeze: only the output layer would learn on a random body; set init as well")
+            head = classifier_name(model) + "."
+            for name, p in model.named_parameters():
+                p.requires_grad = name.startswith(head)
+        if cfg.sync_bn and self.world > 1:
+            if self.device.type != "cuda":
+                raise FerkitError("sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set sync_bn = false on CPUs")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(self.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _data_parallel(self) -> nn.Module:
+        """What the training forward goes through: DDP under torchrun (gradients all-reduced in backward). EMA,
+        checkpoints and validation use the plain module, whose weights are the same in every process."""
+        if self.world == 1:
+            return self.model
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # BatchNorm statistics are averaged after each step below, not copied from rank 0 before each forward
+        # (the argument was renamed in newer PyTorch).
+        new_name = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+        net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                  **{"forward_sync_buffers" if new_name else "broadcast_buffers": False})
+        torch.manual_seed(self.cfg.seed + self.rank)  # dropout masks differ between processes
+        return net
 
     def _teacher(self) -> Teacher:
         cfg = self.cfg
@@ -379,6 +392,42 @@ class Trainer:
                 dist.barrier()  # the others read the file rank 0 wrote (a shared run folder across nodes)
         return Teacher(path, self.classes, len(self.x_train), self.crop, cfg.distill_temperature, self.device,
                        cfg.augment.flip)
+
+    def _steps_per_epoch(self) -> int:
+        n, bs = len(self.x_train), self.cfg.batch_size
+        # A last batch smaller than the number of processes would leave some with nothing to learn from: it is
+        # skipped (other images each epoch). With one process this is ceil(n / batch_size).
+        steps = n // bs + (n % bs >= self.world)
+        if steps == 0:
+            raise FerkitError(f"{self.cfg.data}: {n} training images, fewer than the {self.world} processes")
+        return steps
+
+    def _record_run(self) -> None:
+        """The run's settings (out as claimed) and the code this start or resume runs, beside its results."""
+        text = to_toml(absolute_paths(dataclasses.replace(self.cfg, out=str(self.out))))
+        atomic_write(self.out / runs.CONFIG, lambda p: Path(p).write_text(text))
+        runs.add_provenance(self.out, {**runs.provenance(), "start_epoch": self.epoch})
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _from_rank0(self, fn: Callable[[], Any]) -> Any:
+        """fn() in rank 0, its result (or its FerkitError) in every process."""
+        out: Any = None
+        if self.rank == 0:
+            try:
+                out = fn()
+            except FerkitError as e:
+                out = e
+        if self.world > 1:
+            box = [out]
+            dist.broadcast_object_list(box, src=0)
+            out = box[0]
+        if isinstance(out, FerkitError):
+            raise out
+        return out
+
+    def _log(self, level: int, msg: str, *args: Any) -> None:
+        if self.rank == 0:  # the other processes train the same model: one voice is enough
+            log.log(level, msg, *args)
 
     # -- state -------------------------------------------------------------------------------------------------
     def _rng_states(self) -> list[dict[str, Any]]:
@@ -672,7 +721,7 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False, progress: ProgressFn | None = None,
-          on_epoch: EpochFn | None = None) -> dict[str, Any]:
+          on_epoch: EpochFn | None = None, on_out: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Train, keep the best checkpoint by validation, then export it to ONNX and write metrics.json (see Trainer
     for the arguments). The summary's "run" is the run folder.
 
@@ -681,7 +730,7 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False, progre
     """
     started = dist_env()[1] > 1 and dist.is_available() and not dist.is_initialized()
     try:
-        trainer = Trainer(cfg, resume=resume, progress=progress, exist_ok=exist_ok, on_epoch=on_epoch)
+        trainer = Trainer(cfg, resume=resume, progress=progress, exist_ok=exist_ok, on_epoch=on_epoch, on_out=on_out)
         summary = {"run": str(trainer.out), **trainer.fit()}
         if trainer.rank == 0:
             from ferkit.training.finish import finish_run

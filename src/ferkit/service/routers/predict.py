@@ -24,8 +24,8 @@ ERRORS = {400: {"model": ErrorOut}, 413: {"model": ErrorOut}, 415: {"model": Err
 @router.post("/v1/predict", response_model=PredictionOut, response_model_exclude_none=True,
              summary="Emotions of every face in one image", openapi_extra=IMAGE_BODY, responses=ERRORS,
              dependencies=[Depends(refuse_if_full)])
-async def predict(request: Request, detection: Detection, top_k: TopK = None, detect: DetectQ = None,
-                  tta: TtaQ = False) -> Any:
+async def predict(request: Request, detection: Detection, tta: TtaQ, top_k: TopK = None,
+                  detect: DetectQ = None) -> Any:
     config, engine = request.app.state.config, request.app.state.engine
     name, data = (await read_images(request, single=True))[0]
     if isinstance(data, ApiError):
@@ -37,8 +37,8 @@ async def predict(request: Request, detection: Detection, top_k: TopK = None, de
 @router.post("/v1/predict/batch", response_model=BatchOut, response_model_exclude_none=True,
              summary="Several images in one request, answered in order", openapi_extra=BATCH_BODY, responses=ERRORS,
              dependencies=[Depends(refuse_if_full)])
-async def predict_batch(request: Request, detection: Detection, top_k: TopK = None, detect: DetectQ = None,
-                        tta: TtaQ = False) -> Any:
+async def predict_batch(request: Request, detection: Detection, tta: TtaQ, top_k: TopK = None,
+                        detect: DetectQ = None) -> Any:
     config, engine = request.app.state.config, request.app.state.engine
     items = await read_images(request, single=False)
     if not items:

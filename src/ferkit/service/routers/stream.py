@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from ferkit.service.deps import check_key, run
+from ferkit.service.deps import check_key, parse_tta, run
 from ferkit.service.errors import ApiError, error_response
 from ferkit.service.limits import check_image_bytes
 
@@ -31,7 +31,7 @@ def origin_allowed(ws: WebSocket, origin: str) -> bool:
 
 
 @router.websocket("/v1/stream")
-async def stream(ws: WebSocket, detect: bool | None = None, tta: bool = False, top_k: int | None = None,
+async def stream(ws: WebSocket, detect: bool | None = None, tta: str = "none", top_k: int | None = None,
                  window: int | None = None, api_key: str | None = None, detect_size: int | None = None,
                  threshold: float | None = None, max_faces: int | None = None) -> None:
     state, config = ws.app.state, ws.app.state.config
@@ -78,13 +78,14 @@ async def _refuse(ws: WebSocket, err: ApiError) -> None:
         await ws.close(code=1008, reason=err.message)
 
 
-async def _serve(ws: WebSocket, detect: bool | None, tta: bool, top_k: int | None, window: int | None,
+async def _serve(ws: WebSocket, detect: bool | None, tta: str, top_k: int | None, window: int | None,
                  detection: dict) -> None:
     state, config, engine = ws.app.state, ws.app.state.config, ws.app.state.engine
     if (top_k is not None and not 1 <= top_k <= len(engine.classes)) or (window is not None and window < 1):
         await ws.close(code=1008, reason="top_k must be 1..number of classes and window >= 1")
         return
     try:
+        tta = parse_tta(tta)
         session = engine.video(window or config.stream_window, detect, tta, detection)
     except ApiError as e:
         await ws.close(code=1008, reason=e.message)

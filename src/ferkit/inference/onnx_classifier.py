@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ferkit.data.preprocess import preprocess
 from ferkit.errors import FerkitError
+from ferkit.inference import onnx_check
+from ferkit.inference._first_run import describe
+from ferkit.inference.classifier import Classifier
 from ferkit.inference.resolve import ModelRef, builtin_file, resolve_model
 from ferkit.metadata import MAX_INPUT_SIZE, parse_classes, parse_int, parse_json, parse_temperature, parse_text
-from ferkit.views import TTA_MODES, apply_temperature, temperature_for, tta_mode, tta_views
+from ferkit.utils import is_package_asset
+from ferkit.views import TTA_MODES, tta_mode
 
 # Each row of probabilities sums to one within this (float32 softmax, float16 weights and int8 layers stay far
 # inside it); more is a graph that does not end in a softmax, or a hostile one.
@@ -31,6 +34,8 @@ def _temperatures(path: Path, raw: str | None) -> dict[str, float]:
         raise FerkitError(f"{path}: metadata 'temperatures' {raw[:40]!r}: not a JSON object of TTA mode -> T")
     try:
         modes = {tta_mode(k): v for k, v in items.items()}
+        if "auto" in modes:
+            raise FerkitError("tta 'auto': a temperature belongs to a concrete mode")
     except FerkitError as e:
         raise FerkitError(f"{path}: metadata 'temperatures': {e}") from None
     return {m: parse_temperature(path, f"temperatures[{m}]", v) for m, v in modes.items()}
@@ -41,23 +46,26 @@ def default_model_path() -> Path:
     return builtin_file("default")
 
 
-class OnnxClassifier:
-    """Classify face crops: `predict_proba(crops)` for N uint8 crops of any size (gray or colour).
+class OnnxClassifier(Classifier):
+    """A ferkit ONNX model as a Classifier (ferkit.inference.classifier): `predict_proba(crops, tta=...)` for N crops
+    of any size (gray or colour).
 
     path: any model spec (ferkit.inference.resolve: a built-in name, a .onnx file, a run folder; None = "default").
     A file that is not a built-in model is checked before it runs (ferkit.inference.onnx_check): its metadata typed
     and ranged, its graph's operators, and its first run bounded in memory and time in a child process.
     """
 
+    kind = "onnx"
+
     def __init__(self, path: str | Path | ModelRef | None = None, threads: int | None = None):
         import onnxruntime as ort
 
-        from ferkit.inference import onnx_check
-        from ferkit.utils import is_package_asset
 
         ref = path if isinstance(path, ModelRef) else resolve_model(path)
         self.ref = ref
         self.path = ref.onnx()
+        self.source = str(self.path)
+        self.run_dir = ref.run_dir
         if not self.path.is_file():
             raise FerkitError(f"{self.path}: no such model file")
         facts = onnx_check.read_model(self.path)
@@ -74,10 +82,12 @@ class OnnxClassifier:
         self.temperatures = _temperatures(self.path, meta.get("temperatures"))
         if "tta" in meta:
             try:
-                tta_mode(meta["tta"])
+                self.tta = tta_mode(meta["tta"])
             except FerkitError:
+                self.tta = "auto"
+            if self.tta == "auto":
                 raise FerkitError(f"{self.path}: metadata 'tta' {meta['tta'][:40]!r}: not one of "
-                                  f"{', '.join(TTA_MODES)}") from None
+                                  f"{', '.join(m for m in TTA_MODES if m != 'auto')}")
         ours = ref.builtin or is_package_asset(self.path)
         report = None
         if not ours:
@@ -98,8 +108,6 @@ class OnnxClassifier:
         except Exception as e:  # onnxruntime raises its own untyped errors for a bad file
             raise FerkitError(f"{self.path}: not an ONNX model ({str(e).splitlines()[0][:200]})") from None
         if report is None:
-            from ferkit.inference._first_run import describe
-
             report = describe(self.session, self.crop)
             self._check_report(report)
         self.input_name = self.session.get_inputs()[0].name
@@ -140,31 +148,6 @@ class OnnxClassifier:
             worst = float(sums[np.argmax(np.abs(sums - 1))]) if len(sums) else 1.0
             raise FerkitError(f"{self.path}: its outputs for {what} are not probabilities (a row sums to {worst:.4g} "
                               "or has a negative entry); a ferkit model ends in a softmax")
-
-    def predict_proba(self, crops: np.ndarray | list[np.ndarray], batch: int = 256, tta: bool | str = False) -> np.ndarray:
-        """N x C calibrated probabilities. crops: N x H x W uint8 array, a list of images of any size, or one image.
-
-        tta: False/"none", True/"flip" (mirror), "crops" (centre and four corners) or "flip+crops" / "ten_crop"
-        (ten views); the views' probabilities are averaged before the temperature (that TTA's, if fitted) is applied. A model trained on
-        crops sees the centre crop without TTA (ferkit.views).
-        """
-        from ferkit.images import crop_batch
-
-        crops = crop_batch(crops)  # one crop, not H crops of W pixels
-        s = self.input_size
-        if isinstance(crops, np.ndarray) and crops.ndim == 3 and crops.shape[1:] == (s, s) and crops.dtype == np.uint8:
-            x = crops
-        else:
-            x = np.stack([preprocess(c, s) for c in crops]) if len(crops) else np.zeros((0, s, s), np.uint8)
-        out = []
-        for i in range(0, len(x), batch):
-            views = tta_views(x[i : i + batch], tta_mode(tta), self.crop)
-            out.append(np.mean([self.run(v) for v in views], axis=0))
-        prob = np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
-        return apply_temperature(prob, self.temperature_for(tta))
-
-    def temperature_for(self, tta: bool | str = False) -> float:
-        return temperature_for(self.temperature, self.temperatures, tta)
 
     def run(self, views: np.ndarray) -> np.ndarray:
         """Uncalibrated probabilities of N x crop x crop network-ready views (ferkit.views.tta_views)."""
