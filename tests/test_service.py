@@ -282,7 +282,7 @@ def test_truncated_jpeg(client, face_jpeg):
 def test_bomb_refused_by_the_decoder_too(recognizer):
     # The worker's decode holds the same limit as the header check before it (one guarded path, ferkit.images).
     from ferkit.service.engine import Engine
-    from ferkit.service.metrics import Metrics
+    from ferkit.service.telemetry import Metrics
 
     engine = Engine(recognizer, Metrics(), max_pixels=1000)
     img = cv2.imencode(".png", np.zeros((100, 100), np.uint8))[1].tobytes()

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ferkit.scoring import validation_metrics
+
 
 def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Accuracy, balanced accuracy, per-class P/R/F1/support, macro/weighted F1, confusion matrices, top-2, log-loss.
@@ -20,7 +22,6 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: list[str]) 
     """
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-    from ferkit.scoring import validation_metrics
 
     y = np.asarray(y, dtype=np.int64)
     prob = np.asarray(prob, dtype=np.float64)

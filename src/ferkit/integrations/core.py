@@ -29,11 +29,13 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from ferkit.errors import FerkitError
+from ferkit.images import find_images
+from ferkit.inference import EmotionRecognizer
+from ferkit.inference.sources import VIDEO_SUFFIXES, is_url
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ferkit.inference.recognizer import EmotionRecognizer
 
 COLUMNS = ("source", "width", "height", "error", "faces")
 FACE_FIELDS = ("face", "box", "score", "label", "confidence", "probabilities")
@@ -55,7 +57,6 @@ def recognizer_options(model: Any = None, **options: Any) -> dict[str, Any]:
 def cached_recognizer(options: Mapping[str, Any], threads: int | None) -> EmotionRecognizer:
     """One recognizer per worker process and settings: an ONNX Runtime session cannot be pickled, so each worker
     builds its own, once, and keeps it for the tasks that follow (Spark reuses its Python workers)."""
-    from ferkit.inference import EmotionRecognizer
 
     key = (repr(sorted(options.items())), threads)
     if key not in _recognizers:
@@ -130,7 +131,6 @@ def local_path(text: str) -> str:
 def _checked_path(path: str, name: str) -> str:
     """predict() also takes folders, globs, videos and camera indexes; a column holds one image per row, so those
     are errors here rather than many results (or a camera opened by a worker)."""
-    from ferkit.inference.sources import VIDEO_SUFFIXES, is_url
 
     if is_url(path):
         return path
@@ -183,7 +183,6 @@ def error_rows(skipped: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
 def list_images(source: str | Path | Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:
     """(image paths, [(path, reason)] of other entries) of a folder (recursive), a glob, one file or a list of paths,
     as `ferkit predict` lists them; a list is taken as given (a bad entry becomes an error row later)."""
-    from ferkit.images import find_images
 
     if isinstance(source, list | tuple):
         return [str(p) for p in source], []

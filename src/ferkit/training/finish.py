@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from ferkit import runs
+from ferkit.models.export import export_onnx, load_weights
 
 
 def finish_run(out: Path, summary: dict[str, Any], name: str | None = None) -> dict[str, Any]:
-    from ferkit.models.export import export_onnx, load_weights
 
     runs.write_curves(out)
     model, info = load_weights(out / runs.WEIGHTS)

@@ -38,6 +38,7 @@ from ferkit.scoring import validation_metrics
 from ferkit.training.augment import augment, mix
 from ferkit.training.config import TrainConfig, absolute_paths, to_toml, validate
 from ferkit.training.distill import Teacher, compute_teacher, distill_loss, teacher_specs
+from ferkit.training.finish import finish_run
 from ferkit.utils import ProgressFn, assets_dir, atomic_write
 from ferkit.views import tta_views
 
@@ -733,7 +734,6 @@ def train(cfg: TrainConfig, resume: bool = False, exist_ok: bool = False, progre
         trainer = Trainer(cfg, resume=resume, progress=progress, exist_ok=exist_ok, on_epoch=on_epoch, on_out=on_out)
         summary = {"run": str(trainer.out), **trainer.fit()}
         if trainer.rank == 0:
-            from ferkit.training.finish import finish_run
 
             summary = finish_run(trainer.out, summary)
         return summary

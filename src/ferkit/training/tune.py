@@ -35,6 +35,8 @@ from ferkit.training.config import (
     to_toml,
     validate,
 )
+from ferkit.training.finish import finish_run
+from ferkit.training.trainer import Trainer
 from ferkit.utils import ProgressFn, atomic_write, atomic_write_text, format_duration
 
 log = logging.getLogger("ferkit.tune")
@@ -168,8 +170,6 @@ def tune(
             if progress:
                 progress(f"{tag} {what}", done, total)
 
-        from ferkit.training.finish import finish_run
-        from ferkit.training.trainer import Trainer
 
         trainer = Trainer(_config(base, params, run), exist_ok=True, progress=trial_progress, on_epoch=on_epoch)
         state, note = "complete", "finished every epoch"

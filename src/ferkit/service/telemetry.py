@@ -1,4 +1,4 @@
-"""Prometheus metrics of one app (its own registry, so several apps in one process do not clash)."""
+"""Prometheus telemetry of one app (its own registry, so several apps in one process do not clash)."""
 
 from __future__ import annotations
 
