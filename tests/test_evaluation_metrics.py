@@ -10,7 +10,6 @@ import pytest
 from ferkit.data.classes import class_lut, parse_map, remap_split
 from ferkit.data.dataset import Split
 from ferkit.errors import FerkitError
-from ferkit.evaluation.core import summarize
 from ferkit.evaluation.metrics import (
     bootstrap_ci,
     bootstrap_confusions,
@@ -19,6 +18,7 @@ from ferkit.evaluation.metrics import (
     fit_temperature,
     mcnemar,
     reliability,
+    summarize,
     vote_agreement,
 )
 from ferkit.evaluation.saliency import occlusion_map

@@ -2,9 +2,9 @@
 
 A face crop of any size and colour is preprocessed (`preprocess`: gray, resized) to `input_size` x `input_size`
 (48). A model trained on crops sees a `crop` x `crop` window of it (e.g. 40): random windows while training, the
-centre window at test time, and the four corners and centre, each also mirrored, for ten-crop TTA. A model trained on full frames (crop == input_size) keeps its
-old TTA views (five crops of 7/8 of the side, resized back). Works on NumPy arrays and, for training, on torch
-tensors; torch is never imported here.
+centre window at test time, and the four corners and centre, each also mirrored, for ten-crop TTA. A model trained
+on full frames (crop == input_size) keeps its old TTA views (five crops of 7/8 of the side, resized back). Works on
+NumPy arrays and, for training, on torch tensors; torch is never imported here.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ferkit.images import crop_batch
 # One vocabulary for test-time augmentation, in the library, the CLI and the service. "ten_crop" is "flip+crops";
 # "auto" is the mode a model's card chose on PublicTest (ferkit.inference.classifier.Classifier.mode resolves it).
 TTA_MODES = ("none", "flip", "crops", "flip+crops", "ten_crop", "auto")
+RUN_MODES = ("none", "flip", "crops", "flip+crops")  # what a network call runs: each mode once, as resolved
 
 
 def tta_mode(tta: bool | str | None) -> str:

@@ -165,7 +165,7 @@ def compare_cmd(
     """
     check_tta(tta)
     from ferkit.evaluation import compare, markdown, write_compare
-    from ferkit.evaluation.core import default_out
+    from ferkit.evaluation.report import default_out
     from ferkit.runs import new_run_dir
 
     with progress_bar() as prog:

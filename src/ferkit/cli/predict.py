@@ -20,7 +20,7 @@ from ferkit.errors import FerkitError
 log = logging.getLogger("ferkit")
 
 TABLE_ROWS = 40
-# ferkit.inference.recognizer.DEFAULT_SMOOTH, for --help without importing the inference stack at start-up
+# ferkit.inference.options.DEFAULT_SMOOTH, for --help without importing the inference stack at start-up
 # (tests/test_cli_help.py checks they agree).
 SMOOTH = 5
 LISTED_FILES = 20  # files written, named one by one up to this many

@@ -28,9 +28,8 @@ def compare(
     each model's probabilities renormalised over the dataset's classes, so that a bigger model is not charged for
     classes the data lacks.
 
-    detect: labelled photos through the product's pipeline (ferkit.evaluation.pipeline.compare_photos).
+    detect: labelled photos through the product's pipeline (compare_photos, below).
     """
-
     if len(models) < 2:
         raise FerkitError("compare: give at least two models")
     if detect:
@@ -66,7 +65,7 @@ def compare(
             "model": names[-1], "spec": spec, "accuracy": m["accuracy"], "accuracy_ci95": m["ci95"]["accuracy"],
             "macro_f1": m["macro_f1"], "macro_f1_ci95": m["ci95"]["macro_f1"],
             "balanced_accuracy": m["balanced_accuracy"], "top2_accuracy": m["top2_accuracy"],
-            "log_loss": m["log_loss"], "ece": m["ece"], "temperature": ens.temperature_for(tta),
+            "log_loss": m["log_loss"], "ece": m["ece"], "temperature": ens.temperature_for(tta), "tta": ens.mode(tta),
             "accuracy_without_train_copies": (m["train_copies"] or {}).get("accuracy_without"),
             "in_votes_accuracy": (m["votes"] or {}).get("in_votes_accuracy"),
             "predicted_outside_data": outside,
@@ -179,8 +178,6 @@ def compare_photos(
     """`compare(..., detect=True)`: every model through the pipeline on the same photos; McNemar's test and a paired
     bootstrap of the accuracy difference (over all, and of the mean over datasets) for every pair."""
 
-    if len(models) < 2:
-        raise FerkitError("compare: give at least two models")
     t0 = time.perf_counter()
     ps = read_photos(data, split)
     recs = []
@@ -200,7 +197,7 @@ def compare_photos(
                               " compare needs the same photos for every model")
         runs_.append(run)
     rows, names = [], []
-    for spec, run in zip(models, runs_, strict=True):
+    for spec, run, rec in zip(models, runs_, recs, strict=True):
         s = summarize_run(run, n_boot, seed)
         m = s["metrics"]
         names.append(_unique(spec, names))
@@ -209,7 +206,8 @@ def compare_photos(
             "macro_f1": m["macro_f1"], "macro_f1_ci95": m["ci95"]["macro_f1"],
             "balanced_accuracy": m["balanced_accuracy"], "top2_accuracy": m["top2_accuracy"],
             "log_loss": m["log_loss"], "ece": m["ece"], "temperature": run.model["members"][0]["temperature"],
-            "accuracy_without_train_copies": None, "in_votes_accuracy": None, "predicted_outside_data": None,
+            "tta": rec.classifier.mode(tta), "accuracy_without_train_copies": None, "in_votes_accuracy": None,
+            "predicted_outside_data": None,
             "no_face": s["no_face"]["n"], "mean_over_datasets": s["mean_over_datasets"],
             "datasets": {k: {"n": v["n"], "accuracy": v["accuracy"], "accuracy_ci95": v["accuracy_ci95"],
                              "macro_f1": v["macro_f1"], "macro_f1_ci95": v["macro_f1_ci95"]}

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -20,16 +20,13 @@ from ferkit.data.classes import class_lut, match_classes, parse_map, remap_split
 from ferkit.data.dataset import Dataset, Split
 from ferkit.errors import FerkitError
 from ferkit.evaluation.metrics import expected_calibration_error, fit_temperature, summarize
-from ferkit.evaluation.pipeline import evaluate_photos
-from ferkit.evaluation.predictors import load_ensemble, predict
+from ferkit.evaluation.pipeline import PhotoEvaluation, evaluate_photos
+from ferkit.evaluation.predictors import load_classifier, predict
 from ferkit.evaluation.report import build_figures, default_out, write_report
 from ferkit.inference.classifier import Ensemble
 from ferkit.inference.resolve import resolve_models
 from ferkit.utils import ProgressFn, atomic_write, is_package_asset, next_free, write_json
 from ferkit.views import apply_temperature, tta_mode
-
-if TYPE_CHECKING:
-    from ferkit.evaluation.pipeline import PhotoEvaluation
 
 log = logging.getLogger("ferkit.evaluation")
 
@@ -145,7 +142,8 @@ def evaluate(
                                   "model's classes)")
         return evaluate_photos(models, data, split=split, out=out, tta=tta, map_spec=map_spec, n_boot=n_boot,
                                seed=seed, report=report, progress=progress)
-    ens = load_ensemble(models)
+    refs = resolve_models(models)
+    ens = Ensemble([load_classifier(r) for r in refs])
     tta = ens.mode(tta) if tta_mode(tta) == "auto" else tta
     log.info("model %s: %d classes (%s), input %d px", ens.name, len(ens.classes), ", ".join(ens.classes),
              ens.input_size)
@@ -179,7 +177,7 @@ def evaluate(
         "seconds": None,
     }
     ev = Evaluation(result, prep, ens, prob, prob_raw)
-    out_dir = Path(out) if out is not None else runs.new_run_dir(default_out([m.name for m in ens.members], data, split))
+    out_dir = Path(out) if out is not None else runs.new_run_dir(default_out([r.spec for r in refs], data, split))
     ev.out = out_dir
     write_predictions(out_dir / PREDICTIONS, sp, sp.labels, prob, prep.classes)
     if report:
@@ -201,7 +199,6 @@ def write_predictions(path: Path, sp: Split, y: np.ndarray, prob: np.ndarray, cl
     """One row per image: its path in the dataset, true and predicted class, confidence, every probability
     (the list to go through when relabelling)."""
     import csv
-
 
     pred = prob.argmax(1)
 
@@ -253,9 +250,10 @@ def calibrate(
     Reports ECE and NLL before and after on the fitting split, and on the test split when there is one.
     """
 
-    if len(resolve_models(model)) != 1:
+    refs = resolve_models(model)
+    if len(refs) != 1:
         raise FerkitError("calibrate: give one model (an ensemble has no single temperature)")
-    ens = load_ensemble(model)
+    ens = Ensemble([load_classifier(refs[0])])
     member = ens.members[0]
     tta = member.mode(tta)
     if write and member.kind != "onnx":

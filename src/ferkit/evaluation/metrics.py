@@ -17,11 +17,10 @@ from ferkit.scoring import validation_metrics
 def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Accuracy, balanced accuracy, per-class P/R/F1/support, macro/weighted F1, confusion matrices, top-2, log-loss.
 
-    Accuracy, macro-F1 and log-loss are ferkit.scoring' (the trainer's validation uses the same definitions);
+    Accuracy, macro-F1 and log-loss are ferkit.scoring's (the trainer's validation uses the same definitions);
     macro-F1 and balanced accuracy average over the classes present in `y`.
     """
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
-
 
     y = np.asarray(y, dtype=np.int64)
     prob = np.asarray(prob, dtype=np.float64)

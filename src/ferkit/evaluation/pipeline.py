@@ -33,7 +33,6 @@ from ferkit.utils import ProgressFn, atomic_write, write_json
 from ferkit.views import tta_mode
 
 if TYPE_CHECKING:
-    from ferkit.inference.recognizer import EmotionRecognizer
     from ferkit.inference.results import Face, Prediction
 
 log = logging.getLogger("ferkit.evaluation")
@@ -307,7 +306,6 @@ def write_photo_predictions(path: Path, run: PhotoRun) -> None:
     """evaluate's predictions.csv with the dataset, the number of faces found and the scored face's box; a photo
     with no face has predicted "no face" and empty probabilities."""
     import csv
-
 
     classes = run.classes
     pred = run.pred

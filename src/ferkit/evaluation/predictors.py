@@ -21,7 +21,7 @@ class TorchClassifier(Classifier):
 
     kind = "safetensors"
 
-    def __init__(self, path: Path, name: str | None = None):
+    def __init__(self, path: Path):
         try:
             import torch  # noqa: F401
         except ImportError:
@@ -31,7 +31,7 @@ class TorchClassifier(Classifier):
 
         self.model, meta = load_weights(path)
         self.source = str(path)
-        self.name = name or path.stem
+        self.name = path.stem
         self.classes = list(meta["classes"])
         self.input_size = int(meta["input_size"])
         self.crop = int(meta["crop"])
@@ -49,7 +49,7 @@ def load_classifier(ref: ModelRef) -> Classifier:
 
     clf = OnnxClassifier(ref) if ref.kind == "onnx" else TorchClassifier(ref.path)
     clf.name = ref.name  # reports name a model as the user did (a run folder by its folder), not by its metadata
-    clf.run_dir = ref.run_dir
+    clf.run_dir = ref.run_dir  # PyTorch weights in a run folder: its reports go beside them
     return clf
 
 

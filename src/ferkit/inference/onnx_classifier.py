@@ -14,7 +14,7 @@ from ferkit.inference.classifier import Classifier
 from ferkit.inference.resolve import ModelRef, builtin_file, resolve_model
 from ferkit.metadata import MAX_INPUT_SIZE, parse_classes, parse_int, parse_json, parse_temperature, parse_text
 from ferkit.utils import is_package_asset
-from ferkit.views import TTA_MODES, tta_mode
+from ferkit.views import RUN_MODES, tta_mode
 
 # Each row of probabilities sums to one within this (float32 softmax, float16 weights and int8 layers stay far
 # inside it); more is a graph that does not end in a softmax, or a hostile one.
@@ -60,7 +60,6 @@ class OnnxClassifier(Classifier):
     def __init__(self, path: str | Path | ModelRef | None = None, threads: int | None = None):
         import onnxruntime as ort
 
-
         ref = path if isinstance(path, ModelRef) else resolve_model(path)
         self.ref = ref
         self.path = ref.onnx()
@@ -87,7 +86,7 @@ class OnnxClassifier(Classifier):
                 self.tta = "auto"
             if self.tta == "auto":
                 raise FerkitError(f"{self.path}: metadata 'tta' {meta['tta'][:40]!r}: not one of "
-                                  f"{', '.join(m for m in TTA_MODES if m != 'auto')}")
+                                  f"{', '.join(RUN_MODES)}")
         ours = ref.builtin or is_package_asset(self.path)
         report = None
         if not ours:

@@ -110,6 +110,9 @@ class EmotionRecognizer:
         threads: int | None = None,
     ):
         if isinstance(model, Classifier):
+            if precision is not None or threads is not None:
+                raise FerkitError("precision and threads choose how a model file is loaded; a Classifier given "
+                                  "is loaded already")
             self.classifier = model
             self.models = list(getattr(model, "members", [model]))
         else:
@@ -132,12 +135,12 @@ class EmotionRecognizer:
         self._detector: FaceDetector | None = detector if isinstance(detector, FaceDetector) else None
 
     def with_classifier(self, classifier: Classifier) -> EmotionRecognizer:
-        """The same detector and settings with another classifier of the same classes: the service hands its
-        micro-batcher in this way, so detection, crops and results stay this code."""
-        if list(classifier.classes) != self.classes:
-            raise FerkitError(f"{classifier.name}: classes {', '.join(classifier.classes)} differ from "
-                              f"{', '.join(self.classes)}")
-        twin = copy.copy(self)  # shares the detector and the ONNX sessions: nothing is loaded twice
+        """The same settings, and the same detector once it exists, with another classifier of the same classes and
+        input size: the service hands its micro-batcher in this way, so detection, crops and results stay this code."""
+        if list(classifier.classes) != self.classes or classifier.input_size != self.input_size:
+            raise FerkitError(f"{classifier.name}: classes {', '.join(classifier.classes)} and input size "
+                              f"{classifier.input_size} differ from {', '.join(self.classes)} and {self.input_size}")
+        twin = copy.copy(self)  # shares the ONNX sessions and a detector already made: nothing is loaded twice
         twin.classifier = classifier
         return twin
 

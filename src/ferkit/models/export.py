@@ -173,7 +173,6 @@ def export_onnx(
     ferkit.models.quantize.half_weights)."""
     import onnx
 
-
     path = Path(path)
     # A copy: the exporter folds batch norms into the convolutions of the module it is given, in place.
     model = WithSoftmax(copy.deepcopy(model).float().eval().to(memory_format=torch.contiguous_format))
@@ -219,7 +218,6 @@ def set_onnx_metadata(path: str | Path, updates: dict[str, str], out: str | Path
     """Change metadata entries of an ONNX file, e.g. the fitted temperature: in place, or into a new file `out`
     (atomically either way)."""
     import onnx
-
 
     path = Path(path)
     m = onnx.load(str(path))

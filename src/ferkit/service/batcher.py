@@ -208,9 +208,6 @@ class BatchedClassifier(Classifier):
                     "run_dir"):
             setattr(self, key, getattr(inner, key))
 
-    def mode(self, tta: bool | str | None) -> str:
-        return self.inner.mode(tta)
-
     def temperature_for(self, tta: bool | str | None = None) -> float:
         return self.inner.temperature_for(tta)
 

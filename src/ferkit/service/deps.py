@@ -65,8 +65,8 @@ DetectQ = Annotated[
 ]
 TopKQ = Annotated[int | None, Query(ge=1, description="Keep only the k most probable classes per face.")]
 # Booleans as FastAPI read them before TTA had modes: true is the mirror, as in the library.
-_TTA_BOOLEANS = {"true": "flip", "1": "flip", "yes": "flip", "on": "flip",
-                 "false": "none", "0": "none", "no": "none", "off": "none"}
+_TTA_BOOLEANS = {"true": "flip", "t": "flip", "1": "flip", "yes": "flip", "y": "flip", "on": "flip",
+                 "false": "none", "f": "none", "0": "none", "no": "none", "n": "none", "off": "none"}
 
 
 def parse_tta(value: str) -> str:

@@ -18,9 +18,7 @@ from ferkit.service.errors import ApiError, from_ferkit_error
 from ferkit.service.limits import FORMATS
 from ferkit.service.pool import PixelBudget
 from ferkit.service.telemetry import Metrics
-
-# The TTA modes a network call can run ("auto" resolves to one of them, "ten_crop" is "flip+crops").
-RUN_MODES = ("none", "flip", "crops", "flip+crops")
+from ferkit.views import RUN_MODES
 
 
 class Engine:

@@ -170,7 +170,6 @@ def tune(
             if progress:
                 progress(f"{tag} {what}", done, total)
 
-
         trainer = Trainer(_config(base, params, run), exist_ok=True, progress=trial_progress, on_epoch=on_epoch)
         state, note = "complete", "finished every epoch"
         try:
