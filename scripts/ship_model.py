@@ -74,6 +74,11 @@ def choose_weights(probs: list[np.ndarray], labels: np.ndarray) -> list[float]:
     return [round(float(w), 4) for w in np.exp(z) / np.exp(z).sum()]
 
 
+def has_vnni() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    return "avx512_vnni" in cpuinfo.read_text() if cpuinfo.exists() else True
+
+
 def ship_int8(asset: Path, out: Path, data: str, tta: str, work: Path) -> dict:
     """The int8 variant (`<name>-int8`) beside the asset, calibrated on Training faces, measured like the fp32 one."""
     from ferkit.evaluation.core import evaluate
@@ -85,7 +90,8 @@ def ship_int8(asset: Path, out: Path, data: str, tta: str, work: Path) -> dict:
         for t in dict.fromkeys(["none", tta]):
             e = evaluate(str(out), data, split=split, tta=t, report=False, out=work / f"int8-{split}-{t}")
             acc[f"{split}_{t}"] = e.metrics["metrics"]["accuracy"]
-    return {"size_bytes": out.stat().st_size, "accuracy": acc}
+    # int8 accuracy depends on the CPU: without AVX-512 VNNI, ONNX Runtime's u8 x s8 kernels saturate (README).
+    return {"size_bytes": out.stat().st_size, "accuracy": acc, "vnni": has_vnni()}
 
 
 def measure_speed(asset: Path, data: str, threads: int, int8: Path | None) -> dict:
@@ -352,11 +358,14 @@ def variants(c: dict) -> str:
         a = c["int8"]["accuracy"]
         rows.append(f"| `{c['builtin']}-int8` | {c['int8']['size_bytes'] / 1e6:.1f} MB | {pct(a['val_none'])} | "
                     f"{pct(a['test_none'])} / {pct(a[f'test_{tta}'])} | {sp['int8']['none']:,} / {sp['int8'][tta]:,} |")
+    no_vnni = ("; its accuracy was measured on a CPU without AVX-512 VNNI, where ONNX Runtime's int8 kernels "
+               "saturate and lose one to two points (README)") if not c.get("int8", {}).get("vnni", True) else ""
     return f"""
 Variants: the int8 copy is quantised statically (QDQ, per-channel weights) with activations calibrated on 2,000
-Training faces (`ferkit quantize`). Speed: faces per second on PrivateTest crops, batch 64, {sp['threads']} thread(s) of
-ONNX Runtime, on the machine above, measured by the same command (`python benchmarks/peers.py` times the same against
-the `fer` package in one run).
+Training faces (`ferkit quantize`){no_vnni}.
+Speed: faces per second on PrivateTest crops, batch 64, {sp['threads']} thread(s) of ONNX Runtime, on the machine
+above, measured by the same command (`python benchmarks/peers.py` times the same against the `fer` package in one
+run).
 
 | variant | file | PublicTest, no TTA | PrivateTest, no TTA / TTA `{tta}` | faces/s, no TTA / TTA `{tta}` |
 |---|---|---|---|---|
