@@ -147,6 +147,9 @@ def main() -> None:
     ap.add_argument("--previous-version", help="With --previous: its version number, for the card.")
     ap.add_argument("--realval", default=str(ROOT.parent / "shared" / "datasets" / "realval.zip"),
                     help="Real photos for validation (the ship gate and the card's realval section).")
+    ap.add_argument("--peers", type=Path, metavar="FILE.json",
+                    help="With --card-only: `benchmarks/peers.py --data realval --save FILE.json`; the peers' realval "
+                         "figures go into the card beside this model's from the same run.")
     args = ap.parse_args()
     from ferkit.inference.resolve import builtin_file
 
@@ -164,6 +167,8 @@ def main() -> None:
             print(json.dumps(gate["summary"], indent=2))
         if args.speed_only:
             card["speed"] = measure_speed(asset, args.data, args.threads, asset8 if "int8" in card else None)
+        if args.peers:
+            card.setdefault("realval", {})["peers"] = peer_figures(args.peers, card["name"])
         asset.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
         card_path(args.docs, args.name).write_text(render(card))
         return
@@ -373,6 +378,37 @@ run).
 """
 
 
+def peer_figures(path: Path, name: str) -> dict:
+    """This model's and the peers' realval figures from one run of benchmarks/peers.py --data realval --save."""
+    run = json.loads(path.read_text())
+    ours = next((r for r in run.get("ferkit", []) if r.get("model") == name and "photos" in r), None)
+    if ours is None:
+        raise SystemExit(f"{path}: no realval figures of {name} (run peers.py --model ... --data realval --save)")
+    systems = {"this model": ours["photos"]}
+    systems |= {peer: run[peer]["photos"] for peer in ("fer", "faceapi") if "photos" in run.get(peer, {})}
+    return {"machine": run.get("machine", "?"), "systems": systems}
+
+
+def peers_table(peers: dict) -> str:
+    """This model beside the peers, all from one run: accuracy per dataset and the mean, with 95% intervals."""
+    systems = peers["systems"]
+    names = list(systems)
+    datasets = list(systems[names[0]]["datasets"])
+
+    def cell(acc: float, ci: list[float]) -> str:
+        return f"{pct(acc)} ({pct(ci[0])} to {pct(ci[1])})"
+
+    rows = ["| dataset | " + " | ".join(f"`{n}`" if n != "this model" else n for n in names) + " |",
+            "|---|" + "---|" * len(names)]
+    for d in datasets:
+        rows.append(f"| {d} | " + " | ".join(cell(systems[n]["datasets"][d]["accuracy"], systems[n]["datasets"][d]["ci"])
+                                               for n in names) + " |")
+    rows.append("| **mean over datasets** | " + " | ".join(cell(systems[n]["mean"], systems[n]["mean_ci"])
+                                                        for n in names) + " |")
+    return (f"\nBeside other systems, each through its own pipeline, in one run of `python benchmarks/peers.py --model "
+            f"... --peer fer --data realval` ({peers['machine']}):\n\n" + "\n".join(rows) + "\n")
+
+
 def realval_section(c: dict) -> str:
     r = c.get("realval")
     if not r:
@@ -404,7 +440,7 @@ crop margin {p.get('margin', '?')}, the largest face, no TTA; a photo with no fa
 ({new['no_face']} here). realval is validation data: it chooses, it never trains. Accuracy with 95% bootstrap intervals:
 
 {chr(10).join(rows)}
-{diff}
+{diff}{peers_table(r["peers"]) if "peers" in r else ""}
 Other systems on the same photos, each through its own pipeline: `benchmarks/peers.py --data realval`
 (docs/evaluation.md).
 """

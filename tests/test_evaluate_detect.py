@@ -257,3 +257,27 @@ def test_mean_over_groups_and_paired_difference():
     assert d["difference"] == pytest.approx(2 / 6) and d["ci95"][0] >= 0
     dg = paired_difference_ci(a, b, groups=np.array(["x", "x", "x", "x", "y", "y"]), n_boot=500)
     assert dg["difference"] == pytest.approx(0.5) and dg["significant"]
+
+
+def test_model_card_takes_the_peers_realval_figures_of_one_run(tmp_path: Path) -> None:
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("ship_model", Path(__file__).parents[1] / "scripts" / "ship_model.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+
+    def photos(acc: float) -> dict:
+        return {"datasets": {d: {"n": 5, "accuracy": acc, "ci": [acc - 0.1, acc + 0.1], "no_face": 0}
+                             for d in ("wild", "jaffe")}, "mean": acc, "mean_ci": [acc - 0.05, acc + 0.05]}
+
+    run = tmp_path / "peers.json"
+    run.write_text(json.dumps({"machine": "m", "ferkit": [{"model": "ferkit-default", "photos": photos(0.6)}],
+                               "fer": {"photos": photos(0.3)}}))
+    peers = ship.peer_figures(run, "ferkit-default")
+    assert list(peers["systems"]) == ["this model", "fer"]
+    table = ship.peers_table(peers)
+    assert "| wild | 60.00% (50.00% to 70.00%) | 30.00% (20.00% to 40.00%) |" in table
+    assert "| **mean over datasets** | 60.00% (55.00% to 65.00%) | 30.00% (25.00% to 35.00%) |" in table
+    with pytest.raises(SystemExit, match="no realval figures of ferkit-fast"):
+        ship.peer_figures(run, "ferkit-fast")
