@@ -13,6 +13,7 @@ from ferkit.errors import FerkitError
 from ferkit.inference import Classifier, EmotionRecognizer, Ensemble
 from ferkit.service.app import create_app
 from ferkit.service.config import ServiceConfig
+from ferkit.views import tta_mode
 
 FACES = np.random.default_rng(0).integers(0, 255, (6, 48, 48), dtype=np.uint8)
 
@@ -66,7 +67,7 @@ def test_recognizer_tta_per_call_matches_the_recognizer_setting(rec: EmotionReco
     flipped = EmotionRecognizer(threads=1, tta="flip")
     np.testing.assert_allclose(rec.predict_proba(FACES, tta="flip"), flipped.predict_proba(FACES), atol=1e-6)
     auto = rec.classifier.mode("auto")
-    assert auto == rec.models[0].metadata["tta"]
+    assert auto == tta_mode(rec.models[0].metadata["tta"])
     np.testing.assert_allclose(rec.predict(FACES[0], detect=False, tta="auto").faces[0].probabilities["happy"],
                                rec.predict_proba(FACES[:1], tta=auto)[0][rec.classes.index("happy")], atol=1e-6)
     with pytest.raises(FerkitError, match="tta 'bogus'"):
@@ -117,6 +118,7 @@ def test_service_takes_the_same_modes_and_refuses_others(recognizer, astronaut: 
         assert probs("true") == probs("flip") != probs("none")
         assert probs("false") == probs("none")
         assert probs("auto") == probs(recognizer.classifier.mode("auto"))
+        assert probs("flip+crops") == probs("flip%2Bcrops") == probs("ten_crop")  # an unescaped + is a space
         r = c.post("/v1/predict?tta=sideways", content=body, headers={"content-type": "image/jpeg"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter", r.text
         assert "tta" in r.json()["error"]["message"]

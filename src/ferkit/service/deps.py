@@ -71,7 +71,8 @@ _TTA_BOOLEANS = {"true": "flip", "t": "flip", "1": "flip", "yes": "flip", "y": "
 
 def parse_tta(value: str) -> str:
     """A `tta` query value as a TTA mode (ferkit.views.TTA_MODES), or a 422 naming the field."""
-    mode = _TTA_BOOLEANS.get(value.lower(), value)
+    # An unescaped "+" in a query string arrives as a space: ?tta=flip+crops means flip+crops.
+    mode = _TTA_BOOLEANS.get(value.lower(), value.replace(" ", "+"))
     try:
         tta_mode(mode)
     except FerkitError as e:
