@@ -148,7 +148,7 @@ def tta_option(help: str = TTA_HELP) -> Any:
 
 def check_tta(value: str) -> str:
     """--tta checked before any work, so a wrong mode is one error, not a no-op or one error per image."""
-    from ferkit.views import tta_mode  # the inference stack is not imported for --help
+    from ferkit.inference.options import check_tta as check  # not imported for --help
 
-    tta_mode(value)
+    check(value)
     return value
