@@ -98,7 +98,8 @@ def measure_speed(asset: Path, data: str, threads: int, int8: Path | None) -> di
     from ferkit.data import load_dataset
 
     crops = load_dataset(data)["test"].images[:1024]  # read once for both variants
-    speed = {"fp32": crops_per_s(asset, crops, threads), "threads": threads}
+    # int8 speed hangs on VNNI (about 3x here), so the card says which kind of CPU timed it.
+    speed = {"fp32": crops_per_s(asset, crops, threads), "threads": threads, "vnni": has_vnni()}
     if int8:
         speed["int8"] = crops_per_s(int8, crops, threads)
     return speed
@@ -365,11 +366,12 @@ def variants(c: dict) -> str:
                     f"{pct(a['test_none'])} / {pct(a[f'test_{tta}'])} | {sp['int8']['none']:,} / {sp['int8'][tta]:,} |")
     no_vnni = ("; its accuracy was measured on a CPU without AVX-512 VNNI, where ONNX Runtime's int8 kernels "
                "saturate and lose one to two points (README)") if not c.get("int8", {}).get("vnni", True) else ""
+    cpu = {True: " (its CPU with AVX-512 VNNI)", False: " (its CPU without AVX-512 VNNI)"}.get(sp.get("vnni"), "")
     return f"""
 Variants: the int8 copy is quantised statically (QDQ, per-channel weights) with activations calibrated on 2,000
 Training faces (`ferkit quantize`){no_vnni}.
 Speed: faces per second on PrivateTest crops, batch 64, {sp['threads']} thread(s) of ONNX Runtime, on the machine
-above, measured by the same command (`python benchmarks/peers.py` times the same against the `fer` package in one
+above{cpu}, measured by the same command (`python benchmarks/peers.py` times the same against the `fer` package in one
 run).
 
 | variant | file | PublicTest, no TTA | PrivateTest, no TTA / TTA `{tta}` | faces/s, no TTA / TTA `{tta}` |
