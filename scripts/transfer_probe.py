@@ -35,6 +35,7 @@ OPTIMISERS = {
     "sgd0.003": lambda m: torch.optim.SGD(groups(m, 0.003), momentum=0.9, nesterov=True, weight_decay=2e-4),
     "adamw3e-4": lambda m: torch.optim.AdamW(groups(m, 3e-4), weight_decay=0.05),
     "adamw1e-3": lambda m: torch.optim.AdamW(groups(m, 1e-3), weight_decay=0.05),
+    "sgd0.01": lambda m: torch.optim.SGD(groups(m, 0.01), momentum=0.9, nesterov=True, weight_decay=2e-4),
 }
 
 

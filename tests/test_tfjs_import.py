@@ -239,6 +239,34 @@ def test_faceres_exports_to_onnx(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+def test_identity_norms_keep_the_pretrained_function(tmp_path: Path) -> None:
+    """faceres96n's batch norms start as the identity on the first training batch (the pretrained function is kept),
+    then learn like any batch norm, and fold away in the ONNX export."""
+    import onnxruntime as ort
+
+    from ferkit.models import create_model
+    from ferkit.models.export import export_onnx
+
+    graph = load_graph(mobilenet_graph(tmp_path / "m"), ["pool"]).eval()
+    plain, normed = MobileNetV1(7, scale=64).eval(), MobileNetV1(7, scale=64, norm=True)
+    copy_from_graph(plain, graph)
+    copy_from_graph(normed, graph)
+    gray = torch.rand(16, 1, 64, 64) * 255
+    with torch.no_grad():
+        normed.train()(gray)  # the first training batch
+        assert torch.allclose(normed.eval().forward_features(gray), plain.forward_features(gray), atol=1e-3)
+        norm = normed.features[3].norm
+        first = norm.running_mean.clone(), norm.weight.clone()
+        normed.train()(gray**2 / 255)  # a later batch (not an affine copy: the norms would undo it) moves the statistics as in any batch norm, not the scale
+        assert not torch.allclose(norm.running_mean, first[0]) and torch.equal(norm.weight, first[1])
+    net = create_model("faceres96n", 7).eval()
+    path = export_onnx(net, tmp_path / "n.onnx", [str(i) for i in range(7)], input_size=48)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 1, 48, 48)).astype(np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, torch.softmax(net(torch.from_numpy(x)), 1).numpy(), atol=1e-4)
+
+
 def test_transfer_settings_split_the_learning_rate() -> None:
     from ferkit.models import create_model
     from ferkit.training.config import TrainConfig

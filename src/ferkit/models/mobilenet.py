@@ -21,12 +21,35 @@ MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512,
                 (512, 1), (1024, 2), (1024, 1))
 
 
-class ConvReLU6(nn.Module):
-    """Convolution with TensorFlow's SAME padding (the odd pixel after, not before), bias, ReLU6."""
+class IdentityNorm(nn.BatchNorm2d):
+    """A batch norm that starts as the identity on the data it first sees: its first training batch sets its
+    running statistics and its scale and shift to that batch's mean and spread, so the pretrained function is kept,
+    and from then on it is an ordinary batch norm. The pretrained graphs come with their norms folded into the
+    convolutions; putting them back lets the body take the larger steps that normalised networks take."""
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1):
+    def __init__(self, channels: int):
+        super().__init__(channels)
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and not bool(self.started):
+            with torch.no_grad():
+                var, mean = torch.var_mean(x.float(), dim=(0, 2, 3))
+                self.running_mean.copy_(mean)
+                self.running_var.copy_(var)
+                self.weight.copy_((var + self.eps).sqrt())
+                self.bias.copy_(mean)
+                self.started.fill_(True)
+        return super().forward(x)
+
+
+class ConvReLU6(nn.Module):
+    """Convolution with TensorFlow's SAME padding (the odd pixel after, not before), bias, (a norm,) ReLU6."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, norm: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, k, stride, 0, groups=groups)
+        self.norm = IdentityNorm(cout) if norm else nn.Identity()
         self.k, self.stride = k, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +57,7 @@ class ConvReLU6(nn.Module):
         total = max((math.ceil(size / self.stride) - 1) * self.stride + self.k - size, 0)
         if total:
             x = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
-        return torch.clamp(self.conv(x), 0, 6)
+        return torch.clamp(self.norm(self.conv(x)), 0, 6)
 
 
 class MobileNetV1(nn.Module):
@@ -46,13 +69,14 @@ class MobileNetV1(nn.Module):
 
     classifier_layer = "head.1"
 
-    def __init__(self, num_classes: int = 7, scale: int = 112, dropout: float = 0.2, backbone: str = "faceres"):
+    def __init__(self, num_classes: int = 7, scale: int = 112, dropout: float = 0.2, backbone: str = "faceres",
+                 norm: bool = False):
         super().__init__()
         self.scale, self.backbone = scale, backbone
-        layers: list[nn.Module] = [ConvReLU6(1, 32, 3, 2)]
+        layers: list[nn.Module] = [ConvReLU6(1, 32, 3, 2, norm=norm)]
         cin = 32
         for cout, stride in MOBILENET_V1:
-            layers += [ConvReLU6(cin, cin, 3, stride, groups=cin), ConvReLU6(cin, cout, 1)]
+            layers += [ConvReLU6(cin, cin, 3, stride, groups=cin, norm=norm), ConvReLU6(cin, cout, 1, norm=norm)]
             cin = cout
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, num_classes))
