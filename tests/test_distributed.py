@@ -181,3 +181,30 @@ def test_torchrun_on_two_processes_matches_one_with_the_same_global_batch(data: 
     assert max(float((w1[k] - w0).abs().max()) for k, w0 in start.items()) > 1000 * TOLERANCE  # it learned
     differ = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     assert differ < TOLERANCE, f"2 processes differ from 1 by {differ:.1e}"
+
+
+NORM_WORKER = """
+import sys
+import torch
+from ferkit.models.mobilenet import IdentityNorm
+
+torch.distributed.init_process_group("gloo")
+rank = torch.distributed.get_rank()
+norm = IdentityNorm(4).train()
+norm(torch.randn(8, 4, 5, 5, generator=torch.Generator().manual_seed(rank)) * (rank + 1))
+torch.save(norm.state_dict(), sys.argv[1] + f"/norm{rank}.pt")
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_identity_norms_start_alike_in_every_process(tmp_path: Path) -> None:
+    """faceres96n's norms start from the first batch, which differs between processes: they agree on one start (else
+    the processes' weights would differ for the whole run; DDP copies rank 0's running statistics to the others)."""
+    (tmp_path / "norm.py").write_text(NORM_WORKER)
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "norm.py"), str(tmp_path)],
+                              env=_env() | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(r),
+                                            "WORLD_SIZE": "2"}) for r in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    a, b = (torch.load(tmp_path / f"norm{r}.pt", weights_only=True) for r in range(2))
+    assert bool(a["started"]) and torch.equal(a["weight"], b["weight"]) and torch.equal(a["bias"], b["bias"])

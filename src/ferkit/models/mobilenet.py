@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -35,6 +36,10 @@ class IdentityNorm(nn.BatchNorm2d):
         if self.training and not bool(self.started):
             with torch.no_grad():
                 var, mean = torch.var_mean(x.float(), dim=(0, 2, 3))
+                if dist.is_available() and dist.is_initialized():  # one start for every process, or they drift apart
+                    stats = torch.stack([var, mean])
+                    dist.all_reduce(stats)
+                    var, mean = stats / dist.get_world_size()
                 self.running_mean.copy_(mean)
                 self.running_var.copy_(var)
                 self.weight.copy_((var + self.eps).sqrt())
