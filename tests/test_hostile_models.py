@@ -69,6 +69,36 @@ def test_ferkit_ensemble_export_passes(tmp_path: Path) -> None:
     np.testing.assert_allclose(clf.run(_faces().astype(np.float32)), want, atol=1e-4)
 
 
+def test_ensemble_of_members_with_different_windows(tmp_path: Path) -> None:
+    """A 40x40-crop member beside a whole-face one: the ensemble takes the whole face and cuts the narrower member's
+    centre window itself (what ferkit.views gives that member alone); other input sizes are refused."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    from ferkit.models import create_model
+    from ferkit.models.export import WithSoftmax, ensemble_graph
+    from ferkit.views import tta_views
+
+    torch.manual_seed(0)
+    files = []
+    for i, (crop, size) in enumerate([(48, 48), (40, 48), (64, 64)]):
+        m = create_model("vgg_xs", 3).eval()
+        files.append(tmp_path / f"m{i}.safetensors")
+        save_file(m.state_dict(), str(files[-1]), metadata={"arch": "vgg_xs", "classes": '["a", "b", "c"]',
+                                                           "input_size": str(size), "crop": str(crop)})
+    ens, info = ensemble_graph(files[:2])
+    assert info["crop"] == 48 and info["arch"] == "ensemble(vgg_xs+vgg_xs@40)"
+    faces = _faces().astype(np.float32)
+    member = [ensemble_graph([f])[0] for f in files[:2]]
+    with torch.no_grad():
+        whole = WithSoftmax(member[0])(torch.from_numpy(faces)[:, None])
+        centre = WithSoftmax(member[1])(torch.from_numpy(tta_views(faces, "none", 40)[0])[:, None])
+        got = WithSoftmax(ens)(torch.from_numpy(faces)[:, None])
+    np.testing.assert_allclose(got.numpy(), ((whole + centre) / 2).numpy(), atol=1e-5)
+    with pytest.raises(FerkitError, match="input size 64 differs"):
+        ensemble_graph([files[0], files[2]])
+
+
 def test_builtin_models_are_ours_and_not_probed(monkeypatch: pytest.MonkeyPatch) -> None:
     from ferkit.inference import OnnxClassifier, onnx_check
     from ferkit.inference.onnx_classifier import default_model_path

@@ -95,23 +95,40 @@ class EnsembleGraph(nn.Module):
         return torch.log(p.clamp_min(1e-12))
 
 
+class CentreWindow(nn.Module):
+    """A member that sees a smaller centre window than the ensemble's input (a 40x40-crop network beside whole-face
+    ones), cut inside the graph as ferkit.views cuts it."""
+
+    def __init__(self, member: nn.Module, size: int, crop: int):
+        super().__init__()
+        self.member, self.crop, self.offset = member, crop, (size - crop) // 2
+        self.arch = f"{getattr(member, 'arch', '?')}@{crop}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o, c = self.offset, self.crop
+        return self.member(x[:, :, o : o + c, o : o + c])
+
+
 def ensemble_graph(paths: list[str | Path], weights: list[float] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """An EnsembleGraph of ferkit safetensors files (same classes in any order, same input size and crop)."""
+    """An EnsembleGraph of ferkit safetensors files (same classes in any order, same input size). Members may see
+    different windows: the ensemble takes the widest, and each narrower member its own centre window of it."""
     members, infos = [], []
     for p in paths:
         model, info = load_weights(p)
-        first = infos[0] if infos else info
-        if (info["input_size"], info["crop"]) != (first["input_size"], first["crop"]):
-            raise FerkitError(f"{p}: input size/crop {info['input_size']}/{info['crop']} differ from {paths[0]}'s; "
-                              "an ensemble needs the same ones")
+        if info["input_size"] != (infos[0] if infos else info)["input_size"]:
+            raise FerkitError(f"{p}: input size {info['input_size']} differs from {paths[0]}'s "
+                              f"{infos[0]['input_size']}; an ensemble needs one")
         members.append(model)
         infos.append(info)
+    crop = max(i["crop"] for i in infos)
+    members = [m if i["crop"] == crop else CentreWindow(m, crop, i["crop"]) for m, i in zip(members, infos, strict=True)]
     orders = [o.tolist() for o in ensemble_orders([(str(p), i["classes"]) for p, i in zip(paths, infos, strict=True)])]
     weights = weights or [1.0] * len(members)
     if len(weights) != len(members) or min(weights) < 0 or sum(weights) <= 0:
         raise FerkitError(f"ensemble weights {weights}: give one non-negative weight per member")
     ens = EnsembleGraph(members, orders, weights).eval()
-    return ens, {**infos[0], "arch": ens.arch, "members": [str(p) for p in paths], "weights": ens.weights}
+    return ens, {**infos[0], "crop": crop, "arch": ens.arch, "members": [str(p) for p in paths],
+                 "weights": ens.weights}
 
 
 def classifier_name(model: nn.Module) -> str:
