@@ -194,7 +194,7 @@ def main() -> None:
         members.append({"run": portable(str(run)), "config": portable_config(tomllib.loads((run / "config.toml").read_text())),
                         "epochs": len(log), "best_epoch": max(log, key=lambda r: r["val_acc"])["epoch"],
                         "train_minutes": round(sum(r["seconds"] for r in log) / 60, 1),
-                        "val_accuracy_ten_crop": None, "weight": 1.0})
+                        "val_accuracy_ten_crop": None, "weight": 1.0, **pretrained_from(run)})
     weights = None
     if len(args.runs) > 1:
         probs, labels = zip(*(member_val_probs(r, args.data) for r in args.runs), strict=True)
@@ -268,6 +268,18 @@ def main() -> None:
     asset.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     card_path(args.docs, args.name).write_text(render(card))
     print(json.dumps(summary, indent=2))
+
+
+def pretrained_from(run: Path) -> dict:
+    """A run that started from third-party pretrained weights: what the card must name (backbone, package,
+    version, licence, authors)."""
+    from ferkit.models import create_model
+    from ferkit.models.pretrained import provenance
+
+    cfg = tomllib.loads((run / "config.toml").read_text())
+    backbone = getattr(create_model(cfg["model"], 2), "backbone", None)
+    return {"pretrained": provenance(backbone)} if backbone and cfg.get("pretrained", True) and not cfg.get("init") \
+        else {}
 
 
 def realval_gate(candidate: Path, previous: Path | None, data: str, work: Path, previous_version: str | None) -> dict:
@@ -448,6 +460,16 @@ Other systems on the same photos, each through its own pipeline: `benchmarks/pee
 """
 
 
+def pretrained(c: dict) -> str:
+    """The third-party weights a member started from: named with their package, licence and authors."""
+    seen = {m["pretrained"]["backbone"]: m["pretrained"] for m in c["members"] if m.get("pretrained")}
+    return "".join(f"\n- Started from pretrained weights{'' if len(c['members']) == 1 else ' (' + k + ' members)'}: "
+                   f"{p['what']}, `{p['graph']}` of npm `{p['package']}` ({p['licence']}; {p['authors']}), imported "
+                   "by `ferkit.models.tfjs` at training time (they are not in this repository; the fine-tuned network "
+                   "is ferkit's)."
+                   for k, p in seen.items())
+
+
 def render(c: dict) -> str:
     commit = c.get("commit", "unknown")
     lo, hi = c["test_accuracy_ci95"]
@@ -492,7 +514,7 @@ Python {platform.python_version()}); every figure below comes from that command,
   metadata and applied by inference.
 
 ## Data and protocol
-- Trained on {c['train_data']}, labels as published; nothing else.
+- Trained on {c['train_data']}, labels as published; nothing else.{pretrained(c)}
 - Every choice on {c['selection']}: each network's checkpoint (best validation accuracy){'' if single else ', the ensemble weights'},
   the temperature and the test-time augmentation. PrivateTest (test) was touched once, after those choices.
 

