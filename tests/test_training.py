@@ -27,8 +27,8 @@ def test_registry_builds_every_model_and_rejects_unknown() -> None:
     from ferkit.models.export import classifier_name
 
     x = torch.rand(2, 1, 48, 48) * 255
-    assert list_models() == ["baseline", "faceres", "faceres96", "faceres96n", "faceres_deep", "resnet_l", "resnet_m", "resnet_s",
-                             "vgg_e", "vgg_f", "vgg_f1", "vgg_fs", "vgg_l", "vgg_m", "vgg_s", "vgg_sg", "vgg_xs"]
+    assert list_models() == ["baseline", "faceres", "faceres96", "faceres96n", "faceres_deep", "faceres_deep96n",
+                             "resnet_l", "resnet_m", "resnet_s", "vgg_e", "vgg_f", "vgg_f1", "vgg_fs", "vgg_l", "vgg_m", "vgg_s", "vgg_sg", "vgg_xs"]
     for name in list_models():
         assert getattr(architectures, name).__name__ == name  # each model is a function of its own name
         model = create_model(name, 5)

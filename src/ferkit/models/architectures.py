@@ -243,6 +243,12 @@ def faceres96n(num_classes: int = 7, dropout: float = 0.2) -> nn.Module:
 
 
 @register_model
+def faceres_deep96n(num_classes: int = 7, dropout: float = 0.2) -> nn.Module:
+    """`faceres96n` starting from FaceRes's float32 variant (other weights, same network): a second backbone."""
+    return MobileNetV1(num_classes, 96, dropout, backbone="faceres_deep", norm=True)
+
+
+@register_model
 def faceres_deep(num_classes: int = 7, dropout: float = 0.2, scale: int = 112) -> nn.Module:
     """`faceres` starting from FaceRes's float32 variant (other weights, same network)."""
     return MobileNetV1(num_classes, scale, dropout, backbone="faceres_deep")
