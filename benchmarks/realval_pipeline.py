@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dist", action="store_true", help="print predicted-class shares against the labels'")
     ap.add_argument("--against", metavar="MODEL", help="one of --models: at the product's settings, every model's "
-                    "paired difference to it per dataset and of the mean over datasets (95% CI)")
+                    "paired difference to it per dataset and of the mean over datasets (95%% CI)")
     args = ap.parse_args()
     if args.against and args.against not in args.models.split(","):
         raise SystemExit(f"--against {args.against}: not one of --models")
